@@ -1,0 +1,26 @@
+//! # noisegrad-engine
+//!
+//! Tensors and reverse-mode autodiff. Read in this order:
+//! [`layout`] (shape/strides views) → [`storage`] (device dispatch) →
+//! [`tensor`] (the handle) → [`autograd`] (the tape) → `ops/` (each op and
+//! its backward) → [`gradcheck`] (how every op is verified).
+
+pub mod autograd;
+pub mod cpu_backend;
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod gradcheck;
+pub mod layout;
+pub mod memory;
+mod ops;
+pub mod storage;
+pub mod tensor;
+
+pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
+pub use device::Device;
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use layout::Layout;
+pub use noisegrad_kernels::rng::Philox;
+pub use tensor::Tensor;

@@ -1,0 +1,244 @@
+//! Views (no copy): reshape, permute, transpose, narrow, broadcast_to,
+//! unsqueeze, squeeze; and the copying ops contiguous, concat, to_dtype.
+
+use crate::autograd::record;
+use crate::error::{Result, bad_arg, shape_err};
+use crate::storage::Storage;
+use crate::{DType, Layout, Tensor};
+
+impl Tensor {
+    fn view_op(
+        &self,
+        layout: Layout,
+        name: &'static str,
+        back: impl FnOnce(&Tensor) -> Result<Tensor> + Send + 'static,
+    ) -> Tensor {
+        record(self.view_with(layout), name, &[self], move || {
+            Box::new(move |g, _| Ok(vec![Some(back(g)?)]))
+        })
+    }
+
+    /// A copy with contiguous row-major layout (returns `self` if it already is).
+    pub fn contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        let st = self.storage().contiguous(self.layout())?;
+        let out = Tensor::from_contiguous(st, self.shape());
+        Ok(record(out, "contiguous", &[self], || {
+            Box::new(|g, _| Ok(vec![Some(g.clone())]))
+        }))
+    }
+
+    /// Same elements, new shape (`-1` infers one axis). A view when the data
+    /// is contiguous, a copy otherwise.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let signed: Vec<isize> = shape.iter().map(|&d| d as isize).collect();
+        self.reshape_infer(&signed)
+    }
+
+    /// [`Tensor::reshape`] with one axis given as `-1`.
+    pub fn reshape_infer(&self, shape: &[isize]) -> Result<Tensor> {
+        let target = self.layout().resolve_shape("reshape", shape)?;
+        if target == self.shape() {
+            return Ok(self.clone());
+        }
+        let src = self.contiguous()?;
+        let layout = src
+            .layout()
+            .reshaped(&target)
+            .expect("contiguous after copy");
+        let orig = self.shape().to_vec();
+        Ok(src.view_op(layout, "reshape", move |g| g.reshape(&orig)))
+    }
+
+    /// Reorders axes: output axis i is input axis `perm[i]`.
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let layout = self.layout().permuted("permute", perm)?;
+        let mut inverse = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p] = i;
+        }
+        Ok(self.view_op(layout, "permute", move |g| g.permute(&inverse)))
+    }
+
+    /// Swaps two axes.
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        let mut perm: Vec<usize> = (0..self.rank()).collect();
+        if a >= self.rank() || b >= self.rank() {
+            return Err(bad_arg(
+                "transpose",
+                format!("axes ({a}, {b}) out of range for shape {:?}", self.shape()),
+            ));
+        }
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Elements `start..start+len` of `axis`. Backward scatters the gradient
+    /// into zeros of the input shape.
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        let layout = self.layout().narrowed("narrow", axis, start, len)?;
+        let full = self.shape().to_vec();
+        Ok(self.view_op(layout, "narrow", move |g| g.pad_into(&full, axis, start)))
+    }
+
+    /// Zeros of `full` with `self` written at `start` along `axis` (the adjoint of narrow).
+    fn pad_into(&self, full: &[usize], axis: usize, start: usize) -> Result<Tensor> {
+        let out = Tensor::zeros(full, self.dtype(), self.device())?;
+        let region = out
+            .layout()
+            .narrowed("narrow_backward", axis, start, self.shape()[axis])?;
+        out.storage_mut()
+            .copy_from(&region, &self.storage(), self.layout())?;
+        Ok(out)
+    }
+
+    /// Repeats size-1 (or missing leading) axes up to `shape`, without a copy.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let layout = self.layout().broadcast_to("broadcast_to", shape)?;
+        let orig = self.shape().to_vec();
+        Ok(self.view_op(layout, "broadcast_to", move |g| g.sum_to(&orig)))
+    }
+
+    /// Inserts a size-1 axis at `axis`.
+    pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
+        let layout = self.layout().unsqueezed("unsqueeze", axis)?;
+        let orig = self.shape().to_vec();
+        Ok(self.view_op(layout, "unsqueeze", move |g| g.reshape(&orig)))
+    }
+
+    /// Removes a size-1 axis.
+    pub fn squeeze(&self, axis: usize) -> Result<Tensor> {
+        self.layout().check_axis("squeeze", axis)?;
+        if self.shape()[axis] != 1 {
+            return Err(bad_arg(
+                "squeeze",
+                format!(
+                    "axis {axis} has size {} in {:?}, not 1",
+                    self.shape()[axis],
+                    self.shape()
+                ),
+            ));
+        }
+        let mut shape = self.shape().to_vec();
+        shape.remove(axis);
+        let mut strides = self.layout().strides().to_vec();
+        strides.remove(axis);
+        let orig = self.shape().to_vec();
+        Ok(self.view_op(
+            Layout::new(shape, strides, self.layout().offset()),
+            "squeeze",
+            move |g| g.reshape(&orig),
+        ))
+    }
+
+    /// Joins tensors along `axis`; all other axes must match. Backward hands
+    /// each input its slice of the gradient.
+    pub fn concat(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let first = *tensors
+            .first()
+            .ok_or_else(|| bad_arg("concat", "needs at least one tensor"))?;
+        first.layout().check_axis("concat", axis)?;
+        let mut shape = first.shape().to_vec();
+        shape[axis] = 0;
+        for t in tensors {
+            super::check_same("concat", first, t)?;
+            let ok = t.rank() == first.rank()
+                && t.shape()
+                    .iter()
+                    .zip(first.shape())
+                    .enumerate()
+                    .all(|(d, (a, b))| d == axis || a == b);
+            if !ok {
+                return Err(shape_err(
+                    "concat",
+                    first.shape(),
+                    t.shape(),
+                    format!("all axes but {axis} must match"),
+                ));
+            }
+            shape[axis] += t.shape()[axis];
+        }
+        let out = Tensor::zeros(&shape, first.dtype(), first.device())?;
+        let mut sizes = Vec::with_capacity(tensors.len());
+        {
+            let mut dst: std::sync::RwLockWriteGuard<'_, Storage> = out.storage_mut();
+            let mut start = 0;
+            for t in tensors {
+                let n = t.shape()[axis];
+                let region = out.layout().narrowed("concat", axis, start, n)?;
+                dst.copy_from(&region, &t.storage(), t.layout())?;
+                sizes.push(n);
+                start += n;
+            }
+        }
+        Ok(record(out, "concat", tensors, move || {
+            Box::new(move |g, needs| {
+                let mut start = 0;
+                let mut grads = Vec::with_capacity(sizes.len());
+                for (&n, &need) in sizes.iter().zip(needs) {
+                    grads.push(if need {
+                        Some(g.narrow(axis, start, n)?)
+                    } else {
+                        None
+                    });
+                    start += n;
+                }
+                Ok(grads)
+            })
+        }))
+    }
+
+    /// Splits `axis` into pieces of the given sizes (views; they must add up).
+    pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
+        self.layout().check_axis("split", axis)?;
+        if sizes.iter().sum::<usize>() != self.shape()[axis] {
+            return Err(bad_arg(
+                "split",
+                format!(
+                    "sizes {sizes:?} do not add up to axis {axis} of {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let t = self.narrow(axis, start, n);
+                start += n;
+                t
+            })
+            .collect()
+    }
+
+    /// Splits `axis` into `n` equal pieces.
+    pub fn chunk(&self, n: usize, axis: usize) -> Result<Vec<Tensor>> {
+        self.layout().check_axis("chunk", axis)?;
+        let size = self.shape()[axis];
+        if n == 0 || size % n != 0 {
+            return Err(bad_arg(
+                "chunk",
+                format!(
+                    "axis {axis} of {:?} does not split into {n} equal pieces",
+                    self.shape()
+                ),
+            ));
+        }
+        self.split(axis, &vec![size / n; n])
+    }
+
+    /// Converts the element type (a copy); the gradient converts back.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let st = self.storage().to_dtype(self.layout(), dtype)?;
+        let out = Tensor::from_contiguous(st, self.shape());
+        let from = self.dtype();
+        Ok(record(out, "to_dtype", &[self], move || {
+            Box::new(move |g, _| Ok(vec![Some(g.to_dtype(from)?)]))
+        }))
+    }
+}

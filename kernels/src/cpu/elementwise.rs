@@ -1,0 +1,537 @@
+//! Elementwise kernels: one unary mechanism (contiguous in, contiguous out)
+//! and one binary mechanism (two strided, broadcast operands, contiguous out).
+//!
+//! Fused backward formulas (SiLU', ReLU', ...) are binary ops of (x, grad) so
+//! that a backward pass is one sweep over memory instead of four or five.
+
+use super::simd::{self, SimdLevel};
+use super::{PAR_CHUNK, collapse_dims, row_offset};
+use crate::Float;
+use rayon::prelude::*;
+
+/// A one-input elementwise function. Parameters are carried as f64 and
+/// converted to the element type once per call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Sqr,
+    Abs,
+    Recip,
+    Sigmoid,
+    Silu,
+    Tanh,
+    Relu,
+    /// sign(x) ∈ {−1, 0, 1}
+    Sign,
+    /// `x * mul + add`
+    Affine {
+        mul: f64,
+        add: f64,
+    },
+    /// `x ^ e`
+    Powf(f64),
+    /// `max(x, c)`
+    MaxScalar(f64),
+    /// `min(x, c)`
+    MinScalar(f64),
+    /// `1[x >= c]`, as 0/1 (dropout masks)
+    GeScalar(f64),
+}
+
+/// A two-input elementwise function f(a, b).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+    /// a^b
+    Pow,
+    /// 0/1 comparisons
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// b · σ(a)(1 + a(1 − σ(a))): SiLU's backward with a = x, b = upstream grad.
+    SiluBackward,
+    /// b · σ(a)(1 − σ(a)) with a = x.
+    SigmoidBackward,
+    /// b · (1 − tanh²(a)) with a = x.
+    TanhBackward,
+    /// b · 1[a > 0] with a = x.
+    ReluBackward,
+}
+
+#[inline(always)]
+fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+#[inline(always)]
+fn bool01<T: Float>(b: bool) -> T {
+    if b { T::ONE } else { T::ZERO }
+}
+
+/// The scalar definition of each unary op: the specification every SIMD
+/// path must agree with.
+#[inline(always)]
+fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
+    move |x: T| match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Sqr => x * x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Recip => T::ONE / x,
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Silu => x * sigmoid(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Relu => x.max(T::ZERO),
+        UnaryOp::Sign => {
+            if x > T::ZERO {
+                T::ONE
+            } else if x < T::ZERO {
+                -T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryOp::Affine { mul, add } => x.mul_add(T::from_f64(mul), T::from_f64(add)),
+        UnaryOp::Powf(e) => x.powf(T::from_f64(e)),
+        UnaryOp::MaxScalar(c) => x.max(T::from_f64(c)),
+        UnaryOp::MinScalar(c) => x.min(T::from_f64(c)),
+        UnaryOp::GeScalar(c) => bool01(x >= T::from_f64(c)),
+    }
+}
+
+#[inline(always)]
+fn binary_scalar<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T {
+    move |a: T, b: T| match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Maximum => a.max(b),
+        BinaryOp::Minimum => a.min(b),
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Eq => bool01(a == b),
+        BinaryOp::Ne => bool01(a != b),
+        BinaryOp::Lt => bool01(a < b),
+        BinaryOp::Le => bool01(a <= b),
+        BinaryOp::Gt => bool01(a > b),
+        BinaryOp::Ge => bool01(a >= b),
+        BinaryOp::SiluBackward => {
+            let s = sigmoid(a);
+            b * s * (T::ONE + a * (T::ONE - s))
+        }
+        BinaryOp::SigmoidBackward => {
+            let s = sigmoid(a);
+            b * s * (T::ONE - s)
+        }
+        BinaryOp::TanhBackward => {
+            let t = a.tanh();
+            b * (T::ONE - t * t)
+        }
+        BinaryOp::ReluBackward => {
+            if a > T::ZERO {
+                b
+            } else {
+                T::ZERO
+            }
+        }
+    }
+}
+
+/// Monomorphises the op-matching closure per op so each loop body is
+/// branch-free (the `match` is hoisted out of the loop by the compiler).
+macro_rules! for_each_unary {
+    ($op:expr, $f:ident => $body:expr) => {
+        match $op {
+            UnaryOp::Neg => {
+                let $f = unary_scalar(UnaryOp::Neg);
+                $body
+            }
+            UnaryOp::Sqr => {
+                let $f = unary_scalar(UnaryOp::Sqr);
+                $body
+            }
+            UnaryOp::Abs => {
+                let $f = unary_scalar(UnaryOp::Abs);
+                $body
+            }
+            UnaryOp::Relu => {
+                let $f = unary_scalar(UnaryOp::Relu);
+                $body
+            }
+            UnaryOp::Recip => {
+                let $f = unary_scalar(UnaryOp::Recip);
+                $body
+            }
+            UnaryOp::Sqrt => {
+                let $f = unary_scalar(UnaryOp::Sqrt);
+                $body
+            }
+            op @ UnaryOp::Affine { .. } => {
+                let $f = unary_scalar(op);
+                $body
+            }
+            op => {
+                let $f = unary_scalar(op);
+                $body
+            }
+        }
+    };
+}
+
+/// `out[i] = op(x[i])` for contiguous `x`, `out` of equal length.
+pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
+    assert_eq!(x.len(), out.len(), "unary: input and output lengths differ");
+    let run = |x: &[T], out: &mut [T]| unary_chunk(op, x, out);
+    if x.len() <= PAR_CHUNK {
+        run(x, out);
+    } else {
+        x.par_chunks(PAR_CHUNK)
+            .zip(out.par_chunks_mut(PAR_CHUNK))
+            .for_each(|(x, o)| run(x, o));
+    }
+}
+
+fn unary_chunk<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(xf), Some(of)) = (as_f32(x), as_f32_mut(out)) {
+        if simd::level() == SimdLevel::Avx2Fma {
+            // SAFETY: AVX2+FMA checked just above.
+            let done = unsafe { unary_f32_avx2(op, xf, of) };
+            if done {
+                return;
+            }
+        }
+    }
+    simd::with_avx2(|| {
+        for_each_unary!(op, f => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = f(v);
+            }
+        })
+    })
+}
+
+/// Hand-vectorised f32 transcendentals; returns false when `op` has no
+/// explicit kernel (the auto-vectorised generic loop handles it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn unary_f32_avx2(op: UnaryOp, x: &[f32], out: &mut [f32]) -> bool {
+    use simd::avx2::*;
+    use std::arch::x86_64::*;
+    match op {
+        UnaryOp::Exp => map8(x, out, |v| exp_ps(v)),
+        UnaryOp::Sigmoid => map8(x, out, |v| sigmoid_ps(v)),
+        UnaryOp::Silu => map8(x, out, |v| _mm256_mul_ps(v, sigmoid_ps(v))),
+        _ => return false,
+    }
+    true
+}
+
+/// A strided view of one operand: element `idx` (multi-index) lives at
+/// `data[offset + Σ idx[d]·strides[d]]`. Stride 0 broadcasts.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub offset: usize,
+    pub strides: &'a [usize],
+}
+
+/// `out = op(a, b)` over `shape`, with `a` and `b` strided (broadcast via
+/// stride 0) and `out` contiguous. Dimensions are collapsed first, then each
+/// innermost run is processed by a loop specialised to its stride pattern.
+pub fn binary<T: Float>(
+    op: BinaryOp,
+    shape: &[usize],
+    a: Strided<T>,
+    b: Strided<T>,
+    out: &mut [T],
+) {
+    let numel: usize = shape.iter().product();
+    assert_eq!(
+        out.len(),
+        numel,
+        "binary: output length does not match shape"
+    );
+    if numel == 0 {
+        return;
+    }
+    let (shape, strides) = collapse_dims(shape, &[a.strides, b.strides]);
+    let n = *shape.last().unwrap();
+    let (sa, sb) = (strides[0][shape.len() - 1], strides[1][shape.len() - 1]);
+    let chunk = |start: usize, out: &mut [T]| {
+        let mut idx = start;
+        let end = start + out.len();
+        while idx < end {
+            let (row, col) = (idx / n, idx % n);
+            let run = (n - col).min(end - idx);
+            let ao = a.offset + row_offset(&shape, &strides[0], row) + col * sa;
+            let bo = b.offset + row_offset(&shape, &strides[1], row) + col * sb;
+            let o = &mut out[idx - start..idx - start + run];
+            binary_run(op, a.data, ao, sa, b.data, bo, sb, o);
+            idx += run;
+        }
+    };
+    if numel <= PAR_CHUNK {
+        chunk(0, out);
+    } else {
+        out.par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .for_each(|(i, o)| chunk(i * PAR_CHUNK, o));
+    }
+}
+
+/// One innermost run: `out[i] = op(a[ao + i·sa], b[bo + i·sb])`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn binary_run<T: Float>(
+    op: BinaryOp,
+    a: &[T],
+    ao: usize,
+    sa: usize,
+    b: &[T],
+    bo: usize,
+    sb: usize,
+    out: &mut [T],
+) {
+    let n = out.len();
+    #[cfg(target_arch = "x86_64")]
+    if sa == 1 && sb == 1 && simd::level() == SimdLevel::Avx2Fma {
+        if let (Some(af), Some(bf), Some(of)) = (
+            as_f32(&a[ao..ao + n]),
+            as_f32(&b[bo..bo + n]),
+            as_f32_mut(out),
+        ) {
+            // SAFETY: AVX2+FMA checked above.
+            if unsafe { binary_f32_avx2(op, af, bf, of) } {
+                return;
+            }
+        }
+    }
+    let f = binary_scalar::<T>(op);
+    simd::with_avx2(|| match (sa, sb) {
+        (1, 1) => {
+            for ((o, &x), &y) in out.iter_mut().zip(&a[ao..ao + n]).zip(&b[bo..bo + n]) {
+                *o = f(x, y);
+            }
+        }
+        (1, 0) => {
+            let y = b[bo];
+            for (o, &x) in out.iter_mut().zip(&a[ao..ao + n]) {
+                *o = f(x, y);
+            }
+        }
+        (0, 1) => {
+            let x = a[ao];
+            for (o, &y) in out.iter_mut().zip(&b[bo..bo + n]) {
+                *o = f(x, y);
+            }
+        }
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f(a[ao + i * sa], b[bo + i * sb]);
+            }
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn binary_f32_avx2(op: BinaryOp, a: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+    use simd::avx2::*;
+    use std::arch::x86_64::*;
+    match op {
+        BinaryOp::SiluBackward => zip8(a, b, out, |x, g| {
+            let one = _mm256_set1_ps(1.0);
+            let s = sigmoid_ps(x);
+            let d = _mm256_fmadd_ps(x, _mm256_sub_ps(one, s), one);
+            _mm256_mul_ps(g, _mm256_mul_ps(s, d))
+        }),
+        BinaryOp::SigmoidBackward => zip8(a, b, out, |x, g| {
+            let s = sigmoid_ps(x);
+            _mm256_mul_ps(g, _mm256_mul_ps(s, _mm256_sub_ps(_mm256_set1_ps(1.0), s)))
+        }),
+        _ => return false,
+    }
+    true
+}
+
+/// `out = cond ? a : b` elementwise, every operand strided, `cond` nonzero = true.
+pub fn where_cond<T: Float>(
+    shape: &[usize],
+    cond: Strided<T>,
+    a: Strided<T>,
+    b: Strided<T>,
+    out: &mut [T],
+) {
+    // Expressed through the binary mechanism in two sweeps would cost more
+    // memory traffic; a direct strided walk is simpler and one pass.
+    let numel: usize = shape.iter().product();
+    assert_eq!(
+        out.len(),
+        numel,
+        "where: output length does not match shape"
+    );
+    if numel == 0 {
+        return;
+    }
+    let (shape, st) = collapse_dims(shape, &[cond.strides, a.strides, b.strides]);
+    let n = *shape.last().unwrap();
+    let last = shape.len() - 1;
+    let chunk = |start: usize, out: &mut [T]| {
+        let end = start + out.len();
+        let mut idx = start;
+        while idx < end {
+            let (row, col) = (idx / n, idx % n);
+            let run = (n - col).min(end - idx);
+            let co = cond.offset + row_offset(&shape, &st[0], row);
+            let ao = a.offset + row_offset(&shape, &st[1], row);
+            let bo = b.offset + row_offset(&shape, &st[2], row);
+            for k in 0..run {
+                let j = col + k;
+                let c = cond.data[co + j * st[0][last]];
+                out[idx - start + k] = if c != T::ZERO {
+                    a.data[ao + j * st[1][last]]
+                } else {
+                    b.data[bo + j * st[2][last]]
+                };
+            }
+            idx += run;
+        }
+    };
+    if numel <= PAR_CHUNK {
+        chunk(0, out);
+    } else {
+        out.par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .for_each(|(i, o)| chunk(i * PAR_CHUNK, o));
+    }
+}
+
+/// Views a generic slice as f32 when `T` is f32 (for the explicit kernels).
+#[inline(always)]
+fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, same layout.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+#[inline(always)]
+fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, same layout.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both_paths(f: impl Fn()) {
+        simd::force_scalar(true);
+        f();
+        simd::force_scalar(false);
+        f();
+    }
+
+    #[test]
+    fn simd_transcendentals_match_scalar_definition() {
+        let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu] {
+            let mut got = vec![0f32; x.len()];
+            unary(op, &x, &mut got);
+            for (i, &v) in x.iter().enumerate() {
+                let want = unary_scalar::<f64>(op)(v as f64);
+                let err = (got[i] as f64 - want).abs() / want.abs().max(1e-6);
+                assert!(err < 2e-6, "{op:?}({v}) = {} want {want}", got[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn broadcast_add_row_and_column() {
+        both_paths(|| {
+            // a: [2,3] contiguous, b: [3] broadcast over rows
+            let a = [1f32, 2., 3., 4., 5., 6.];
+            let b = [10f32, 20., 30.];
+            let mut out = [0f32; 6];
+            let sa = Strided {
+                data: &a,
+                offset: 0,
+                strides: &[3, 1],
+            };
+            let sb = Strided {
+                data: &b,
+                offset: 0,
+                strides: &[0, 1],
+            };
+            binary(BinaryOp::Add, &[2, 3], sa, sb, &mut out);
+            assert_eq!(out, [11., 22., 33., 14., 25., 36.]);
+            // b as a column [2,1] broadcast over columns
+            let c = [100f32, 200.];
+            let sc = Strided {
+                data: &c,
+                offset: 0,
+                strides: &[1, 0],
+            };
+            binary(BinaryOp::Mul, &[2, 3], sa, sc, &mut out);
+            assert_eq!(out, [100., 200., 300., 800., 1000., 1200.]);
+        });
+    }
+
+    #[test]
+    fn silu_backward_simd_matches_scalar() {
+        let x: Vec<f32> = (0..77).map(|i| (i as f32 - 38.0) * 0.21).collect();
+        let g: Vec<f32> = (0..77).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let mut fast = vec![0f32; 77];
+        let mut slow = vec![0f32; 77];
+        let s = |d: &'static [usize]| d;
+        binary(
+            BinaryOp::SiluBackward,
+            &[77],
+            Strided {
+                data: &x,
+                offset: 0,
+                strides: s(&[1]),
+            },
+            Strided {
+                data: &g,
+                offset: 0,
+                strides: s(&[1]),
+            },
+            &mut fast,
+        );
+        simd::force_scalar(true);
+        binary(
+            BinaryOp::SiluBackward,
+            &[77],
+            Strided {
+                data: &x,
+                offset: 0,
+                strides: s(&[1]),
+            },
+            Strided {
+                data: &g,
+                offset: 0,
+                strides: s(&[1]),
+            },
+            &mut slow,
+        );
+        simd::force_scalar(false);
+        for (f, s) in fast.iter().zip(&slow) {
+            assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0));
+        }
+    }
+}
