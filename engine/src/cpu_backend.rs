@@ -1,5 +1,9 @@
 //! The CPU device: storage as a `Vec` per dtype, and each primitive as a
 //! call into `noisegrad_kernels::cpu`.
+//!
+//! Kernel families with their own file (conv, norms, attention, ...) add
+//! `impl Storage` / `impl CpuStorage` blocks there, using the dtype
+//! dispatch macros exported below ([`map_data`], [`with_data`], [`zip_data`]).
 
 use crate::error::{Error, Result};
 use crate::layout::contiguous_strides;
@@ -21,7 +25,7 @@ pub enum CpuData {
 
 #[derive(Debug)]
 pub struct CpuStorage {
-    data: CpuData,
+    pub(crate) data: CpuData,
     _mem: MemTicket,
 }
 
@@ -35,6 +39,7 @@ macro_rules! map_data {
         }
     };
 }
+pub(crate) use map_data;
 
 /// Runs `$body` with `$v` bound to the typed data (any result type).
 macro_rules! with_data {
@@ -45,6 +50,7 @@ macro_rules! with_data {
         }
     };
 }
+pub(crate) use with_data;
 
 /// Two storages of one dtype, or a dtype error.
 macro_rules! zip_data {
@@ -62,6 +68,7 @@ macro_rules! zip_data {
         }
     };
 }
+pub(crate) use zip_data;
 
 impl CpuData {
     fn dtype(&self) -> DType {
@@ -76,12 +83,12 @@ impl CpuData {
 }
 
 /// A zero-filled Vec (zero-filled allocation is cheap: fresh pages are zero).
-fn zeroed<T: Clone + Default>(n: usize) -> Vec<T> {
+pub(crate) fn zeroed<T: Clone + Default>(n: usize) -> Vec<T> {
     vec![T::default(); n]
 }
 
 /// The elements of `layout` in row-major order, contiguous.
-fn gather_contiguous<T: noisegrad_kernels::Float>(v: &[T], layout: &Layout) -> Vec<T> {
+pub(crate) fn gather_contiguous<T: noisegrad_kernels::Float>(v: &[T], layout: &Layout) -> Vec<T> {
     let n = layout.numel();
     if layout.is_contiguous() {
         return v[layout.offset()..layout.offset() + n].to_vec();
@@ -100,7 +107,7 @@ fn gather_contiguous<T: noisegrad_kernels::Float>(v: &[T], layout: &Layout) -> V
 }
 
 /// Borrows the contiguous elements of `layout` without a copy when possible.
-fn contiguous_slice<'a, T: noisegrad_kernels::Float>(
+pub(crate) fn contiguous_slice<'a, T: noisegrad_kernels::Float>(
     v: &'a [T],
     layout: &Layout,
 ) -> std::borrow::Cow<'a, [T]> {
@@ -112,7 +119,7 @@ fn contiguous_slice<'a, T: noisegrad_kernels::Float>(
 }
 
 /// `[outer, dim, inner]` sizes around `axis`.
-fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (
         shape[..axis].iter().product(),
         shape[axis],

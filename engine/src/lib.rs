@@ -11,6 +11,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;
+pub mod io;
 pub mod layout;
 pub mod memory;
 mod ops;

@@ -51,6 +51,7 @@ macro_rules! same_device {
         }
     };
 }
+pub(crate) use same_device;
 
 impl Storage {
     pub fn device(&self) -> Device {
