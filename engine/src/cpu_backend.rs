@@ -39,6 +39,7 @@ macro_rules! map_data {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use map_data;
 
 /// Runs `$body` with `$v` bound to the typed data (any result type).
@@ -50,6 +51,7 @@ macro_rules! with_data {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use with_data;
 
 /// Two storages of one dtype, or a dtype error.
@@ -68,6 +70,7 @@ macro_rules! zip_data {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use zip_data;
 
 impl CpuData {

@@ -51,6 +51,7 @@ macro_rules! same_device {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use same_device;
 
 impl Storage {
