@@ -1,1 +1,7 @@
+//! # noisegrad-diffusion
+//!
+//! DDPM and DDIM on the noisegrad engine: [`schedule`] (β, ᾱ and posterior
+//! tables), [`data`] (CIFAR-10, Fashion-MNIST, PNG folders).
 
+pub mod data;
+pub mod schedule;
