@@ -4,4 +4,6 @@
 //! tables), [`data`] (CIFAR-10, Fashion-MNIST, PNG folders).
 
 pub mod data;
+pub mod gaussian;
+pub mod process;
 pub mod schedule;
