@@ -38,12 +38,8 @@ impl Tensor {
             b.extend([x, y]);
             b
         };
-        let l = self
-            .layout()
-            .broadcast_to("matmul", &with(batch.clone(), m, k))?;
-        let r = rhs
-            .layout()
-            .broadcast_to("matmul", &with(batch.clone(), k, n))?;
+        let l = self.layout().broadcast_to("matmul", &with(batch.clone(), m, k))?;
+        let r = rhs.layout().broadcast_to("matmul", &with(batch.clone(), k, n))?;
         let dims = MatmulDims {
             batch: batch.clone(),
             m,
