@@ -4,7 +4,12 @@ use noisegrad_engine::{Result, Tensor};
 
 /// KL(N(μ₁, e^{ℓ₁}) ‖ N(μ₂, e^{ℓ₂})) = ½(−1 + ℓ₂ − ℓ₁ + e^{ℓ₁−ℓ₂} + (μ₁ − μ₂)² e^{−ℓ₂}),
 /// with log-variances ℓ (broadcasting).
-pub fn normal_kl(mean1: &Tensor, logvar1: &Tensor, mean2: &Tensor, logvar2: &Tensor) -> Result<Tensor> {
+pub fn normal_kl(
+    mean1: &Tensor,
+    logvar1: &Tensor,
+    mean2: &Tensor,
+    logvar2: &Tensor,
+) -> Result<Tensor> {
     let diff_sq = mean1.sub(mean2)?.square()?;
     logvar2
         .sub(logvar1)?
@@ -29,14 +34,21 @@ pub fn approx_standard_normal_cdf(x: &Tensor) -> Result<Tensor> {
 /// the Gaussian mass of the bin [x − 1/255, x + 1/255] for data in [−1, 1]
 /// on 256 levels, with the edge bins open-ended (x = −1 takes all mass
 /// below, x = 1 all mass above). `log_scales` = log σ.
-pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Result<Tensor> {
+pub fn discretized_gaussian_log_likelihood(
+    x: &Tensor,
+    means: &Tensor,
+    log_scales: &Tensor,
+) -> Result<Tensor> {
     let centered = x.sub(means)?;
     let inv_stdv = log_scales.neg()?.exp()?;
     let cdf_plus = approx_standard_normal_cdf(&centered.add_scalar(1.0 / 255.0)?.mul(&inv_stdv)?)?;
     let cdf_min = approx_standard_normal_cdf(&centered.add_scalar(-1.0 / 255.0)?.mul(&inv_stdv)?)?;
     let tiny = 1e-12;
     let log_cdf_plus = cdf_plus.clamp(tiny, f64::INFINITY)?.log()?;
-    let log_one_minus_cdf_min = cdf_min.affine(-1.0, 1.0)?.clamp(tiny, f64::INFINITY)?.log()?;
+    let log_one_minus_cdf_min = cdf_min
+        .affine(-1.0, 1.0)?
+        .clamp(tiny, f64::INFINITY)?
+        .log()?;
     let log_cdf_delta = cdf_plus.sub(&cdf_min)?.clamp(tiny, f64::INFINITY)?.log()?;
     // x < −0.999 → left edge bin; x > 0.999 → right edge bin; else interior.
     let low = x.map_lt_scalar(-0.999)?;
@@ -98,9 +110,12 @@ mod tests {
         // Σ over all 256 levels of the bin probabilities must be 1.
         let levels: Vec<f64> = (0..256).map(|i| i as f64 / 127.5 - 1.0).collect();
         let x = t(&levels);
-        let ll =
-            discretized_gaussian_log_likelihood(&x, &x.full_like(0.1).unwrap(), &x.full_like((0.3f64).ln()).unwrap())
-                .unwrap();
+        let ll = discretized_gaussian_log_likelihood(
+            &x,
+            &x.full_like(0.1).unwrap(),
+            &x.full_like((0.3f64).ln()).unwrap(),
+        )
+        .unwrap();
         let total: f64 = ll.to_vec_f64().iter().map(|v| v.exp()).sum();
         assert!((total - 1.0).abs() < 1e-3, "{total}");
     }

@@ -26,11 +26,8 @@ pub fn q_mean_variance(s: &Schedule, x0: &Tensor, t: &[usize]) -> Result<(Tensor
 
 /// A sample of q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, ε ~ N(0, I).
 pub fn q_sample(s: &Schedule, x0: &Tensor, t: &[usize], eps: &Tensor) -> Result<Tensor> {
-    x0.mul(&extract(&s.sqrt_alphas_cumprod, t, x0)?)?.add(&eps.mul(&extract(
-        &s.sqrt_one_minus_alphas_cumprod,
-        t,
-        x0,
-    )?)?)
+    x0.mul(&extract(&s.sqrt_alphas_cumprod, t, x0)?)?
+        .add(&eps.mul(&extract(&s.sqrt_one_minus_alphas_cumprod, t, x0)?)?)
 }
 
 /// The posterior q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) with
@@ -81,7 +78,10 @@ impl ReverseVariance {
                 let log = v.iter().map(|x| x.ln()).collect();
                 (v, log)
             }
-            ReverseVariance::FixedSmall => (s.posterior_variance.clone(), s.posterior_log_variance_clipped.clone()),
+            ReverseVariance::FixedSmall => (
+                s.posterior_variance.clone(),
+                s.posterior_log_variance_clipped.clone(),
+            ),
         }
     }
 }
@@ -155,7 +155,8 @@ pub fn ddim_step(
 /// σ_t(η) = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev): η = 0 is
 /// deterministic DDIM, η = 1 matches DDPM's posterior variance.
 pub fn ddim_sigma(alpha_bar: f64, alpha_bar_prev: f64, eta: f64) -> f64 {
-    eta * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).sqrt() * (1.0 - alpha_bar / alpha_bar_prev).sqrt()
+    eta * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).sqrt()
+        * (1.0 - alpha_bar / alpha_bar_prev).sqrt()
 }
 
 /// The S timesteps DDIM visits, descending. `Uniform`: every ⌊T/S⌋-th step;
@@ -219,9 +220,15 @@ mod tests {
         let s = Schedule::ddpm();
         let (xt, eps) = (rand(&[1, 1, 2, 2], 3), rand(&[1, 1, 2, 2], 4));
         let t = [321];
-        let (mean, _, _, _) = p_mean_variance(&s, ReverseVariance::FixedLarge, &xt, &t, &eps, false).unwrap();
+        let (mean, _, _, _) =
+            p_mean_variance(&s, ReverseVariance::FixedLarge, &xt, &t, &eps, false).unwrap();
         let (b, ab, a) = (s.betas[321], s.alphas_cumprod[321], s.alphas[321]);
-        for ((m, x), e) in mean.to_vec_f64().iter().zip(xt.to_vec_f64()).zip(eps.to_vec_f64()) {
+        for ((m, x), e) in mean
+            .to_vec_f64()
+            .iter()
+            .zip(xt.to_vec_f64())
+            .zip(eps.to_vec_f64())
+        {
             let want = (x - b / (1.0 - ab).sqrt() * e) / a.sqrt();
             assert!((m - want).abs() < 1e-10);
         }
@@ -237,7 +244,10 @@ mod tests {
 
     #[test]
     fn ddim_spacings() {
-        assert_eq!(ddim_timesteps(1000, 4, DdimSpacing::Uniform), vec![750, 500, 250, 0]);
+        assert_eq!(
+            ddim_timesteps(1000, 4, DdimSpacing::Uniform),
+            vec![750, 500, 250, 0]
+        );
         let q = ddim_timesteps(1000, 100, DdimSpacing::Quadratic);
         // ⌊(k·√800/99)²⌋, k = 0..99, has 96 distinct values (numpy agrees).
         assert_eq!((q[0], q.len()), (800, 96));

@@ -17,7 +17,10 @@ pub enum BetaSchedule {
 
 impl BetaSchedule {
     /// The DDPM default: linear 1e-4 → 0.02.
-    pub const DDPM: BetaSchedule = BetaSchedule::Linear { start: 1e-4, end: 0.02 };
+    pub const DDPM: BetaSchedule = BetaSchedule::Linear {
+        start: 1e-4,
+        end: 0.02,
+    };
 
     pub fn betas(self, steps: usize) -> Vec<f64> {
         match self {
@@ -41,7 +44,11 @@ pub fn linear_betas(steps: usize, start: f64, end: f64) -> Vec<f64> {
 /// ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T) + s)/(1 + s) · π/2),
 /// β_t = min(1 − ᾱ(t+1)/ᾱ(t), max_beta).
 pub fn cosine_betas(steps: usize, s: f64, max_beta: f64) -> Vec<f64> {
-    let f = |t: f64| (((t / steps as f64) + s) / (1.0 + s) * PI / 2.0).cos().powi(2);
+    let f = |t: f64| {
+        (((t / steps as f64) + s) / (1.0 + s) * PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..steps)
         .map(|t| (1.0 - f(t as f64 + 1.0) / f(t as f64)).min(max_beta))
         .collect()
@@ -99,7 +106,8 @@ impl Schedule {
             .take(betas.len())
             .collect();
         let map = |f: &dyn Fn(usize) -> f64| (0..betas.len()).map(f).collect::<Vec<f64>>();
-        let posterior_variance = map(&|t| posterior_variance(betas[t], alphas_cumprod[t], alphas_cumprod_prev[t]));
+        let posterior_variance =
+            map(&|t| posterior_variance(betas[t], alphas_cumprod[t], alphas_cumprod_prev[t]));
         let posterior_log_variance_clipped = map(&|t| {
             let v = if t == 0 && betas.len() > 1 {
                 posterior_variance[1]
@@ -113,7 +121,9 @@ impl Schedule {
             sqrt_one_minus_alphas_cumprod: map(&|t| (1.0 - alphas_cumprod[t]).sqrt()),
             sqrt_recip_alphas_cumprod: map(&|t| (1.0 / alphas_cumprod[t]).sqrt()),
             sqrt_recipm1_alphas_cumprod: map(&|t| (1.0 / alphas_cumprod[t] - 1.0).sqrt()),
-            posterior_mean_coef1: map(&|t| betas[t] * alphas_cumprod_prev[t].sqrt() / (1.0 - alphas_cumprod[t])),
+            posterior_mean_coef1: map(&|t| {
+                betas[t] * alphas_cumprod_prev[t].sqrt() / (1.0 - alphas_cumprod[t])
+            }),
             posterior_mean_coef2: map(&|t| {
                 (1.0 - alphas_cumprod_prev[t]) * alphas[t].sqrt() / (1.0 - alphas_cumprod[t])
             }),
@@ -169,10 +179,16 @@ mod tests {
             // the value from the Gaussian product formula.
             let c1 = s.betas[t] * prev.sqrt() / (1.0 - ab);
             let c2 = (1.0 - prev) * (1.0 - s.betas[t]).sqrt() / (1.0 - ab);
-            assert!((s.posterior_mean_coef1[t] - c1).abs() < 1e-15 && (s.posterior_mean_coef2[t] - c2).abs() < 1e-15);
+            assert!(
+                (s.posterior_mean_coef1[t] - c1).abs() < 1e-15
+                    && (s.posterior_mean_coef2[t] - c2).abs() < 1e-15
+            );
         }
         assert_eq!(s.posterior_variance[0], 0.0);
-        assert_eq!(s.posterior_log_variance_clipped[0], s.posterior_variance[1].ln());
+        assert_eq!(
+            s.posterior_log_variance_clipped[0],
+            s.posterior_variance[1].ln()
+        );
     }
 
     #[test]

@@ -205,7 +205,9 @@ pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
     let mut pending: HashMap<u64, Tensor> = HashMap::from([(root_node.id, seed)]);
     let mut ready = vec![root_node];
     while let Some(node) = ready.pop() {
-        let grad = pending.remove(&node.id).expect("a ready node has its gradient");
+        let grad = pending
+            .remove(&node.id)
+            .expect("a ready node has its gradient");
         let f = node.backward.lock().expect("node poisoned").take().ok_or_else(|| {
             Error::Backward(format!(
                 "the graph through '{}' was already back-propagated and its saved tensors freed; run the forward pass again",
@@ -225,7 +227,12 @@ pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
         }
         for (i, (edge, g)) in node.inputs.iter().zip(grads).enumerate() {
             let Some(edge) = edge else { continue };
-            let g = g.ok_or_else(|| Error::Backward(format!("'{}' gave no gradient for its input {i}", node.name)))?;
+            let g = g.ok_or_else(|| {
+                Error::Backward(format!(
+                    "'{}' gave no gradient for its input {i}",
+                    node.name
+                ))
+            })?;
             if g.shape() != node.input_shapes[i].as_slice() {
                 return Err(Error::Backward(format!(
                     "'{}' gave a gradient of shape {:?} for input {i} of shape {:?}",

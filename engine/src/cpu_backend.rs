@@ -285,10 +285,21 @@ impl CpuStorage {
         Ok(Self::new(data))
     }
 
-    pub fn where_cond(&self, c: &Layout, a: &CpuStorage, al: &Layout, b: &CpuStorage, bl: &Layout) -> Result<Self> {
+    pub fn where_cond(
+        &self,
+        c: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<Self> {
         let data = match (&self.data, &a.data, &b.data) {
-            (CpuData::F32(cv), CpuData::F32(av), CpuData::F32(bv)) => CpuData::F32(where_typed(c, cv, al, av, bl, bv)),
-            (CpuData::F64(cv), CpuData::F64(av), CpuData::F64(bv)) => CpuData::F64(where_typed(c, cv, al, av, bl, bv)),
+            (CpuData::F32(cv), CpuData::F32(av), CpuData::F32(bv)) => {
+                CpuData::F32(where_typed(c, cv, al, av, bl, bv))
+            }
+            (CpuData::F64(cv), CpuData::F64(av), CpuData::F64(bv)) => {
+                CpuData::F64(where_typed(c, cv, al, av, bl, bv))
+            }
             _ => {
                 return Err(Error::DTypeMismatch {
                     op: "where",
@@ -330,7 +341,8 @@ impl CpuStorage {
     }
 
     pub fn matmul(&self, l: &Layout, rhs: &CpuStorage, r: &Layout, d: &MatmulDims) -> Result<Self> {
-        let data = zip_data!("matmul", &self.data, &rhs.data, (a, b) => matmul_typed(a, l, b, r, d));
+        let data =
+            zip_data!("matmul", &self.data, &rhs.data, (a, b) => matmul_typed(a, l, b, r, d));
         Ok(Self::new(data))
     }
 
@@ -344,7 +356,14 @@ impl CpuStorage {
         }))
     }
 
-    pub fn softmax_backward(&self, yl: &Layout, g: &CpuStorage, gl: &Layout, axis: usize, log: bool) -> Self {
+    pub fn softmax_backward(
+        &self,
+        yl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        axis: usize,
+        log: bool,
+    ) -> Self {
         let (outer, dim, inner) = split_at_axis(yl.shape(), axis);
         Self::new(match (&self.data, &g.data) {
             (CpuData::F32(y), CpuData::F32(gv)) => {
@@ -367,7 +386,13 @@ impl CpuStorage {
         }))
     }
 
-    pub fn index_add_zeros(&self, src_layout: &Layout, shape: &[usize], axis: usize, ids: &[usize]) -> Self {
+    pub fn index_add_zeros(
+        &self,
+        src_layout: &Layout,
+        shape: &[usize],
+        axis: usize,
+        ids: &[usize],
+    ) -> Self {
         let (outer, dim, inner) = split_at_axis(shape, axis);
         Self::new(map_data!(&self.data, v => {
             let src = contiguous_slice(v, src_layout);
@@ -390,8 +415,12 @@ impl CpuStorage {
         scale: f64,
     ) -> Result<()> {
         match (&mut self.data, &g.data, &mut m.data, &mut v.data) {
-            (CpuData::F32(p), CpuData::F32(g), CpuData::F32(m), CpuData::F32(v)) => optim::adam(p, g, m, v, s, scale),
-            (CpuData::F64(p), CpuData::F64(g), CpuData::F64(m), CpuData::F64(v)) => optim::adam(p, g, m, v, s, scale),
+            (CpuData::F32(p), CpuData::F32(g), CpuData::F32(m), CpuData::F32(v)) => {
+                optim::adam(p, g, m, v, s, scale)
+            }
+            (CpuData::F64(p), CpuData::F64(g), CpuData::F64(m), CpuData::F64(v)) => {
+                optim::adam(p, g, m, v, s, scale)
+            }
             _ => {
                 return Err(Error::Msg(
                     "adam: parameter, gradient and moments must share a dtype".into(),

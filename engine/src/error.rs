@@ -14,15 +14,25 @@ pub enum Error {
     },
 
     #[error("{op}: dtypes differ ({lhs:?} vs {rhs:?})")]
-    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+    DTypeMismatch {
+        op: &'static str,
+        lhs: DType,
+        rhs: DType,
+    },
 
     #[error("{op}: tensors live on different devices ({lhs} vs {rhs})")]
-    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
+    DeviceMismatch {
+        op: &'static str,
+        lhs: Device,
+        rhs: Device,
+    },
 
     #[error("{op}: {msg}")]
     BadArgument { op: &'static str, msg: String },
 
-    #[error("{op}: no backward is defined, but an input requires grad (detach it or run under no_grad)")]
+    #[error(
+        "{op}: no backward is defined, but an input requires grad (detach it or run under no_grad)"
+    )]
     NoBackward { op: &'static str },
 
     #[error("backward: {0}")]
@@ -42,11 +52,19 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Shorthand for a [`Error::BadArgument`].
 pub(crate) fn bad_arg(op: &'static str, msg: impl Into<String>) -> Error {
-    Error::BadArgument { op, msg: msg.into() }
+    Error::BadArgument {
+        op,
+        msg: msg.into(),
+    }
 }
 
 /// Shorthand for a [`Error::ShapeMismatch`].
-pub(crate) fn shape_err(op: &'static str, lhs: &[usize], rhs: &[usize], why: impl Into<String>) -> Error {
+pub(crate) fn shape_err(
+    op: &'static str,
+    lhs: &[usize],
+    rhs: &[usize],
+    why: impl Into<String>,
+) -> Error {
     Error::ShapeMismatch {
         op,
         lhs: lhs.to_vec(),

@@ -47,7 +47,12 @@ pub fn gradcheck(
 ) -> Result<GradcheckReport> {
     let leaves: Vec<Tensor> = inputs
         .iter()
-        .map(|t| Ok(t.detach().to_dtype(DType::F64)?.contiguous()?.set_requires_grad(true)))
+        .map(|t| {
+            Ok(t.detach()
+                .to_dtype(DType::F64)?
+                .contiguous()?
+                .set_requires_grad(true))
+        })
         .collect::<Result<_>>()?;
     let out = f(&leaves)?;
     let mut rng = Philox::new(0x6772_6164);

@@ -39,9 +39,15 @@ fn to_bytes(t: &Tensor) -> Bytes {
     let (dtype, data) = match t.dtype() {
         DType::F32 => (
             StDtype::F32,
-            values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+            values
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
         ),
-        DType::F64 => (StDtype::F64, values.iter().flat_map(|&v| v.to_le_bytes()).collect()),
+        DType::F64 => (
+            StDtype::F64,
+            values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        ),
     };
     Bytes {
         dtype,
@@ -58,12 +64,20 @@ fn io_err(path: &Path, msg: impl std::fmt::Display) -> Error {
 }
 
 /// Writes `tensors` (name → tensor) and string `metadata` to `path`, atomically.
-pub fn save(path: impl AsRef<Path>, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
+pub fn save(
+    path: impl AsRef<Path>,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
-    let bytes: Vec<(String, Bytes)> = tensors.iter().map(|(n, t)| (n.clone(), to_bytes(t))).collect();
+    let bytes: Vec<(String, Bytes)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), to_bytes(t)))
+        .collect();
     let views = bytes.iter().map(|(n, b)| (n.as_str(), b));
     let meta = (!metadata.is_empty()).then(|| metadata.clone());
-    let buf = safetensors::tensor::serialize(views, meta).map_err(|e| io_err(path, format!("serialising: {e}")))?;
+    let buf = safetensors::tensor::serialize(views, meta)
+        .map_err(|e| io_err(path, format!("serialising: {e}")))?;
     write_atomically(path, &buf)
 }
 
@@ -104,8 +118,15 @@ impl Loaded {
             .find(|(n, _)| n == name)
             .map(|(_, t)| t)
             .ok_or_else(|| {
-                let names: Vec<&str> = self.tensors.iter().map(|(n, _)| n.as_str()).take(8).collect();
-                Error::Msg(format!("no tensor '{name}' in checkpoint (it has {names:?}…)"))
+                let names: Vec<&str> = self
+                    .tensors
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .take(8)
+                    .collect();
+                Error::Msg(format!(
+                    "no tensor '{name}' in checkpoint (it has {names:?}…)"
+                ))
             })
     }
 }
@@ -115,8 +136,10 @@ impl Loaded {
 pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
     let buf = std::fs::read(path).map_err(|e| io_err(path, format!("reading: {e}")))?;
-    let st = SafeTensors::deserialize(&buf).map_err(|e| io_err(path, format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&buf).map_err(|e| io_err(path, format!("bad header: {e}")))?;
+    let st = SafeTensors::deserialize(&buf)
+        .map_err(|e| io_err(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&buf).map_err(|e| io_err(path, format!("bad header: {e}")))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut names: Vec<(usize, String)> = Vec::new();
     for (name, view) in st.tensors() {
@@ -157,10 +180,16 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
                 DType::F64,
             ),
             other => {
-                return Err(io_err(path, format!("tensor '{name}' has unsupported dtype {other:?}")));
+                return Err(io_err(
+                    path,
+                    format!("tensor '{name}' has unsupported dtype {other:?}"),
+                ));
             }
         };
-        tensors.push((name, Tensor::from_vec(&values, view.shape(), dtype, device)?));
+        tensors.push((
+            name,
+            Tensor::from_vec(&values, view.shape(), dtype, device)?,
+        ));
     }
     Ok(Loaded { tensors, metadata })
 }

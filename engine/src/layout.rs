@@ -31,7 +31,11 @@ impl Layout {
     }
 
     pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
-        Self { shape, strides, offset }
+        Self {
+            shape,
+            strides,
+            offset,
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -75,14 +79,23 @@ impl Layout {
             .iter()
             .map(|&d| {
                 if d == -1 {
-                    if known == 0 { 0 } else { (numel / known) as usize }
+                    if known == 0 {
+                        0
+                    } else {
+                        (numel / known) as usize
+                    }
                 } else {
                     d as usize
                 }
             })
             .collect();
         if resolved.iter().product::<usize>() != self.numel() {
-            return Err(shape_err(op, &self.shape, &resolved, "element counts differ"));
+            return Err(shape_err(
+                op,
+                &self.shape,
+                &resolved,
+                "element counts differ",
+            ));
         }
         Ok(resolved)
     }
@@ -116,7 +129,13 @@ impl Layout {
         ))
     }
 
-    pub fn narrowed(&self, op: &'static str, axis: usize, start: usize, len: usize) -> Result<Layout> {
+    pub fn narrowed(
+        &self,
+        op: &'static str,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Layout> {
         self.check_axis(op, axis)?;
         if start + len > self.shape[axis] {
             return Err(bad_arg(
@@ -218,14 +237,27 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
             db
         } else {
-            return Err(shape_err(op, a, b, format!("axis {i} has sizes {da} and {db}")));
+            return Err(shape_err(
+                op,
+                a,
+                b,
+                format!("axis {i} has sizes {da} and {db}"),
+            ));
         };
     }
     Ok(out)

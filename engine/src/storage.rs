@@ -98,7 +98,13 @@ impl Storage {
         }
     }
 
-    pub fn rand(device: Device, dtype: DType, n: usize, kind: RandKind, rng: &mut Philox) -> Result<Storage> {
+    pub fn rand(
+        device: Device,
+        dtype: DType,
+        n: usize,
+        kind: RandKind,
+        rng: &mut Philox,
+    ) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuStorage::rand(dtype, n, kind, rng))),
             Device::Cuda(_) => Err(no_cuda("rand")),
@@ -132,7 +138,12 @@ impl Storage {
 
     /// Copies the elements of `src` (viewed through `src_layout`) into the
     /// elements of `self` viewed through `dst_layout` (same shape).
-    pub fn copy_from(&mut self, dst_layout: &Layout, src: &Storage, src_layout: &Layout) -> Result<()> {
+    pub fn copy_from(
+        &mut self,
+        dst_layout: &Layout,
+        src: &Storage,
+        src_layout: &Layout,
+    ) -> Result<()> {
         let (d, s) = same_device!("copy", self, src);
         d.copy_from(dst_layout, s, src_layout)
     }
@@ -149,7 +160,14 @@ impl Storage {
         Ok(Storage::Cpu(a.binary(l, b, r, op)?))
     }
 
-    pub fn where_cond(&self, c: &Layout, a: &Storage, al: &Layout, b: &Storage, bl: &Layout) -> Result<Storage> {
+    pub fn where_cond(
+        &self,
+        c: &Layout,
+        a: &Storage,
+        al: &Layout,
+        b: &Storage,
+        bl: &Layout,
+    ) -> Result<Storage> {
         let (cs, as_) = same_device!("where", self, a);
         let (_, bs) = same_device!("where", self, b);
         Ok(Storage::Cpu(cs.where_cond(c, as_, al, bs, bl)?))
@@ -162,7 +180,13 @@ impl Storage {
         }
     }
 
-    pub fn matmul(&self, l: &Layout, rhs: &Storage, r: &Layout, dims: &MatmulDims) -> Result<Storage> {
+    pub fn matmul(
+        &self,
+        l: &Layout,
+        rhs: &Storage,
+        r: &Layout,
+        dims: &MatmulDims,
+    ) -> Result<Storage> {
         let (a, b) = same_device!("matmul", self, rhs);
         Ok(Storage::Cpu(a.matmul(l, b, r, dims)?))
     }
@@ -173,7 +197,14 @@ impl Storage {
         }
     }
 
-    pub fn softmax_backward(&self, y: &Layout, g: &Storage, gl: &Layout, axis: usize, log: bool) -> Result<Storage> {
+    pub fn softmax_backward(
+        &self,
+        y: &Layout,
+        g: &Storage,
+        gl: &Layout,
+        axis: usize,
+        log: bool,
+    ) -> Result<Storage> {
         let (ys, gs) = same_device!("softmax_backward", self, g);
         Ok(Storage::Cpu(ys.softmax_backward(y, gs, gl, axis, log)))
     }
@@ -185,9 +216,17 @@ impl Storage {
     }
 
     /// A zero tensor of `shape` with `src` rows added at `ids` along `axis`.
-    pub fn index_add_zeros(&self, src_layout: &Layout, shape: &[usize], axis: usize, ids: &[usize]) -> Result<Storage> {
+    pub fn index_add_zeros(
+        &self,
+        src_layout: &Layout,
+        shape: &[usize],
+        axis: usize,
+        ids: &[usize],
+    ) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.index_add_zeros(src_layout, shape, axis, ids))),
+            Storage::Cpu(s) => Ok(Storage::Cpu(
+                s.index_add_zeros(src_layout, shape, axis, ids),
+            )),
         }
     }
 

@@ -89,7 +89,10 @@ impl Tensor {
 
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let n = shape.iter().product();
-        Ok(Tensor::from_contiguous(Storage::zeros(device, dtype, n)?, shape))
+        Ok(Tensor::from_contiguous(
+            Storage::zeros(device, dtype, n)?,
+            shape,
+        ))
     }
 
     pub fn ones(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
@@ -98,7 +101,10 @@ impl Tensor {
 
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Result<Tensor> {
         let n = shape.iter().product();
-        Ok(Tensor::from_contiguous(Storage::full(device, dtype, n, value)?, shape))
+        Ok(Tensor::from_contiguous(
+            Storage::full(device, dtype, n, value)?,
+            shape,
+        ))
     }
 
     /// A 0-dimensional tensor holding `value`.
@@ -107,16 +113,27 @@ impl Tensor {
     }
 
     /// A tensor of `shape` from row-major `data` (converted to `dtype`).
-    pub fn from_vec<T: Into<f64> + Copy>(data: &[T], shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+    pub fn from_vec<T: Into<f64> + Copy>(
+        data: &[T],
+        shape: &[usize],
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
             return Err(bad_arg(
                 "from_vec",
-                format!("{} values cannot fill shape {shape:?} ({n} elements)", data.len()),
+                format!(
+                    "{} values cannot fill shape {shape:?} ({n} elements)",
+                    data.len()
+                ),
             ));
         }
         let v: Vec<f64> = data.iter().map(|&x| x.into()).collect();
-        Ok(Tensor::from_contiguous(Storage::from_f64(device, dtype, &v)?, shape))
+        Ok(Tensor::from_contiguous(
+            Storage::from_f64(device, dtype, &v)?,
+            shape,
+        ))
     }
 
     /// Convenience: an f32 CPU tensor from data.
@@ -126,11 +143,19 @@ impl Tensor {
 
     /// 0, 1, ..., n−1.
     pub fn arange(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
-        Ok(Tensor::from_contiguous(Storage::arange(device, dtype, n)?, &[n]))
+        Ok(Tensor::from_contiguous(
+            Storage::arange(device, dtype, n)?,
+            &[n],
+        ))
     }
 
     /// Samples from N(0, 1), drawing from `rng`.
-    pub fn randn(shape: &[usize], dtype: DType, device: Device, rng: &mut Philox) -> Result<Tensor> {
+    pub fn randn(
+        shape: &[usize],
+        dtype: DType,
+        device: Device,
+        rng: &mut Philox,
+    ) -> Result<Tensor> {
         let n = shape.iter().product();
         Ok(Tensor::from_contiguous(
             Storage::rand(device, dtype, n, RandKind::Normal, rng)?,
@@ -216,7 +241,8 @@ impl Tensor {
     pub fn set_requires_grad(&self, on: bool) -> Tensor {
         let mut t = self.view_with(self.0.layout.clone());
         if on {
-            Arc::get_mut(&mut t.0).expect("fresh tensor").grad = Some(Arc::new(GradSlot::default()));
+            Arc::get_mut(&mut t.0).expect("fresh tensor").grad =
+                Some(Arc::new(GradSlot::default()));
         }
         t
     }
@@ -258,7 +284,10 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(bad_arg(
                 "backward",
-                format!("needs a scalar output, got shape {:?}; use backward_with", self.shape()),
+                format!(
+                    "needs a scalar output, got shape {:?}; use backward_with",
+                    self.shape()
+                ),
             ));
         }
         autograd::backward_with(self, self.ones_like()?)

@@ -103,7 +103,10 @@ impl Philox {
 
     fn next_word(&mut self) -> u32 {
         if self.used == 4 {
-            self.buf = philox4x32([self.offset as u32, (self.offset >> 32) as u32, 0, 0], self.key());
+            self.buf = philox4x32(
+                [self.offset as u32, (self.offset >> 32) as u32, 0, 0],
+                self.key(),
+            );
             self.offset += 1;
             self.used = 0;
         }

@@ -116,10 +116,14 @@ mod tests {
             a.next_batch().unwrap();
         }
         let saved = a.state();
-        let want: Vec<Vec<f64>> = (0..4).map(|_| a.next_batch().unwrap().to_vec_f64()).collect();
+        let want: Vec<Vec<f64>> = (0..4)
+            .map(|_| a.next_batch().unwrap().to_vec_f64())
+            .collect();
         let mut b = Batcher::new(toy(10), 3, true, 42);
         b.restore(saved);
-        let got: Vec<Vec<f64>> = (0..4).map(|_| b.next_batch().unwrap().to_vec_f64()).collect();
+        let got: Vec<Vec<f64>> = (0..4)
+            .map(|_| b.next_batch().unwrap().to_vec_f64())
+            .collect();
         assert_eq!(want, got);
     }
 
@@ -128,7 +132,10 @@ mod tests {
         let mut b = Batcher::new(toy(6), 6, false, 1);
         let v = b.next_batch().unwrap().to_vec_f64();
         assert!(v.iter().all(|&x| (-1.0..=1.0).contains(&x)));
-        let mut firsts: Vec<i64> = v.chunks(4).map(|c| ((c[0] + 1.0) * 127.5).round() as i64).collect();
+        let mut firsts: Vec<i64> = v
+            .chunks(4)
+            .map(|c| ((c[0] + 1.0) * 127.5).round() as i64)
+            .collect();
         firsts.sort();
         assert_eq!(firsts, vec![0, 4, 8, 12, 16, 20]);
     }

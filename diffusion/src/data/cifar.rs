@@ -76,15 +76,26 @@ pub fn load_cifar10_dir(dir: &Path, train: bool) -> Result<ImageDataset> {
     } else {
         vec!["test_batch.bin".into()]
     };
-    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).filter(|p| p.exists()).collect();
+    let files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
     if files.is_empty() {
         return Err(Error::Io {
             path: dir.display().to_string(),
-            msg: format!("no CIFAR-10 batch files found (expected {})", names.join(", ")),
+            msg: format!(
+                "no CIFAR-10 batch files found (expected {})",
+                names.join(", ")
+            ),
         });
     }
     let mut ds = load_cifar10(&files)?;
-    ds.source = format!("{} ({} split)", dir.display(), if train { "train" } else { "test" });
+    ds.source = format!(
+        "{} ({} split)",
+        dir.display(),
+        if train { "train" } else { "test" }
+    );
     Ok(ds)
 }
 

@@ -26,7 +26,10 @@ pub fn load_idx_images(path: &Path) -> Result<ImageDataset> {
 }
 
 pub fn parse_idx_images(bytes: &[u8], name: &str) -> Result<ImageDataset> {
-    let err = |msg: String| Error::Io { path: name.into(), msg };
+    let err = |msg: String| Error::Io {
+        path: name.into(),
+        msg,
+    };
     if bytes.len() < 16 {
         return Err(err(format!(
             "{} bytes is too short for an IDX image header (16 bytes)",
@@ -67,7 +70,10 @@ mod tests {
         let mut b = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
         b.extend(0..12u8);
         let ds = parse_idx_images(&b, "f").unwrap();
-        assert_eq!((ds.len(), ds.height, ds.width, ds.image(1)[0]), (2, 2, 3, 6));
+        assert_eq!(
+            (ds.len(), ds.height, ds.width, ds.image(1)[0]),
+            (2, 2, 3, 6)
+        );
         b.pop();
         let msg = parse_idx_images(&b, "f").unwrap_err().to_string();
         assert!(msg.contains("27 bytes") && msg.contains("2×3"), "{msg}");

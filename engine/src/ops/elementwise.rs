@@ -15,7 +15,12 @@ impl Tensor {
     }
 
     /// Applies a broadcasting binary kernel, no tape.
-    pub(crate) fn map_binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
+    pub(crate) fn map_binary(
+        &self,
+        rhs: &Tensor,
+        op: BinaryOp,
+        name: &'static str,
+    ) -> Result<Tensor> {
         check_same(name, self, rhs)?;
         let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
         let l = self.layout().broadcast_to(name, &shape)?;
@@ -65,11 +70,15 @@ impl Tensor {
     }
     /// |x|; d/dx = sign(x) (0 at 0, as PyTorch).
     pub fn abs(&self) -> Result<Tensor> {
-        self.unary_with_grad(UnaryOp::Abs, "abs", |g, x, _| g.mul(&x.map_unary(UnaryOp::Sign)?))
+        self.unary_with_grad(UnaryOp::Abs, "abs", |g, x, _| {
+            g.mul(&x.map_unary(UnaryOp::Sign)?)
+        })
     }
     /// 1/x; d/dx = −1/x².
     pub fn recip(&self) -> Result<Tensor> {
-        self.unary_with_grad(UnaryOp::Recip, "recip", |g, _, y| g.mul(&y.square()?)?.neg())
+        self.unary_with_grad(UnaryOp::Recip, "recip", |g, _, y| {
+            g.mul(&y.square()?)?.neg()
+        })
     }
     /// σ(x) = 1/(1+e⁻ˣ); backward fused in one kernel.
     pub fn sigmoid(&self) -> Result<Tensor> {
@@ -97,7 +106,9 @@ impl Tensor {
     }
     /// x·mul + add in one pass; d/dx = mul.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
-        self.unary_with_grad(UnaryOp::Affine { mul, add }, "affine", move |g, _, _| g.mul_scalar(mul))
+        self.unary_with_grad(UnaryOp::Affine { mul, add }, "affine", move |g, _, _| {
+            g.mul_scalar(mul)
+        })
     }
     pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
         self.affine(1.0, c)
@@ -132,7 +143,13 @@ impl Tensor {
         rhs: &Tensor,
         op: BinaryOp,
         name: &'static str,
-        grad: impl FnOnce(&Tensor, &Tensor, &Tensor, &Tensor, &[bool]) -> Result<(Option<Tensor>, Option<Tensor>)>
+        grad: impl FnOnce(
+            &Tensor,
+            &Tensor,
+            &Tensor,
+            &Tensor,
+            &[bool],
+        ) -> Result<(Option<Tensor>, Option<Tensor>)>
         + Send
         + 'static,
     ) -> Result<Tensor> {
@@ -170,7 +187,10 @@ impl Tensor {
     /// a / b with broadcasting; ∂/∂a = g/b, ∂/∂b = −g·(a/b)/b.
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary_with_grad(rhs, BinaryOp::Div, "div", |g, _, b, y, n| {
-            Ok((when(n[0], || g.div(b))?, when(n[1], || g.mul(y)?.div(b)?.neg())?))
+            Ok((
+                when(n[0], || g.div(b))?,
+                when(n[1], || g.mul(y)?.div(b)?.neg())?,
+            ))
         })
     }
     /// max(a, b) elementwise; ties send the gradient to `a`.
@@ -220,7 +240,11 @@ impl Tensor {
     pub fn where_cond(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         check_same("where", a, b)?;
         check_same("where", cond, a)?;
-        let shape = broadcast_shapes("where", &broadcast_shapes("where", cond.shape(), a.shape())?, b.shape())?;
+        let shape = broadcast_shapes(
+            "where",
+            &broadcast_shapes("where", cond.shape(), a.shape())?,
+            b.shape(),
+        )?;
         let lay = |t: &Tensor| -> Result<Layout> { t.layout().broadcast_to("where", &shape) };
         let (cl, al, bl) = (lay(cond)?, lay(a)?, lay(b)?);
         let st = {

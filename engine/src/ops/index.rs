@@ -26,7 +26,9 @@ impl Tensor {
         let (ids, in_shape) = (ids.to_vec(), self.shape().to_vec());
         Ok(record(out, "index_select", &[self], move || {
             Box::new(move |g, _| {
-                let st = g.storage().index_add_zeros(g.layout(), &in_shape, axis, &ids)?;
+                let st = g
+                    .storage()
+                    .index_add_zeros(g.layout(), &in_shape, axis, &ids)?;
                 Ok(vec![Some(Tensor::from_contiguous(st, &in_shape))])
             })
         }))

@@ -38,8 +38,12 @@ impl Tensor {
             b.extend([x, y]);
             b
         };
-        let l = self.layout().broadcast_to("matmul", &with(batch.clone(), m, k))?;
-        let r = rhs.layout().broadcast_to("matmul", &with(batch.clone(), k, n))?;
+        let l = self
+            .layout()
+            .broadcast_to("matmul", &with(batch.clone(), m, k))?;
+        let r = rhs
+            .layout()
+            .broadcast_to("matmul", &with(batch.clone(), k, n))?;
         let dims = MatmulDims {
             batch: batch.clone(),
             m,

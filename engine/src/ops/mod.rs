@@ -36,7 +36,11 @@ pub(crate) fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
 
 /// Runs `f` on the storages of `a` and `b`, locking a shared buffer once
 /// (so `x * x` never takes the same lock twice).
-pub(crate) fn with_storages<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&Storage, &Storage) -> R) -> R {
+pub(crate) fn with_storages<R>(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(&Storage, &Storage) -> R,
+) -> R {
     let sa = a.storage();
     if a.shares_storage(b) {
         f(&sa, &sa)

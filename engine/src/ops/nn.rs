@@ -12,16 +12,21 @@ impl Tensor {
     /// an untracked constant of the `mul`). `train = false` is the identity.
     pub fn dropout(&self, p: f64, train: bool, rng: &mut Philox) -> Result<Tensor> {
         if !(0.0..1.0).contains(&p) {
-            return Err(bad_arg("dropout", format!("probability {p} must be in [0, 1)")));
+            return Err(bad_arg(
+                "dropout",
+                format!("probability {p} must be in [0, 1)"),
+            ));
         }
         if !train || p == 0.0 {
             return Ok(self.clone());
         }
         let u = Tensor::rand(self.shape(), self.dtype(), self.device(), rng)?;
-        let mask = u.map_unary(UnaryOp::GeScalar(p))?.map_unary(UnaryOp::Affine {
-            mul: 1.0 / (1.0 - p),
-            add: 0.0,
-        })?;
+        let mask = u
+            .map_unary(UnaryOp::GeScalar(p))?
+            .map_unary(UnaryOp::Affine {
+                mul: 1.0 / (1.0 - p),
+                add: 0.0,
+            })?;
         self.mul(&mask)
     }
 

@@ -36,7 +36,10 @@ impl Tensor {
     /// Reduction kernel without tape; the result keeps size-1 axes.
     fn reduce_keep(&self, op: ReduceOp, axes: &[usize]) -> Result<Tensor> {
         let st = self.storage().reduce(self.layout(), op, axes)?;
-        Ok(Tensor::from_contiguous(st, &reduced_shape(self.shape(), axes, true)))
+        Ok(Tensor::from_contiguous(
+            st,
+            &reduced_shape(self.shape(), axes, true),
+        ))
     }
 
     /// Σ over `axes`. The gradient broadcasts back: ∂/∂x = g expanded.
@@ -53,7 +56,9 @@ impl Tensor {
         Ok(record(out, "sum", &[self], move || {
             Box::new(move |g, _| {
                 Ok(vec![Some(
-                    g.reshape(&keep_shape)?.broadcast_to(&in_shape)?.contiguous()?,
+                    g.reshape(&keep_shape)?
+                        .broadcast_to(&in_shape)?
+                        .contiguous()?,
                 )])
             })
         }))
@@ -69,7 +74,8 @@ impl Tensor {
     pub fn mean(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
         let ax = normalize_axes("mean", self, axes)?;
         let count: usize = ax.iter().map(|&a| self.shape()[a]).product();
-        self.sum(&ax, keepdim)?.mul_scalar(1.0 / count.max(1) as f64)
+        self.sum(&ax, keepdim)?
+            .mul_scalar(1.0 / count.max(1) as f64)
     }
 
     /// Mean of all elements.
@@ -78,7 +84,13 @@ impl Tensor {
         self.mean(&axes, false)
     }
 
-    fn extremum(&self, op: ReduceOp, name: &'static str, axes: &[usize], keepdim: bool) -> Result<Tensor> {
+    fn extremum(
+        &self,
+        op: ReduceOp,
+        name: &'static str,
+        axes: &[usize],
+        keepdim: bool,
+    ) -> Result<Tensor> {
         let ax = normalize_axes(name, self, axes)?;
         if ax.iter().any(|&a| self.shape()[a] == 0) {
             return Err(bad_arg(

@@ -14,9 +14,13 @@ impl Tensor {
         Ok(record(out, name, &[self], move || {
             Box::new(move |g, _| {
                 // Only the output is saved: both derivatives are functions of y.
-                let st = y
-                    .storage()
-                    .softmax_backward(y.layout(), &g.storage(), g.layout(), axis, log)?;
+                let st = y.storage().softmax_backward(
+                    y.layout(),
+                    &g.storage(),
+                    g.layout(),
+                    axis,
+                    log,
+                )?;
                 Ok(vec![Some(Tensor::from_contiguous(st, y.shape()))])
             })
         }))

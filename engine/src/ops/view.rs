@@ -44,7 +44,10 @@ impl Tensor {
             return Ok(self.clone());
         }
         let src = self.contiguous()?;
-        let layout = src.layout().reshaped(&target).expect("contiguous after copy");
+        let layout = src
+            .layout()
+            .reshaped(&target)
+            .expect("contiguous after copy");
         let orig = self.shape().to_vec();
         Ok(src.view_op(layout, "reshape", move |g| g.reshape(&orig)))
     }
@@ -86,7 +89,8 @@ impl Tensor {
         let region = out
             .layout()
             .narrowed("narrow_backward", axis, start, self.shape()[axis])?;
-        out.storage_mut().copy_from(&region, &self.storage(), self.layout())?;
+        out.storage_mut()
+            .copy_from(&region, &self.storage(), self.layout())?;
         Ok(out)
     }
 
@@ -174,7 +178,11 @@ impl Tensor {
                 let mut start = 0;
                 let mut grads = Vec::with_capacity(sizes.len());
                 for (&n, &need) in sizes.iter().zip(needs) {
-                    grads.push(if need { Some(g.narrow(axis, start, n)?) } else { None });
+                    grads.push(if need {
+                        Some(g.narrow(axis, start, n)?)
+                    } else {
+                        None
+                    });
                     start += n;
                 }
                 Ok(grads)
@@ -188,7 +196,10 @@ impl Tensor {
         if sizes.iter().sum::<usize>() != self.shape()[axis] {
             return Err(bad_arg(
                 "split",
-                format!("sizes {sizes:?} do not add up to axis {axis} of {:?}", self.shape()),
+                format!(
+                    "sizes {sizes:?} do not add up to axis {axis} of {:?}",
+                    self.shape()
+                ),
             ));
         }
         let mut start = 0;
@@ -209,7 +220,10 @@ impl Tensor {
         if n == 0 || size % n != 0 {
             return Err(bad_arg(
                 "chunk",
-                format!("axis {axis} of {:?} does not split into {n} equal pieces", self.shape()),
+                format!(
+                    "axis {axis} of {:?} does not split into {n} equal pieces",
+                    self.shape()
+                ),
             ));
         }
         self.split(axis, &vec![size / n; n])

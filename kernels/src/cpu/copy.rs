@@ -27,7 +27,10 @@ pub fn copy_strided<T: Float>(
     let (n, ss, ds) = (shape[last], st[0][last], st[1][last]);
     let rows = numel / n;
     let max_dst = dst_offset + row_offset(&shape, &st[1], rows - 1) + (n - 1) * ds;
-    assert!(max_dst < dst.len(), "copy_strided: destination out of bounds");
+    assert!(
+        max_dst < dst.len(),
+        "copy_strided: destination out of bounds"
+    );
     let dst_ptr = SendPtr(dst.as_mut_ptr());
     let row = |r: usize| {
         let so = src_offset + row_offset(&shape, &st[0], r);
@@ -50,9 +53,11 @@ pub fn copy_strided<T: Float>(
         (0..rows).for_each(row);
     } else {
         let rows_per_task = (PAR_CHUNK / n).max(1);
-        (0..rows.div_ceil(rows_per_task)).into_par_iter().for_each(|t| {
-            (t * rows_per_task..((t + 1) * rows_per_task).min(rows)).for_each(row);
-        });
+        (0..rows.div_ceil(rows_per_task))
+            .into_par_iter()
+            .for_each(|t| {
+                (t * rows_per_task..((t + 1) * rows_per_task).min(rows)).for_each(row);
+            });
     }
 }
 

@@ -252,9 +252,19 @@ pub struct Strided<'a, T> {
 /// `out = op(a, b)` over `shape`, with `a` and `b` strided (broadcast via
 /// stride 0) and `out` contiguous. Dimensions are collapsed first, then each
 /// innermost run is processed by a loop specialised to its stride pattern.
-pub fn binary<T: Float>(op: BinaryOp, shape: &[usize], a: Strided<T>, b: Strided<T>, out: &mut [T]) {
+pub fn binary<T: Float>(
+    op: BinaryOp,
+    shape: &[usize],
+    a: Strided<T>,
+    b: Strided<T>,
+    out: &mut [T],
+) {
     let numel: usize = shape.iter().product();
-    assert_eq!(out.len(), numel, "binary: output length does not match shape");
+    assert_eq!(
+        out.len(),
+        numel,
+        "binary: output length does not match shape"
+    );
     if numel == 0 {
         return;
     }
@@ -286,11 +296,24 @@ pub fn binary<T: Float>(op: BinaryOp, shape: &[usize], a: Strided<T>, b: Strided
 /// One innermost run: `out[i] = op(a[ao + i·sa], b[bo + i·sb])`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn binary_run<T: Float>(op: BinaryOp, a: &[T], ao: usize, sa: usize, b: &[T], bo: usize, sb: usize, out: &mut [T]) {
+fn binary_run<T: Float>(
+    op: BinaryOp,
+    a: &[T],
+    ao: usize,
+    sa: usize,
+    b: &[T],
+    bo: usize,
+    sb: usize,
+    out: &mut [T],
+) {
     let n = out.len();
     #[cfg(target_arch = "x86_64")]
     if sa == 1 && sb == 1 && simd::level() == SimdLevel::Avx2Fma {
-        if let (Some(af), Some(bf), Some(of)) = (as_f32(&a[ao..ao + n]), as_f32(&b[bo..bo + n]), as_f32_mut(out)) {
+        if let (Some(af), Some(bf), Some(of)) = (
+            as_f32(&a[ao..ao + n]),
+            as_f32(&b[bo..bo + n]),
+            as_f32_mut(out),
+        ) {
             // SAFETY: AVX2+FMA checked above.
             if unsafe { binary_f32_avx2(op, af, bf, of) } {
                 return;
@@ -346,11 +369,21 @@ fn binary_f32_avx2(op: BinaryOp, a: &[f32], b: &[f32], out: &mut [f32]) -> bool 
 }
 
 /// `out = cond ? a : b` elementwise, every operand strided, `cond` nonzero = true.
-pub fn where_cond<T: Float>(shape: &[usize], cond: Strided<T>, a: Strided<T>, b: Strided<T>, out: &mut [T]) {
+pub fn where_cond<T: Float>(
+    shape: &[usize],
+    cond: Strided<T>,
+    a: Strided<T>,
+    b: Strided<T>,
+    out: &mut [T],
+) {
     // Expressed through the binary mechanism in two sweeps would cost more
     // memory traffic; a direct strided walk is simpler and one pass.
     let numel: usize = shape.iter().product();
-    assert_eq!(out.len(), numel, "where: output length does not match shape");
+    assert_eq!(
+        out.len(),
+        numel,
+        "where: output length does not match shape"
+    );
     if numel == 0 {
         return;
     }

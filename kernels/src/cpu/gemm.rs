@@ -57,7 +57,9 @@ impl Gemm for f32 {
         csc: isize,
     ) {
         // SAFETY: forwarded contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }
 
@@ -79,7 +81,9 @@ impl Gemm for f64 {
         csc: isize,
     ) {
         // SAFETY: forwarded contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }
 
@@ -154,9 +158,13 @@ pub fn batched_gemm<T: Gemm>(
     };
     let small = m * n * k < 128 * 128 * 128;
     if batch > 1 && small {
-        c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| one(i, ci));
+        c.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, ci)| one(i, ci));
     } else {
-        c.chunks_mut(m * n).enumerate().for_each(|(i, ci)| one(i, ci));
+        c.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, ci)| one(i, ci));
     }
 }
 

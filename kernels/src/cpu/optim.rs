@@ -24,7 +24,14 @@ pub struct AdamStep {
 /// m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
 /// θ ← θ − lr · (m / (1−β1^t)) / (√(v / (1−β2^t)) + ε)   (Kingma & Ba, Alg. 1).
 /// `grad_scale` multiplies g first (global-norm clipping without an extra pass).
-pub fn adam<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], s: AdamStep, grad_scale: f64) {
+pub fn adam<T: Float>(
+    param: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    s: AdamStep,
+    grad_scale: f64,
+) {
     let n = param.len();
     assert!(
         grad.len() == n && m.len() == n && v.len() == n,
@@ -88,7 +95,12 @@ mod tests {
     #[test]
     fn adam_first_step_moves_by_lr() {
         // On step 1, m̂ = g and v̂ = g², so the update is lr·g/(|g|+ε) ≈ lr·sign(g).
-        let (mut p, g, mut m, mut v) = (vec![1.0f64, -1.0], vec![0.5, -2.0], vec![0.0; 2], vec![0.0; 2]);
+        let (mut p, g, mut m, mut v) = (
+            vec![1.0f64, -1.0],
+            vec![0.5, -2.0],
+            vec![0.0; 2],
+            vec![0.0; 2],
+        );
         let s = AdamStep {
             lr: 0.1,
             beta1: 0.9,
@@ -100,6 +112,9 @@ mod tests {
             bias2: 0.001,
         };
         adam(&mut p, &g, &mut m, &mut v, s, 1.0);
-        assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 0.9).abs() < 1e-6, "{p:?}");
+        assert!(
+            (p[0] - 0.9).abs() < 1e-6 && (p[1] + 0.9).abs() < 1e-6,
+            "{p:?}"
+        );
     }
 }

@@ -53,7 +53,14 @@ impl ReduceOp {
 }
 
 /// `out[o, i] = op_{k<r} x[o, k, i]` for contiguous `x` of `[outer, r, inner]`.
-pub fn reduce<T: Float>(op: ReduceOp, x: &[T], outer: usize, r: usize, inner: usize, out: &mut [T]) {
+pub fn reduce<T: Float>(
+    op: ReduceOp,
+    x: &[T],
+    outer: usize,
+    r: usize,
+    inner: usize,
+    out: &mut [T],
+) {
     assert_eq!(
         x.len(),
         outer * r * inner,
@@ -75,7 +82,9 @@ pub fn reduce<T: Float>(op: ReduceOp, x: &[T], outer: usize, r: usize, inner: us
                 x.chunks(r.max(1)).zip(out.iter_mut()).for_each(rows);
             }
         } else {
-            x.par_chunks(r.max(1)).zip(out.par_iter_mut()).for_each(rows);
+            x.par_chunks(r.max(1))
+                .zip(out.par_iter_mut())
+                .for_each(rows);
         }
         return;
     }
@@ -150,7 +159,10 @@ mod tests {
         let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
         let mut out = vec![0f32; 4];
         reduce(ReduceOp::Sum, &x, 2, 3, 2, &mut out);
-        assert_eq!(out, vec![0. + 2. + 4., 1. + 3. + 5., 6. + 8. + 10., 7. + 9. + 11.]);
+        assert_eq!(
+            out,
+            vec![0. + 2. + 4., 1. + 3. + 5., 6. + 8. + 10., 7. + 9. + 11.]
+        );
         reduce(ReduceOp::Max, &x, 2, 3, 2, &mut out);
         assert_eq!(out, vec![4., 5., 10., 11.]);
     }

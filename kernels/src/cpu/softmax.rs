@@ -7,13 +7,24 @@ use rayon::prelude::*;
 /// softmax(x)_j = e^{x_j − max x} / Σ_k e^{x_k − max x} along `dim`;
 /// with `log = true`, log-softmax = x_j − max − ln Σ_k e^{x_k − max}.
 /// Subtracting the max keeps every exponent ≤ 0, so nothing overflows.
-pub fn softmax<T: Float>(x: &[T], outer: usize, dim: usize, inner: usize, log: bool, out: &mut [T]) {
+pub fn softmax<T: Float>(
+    x: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    log: bool,
+    out: &mut [T],
+) {
     assert_eq!(
         x.len(),
         outer * dim * inner,
         "softmax: input length does not match [outer, dim, inner]"
     );
-    assert_eq!(out.len(), x.len(), "softmax: output length differs from input");
+    assert_eq!(
+        out.len(),
+        x.len(),
+        "softmax: output length differs from input"
+    );
     if x.is_empty() {
         return;
     }
@@ -47,14 +58,24 @@ pub fn softmax<T: Float>(x: &[T], outer: usize, dim: usize, inner: usize, log: b
     if x.len() <= PAR_CHUNK {
         x.chunks(step).zip(out.chunks_mut(step)).for_each(slab);
     } else {
-        x.par_chunks(step).zip(out.par_chunks_mut(step)).for_each(slab);
+        x.par_chunks(step)
+            .zip(out.par_chunks_mut(step))
+            .for_each(slab);
     }
 }
 
 /// Backward of softmax along `dim`, given y = softmax(x) and g = ∂L/∂y:
 /// ∂L/∂x_j = y_j (g_j − Σ_k g_k y_k). With `log = true`, y = log-softmax(x):
 /// ∂L/∂x_j = g_j − e^{y_j} Σ_k g_k.
-pub fn softmax_backward<T: Float>(y: &[T], g: &[T], outer: usize, dim: usize, inner: usize, log: bool, out: &mut [T]) {
+pub fn softmax_backward<T: Float>(
+    y: &[T],
+    g: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    log: bool,
+    out: &mut [T],
+) {
     assert_eq!(
         y.len(),
         outer * dim * inner,
@@ -72,7 +93,11 @@ pub fn softmax_backward<T: Float>(y: &[T], g: &[T], outer: usize, dim: usize, in
             let at = |j: usize| j * inner + i;
             let mut s = T::ZERO;
             for j in 0..dim {
-                s += if log { gs[at(j)] } else { gs[at(j)] * ys[at(j)] };
+                s += if log {
+                    gs[at(j)]
+                } else {
+                    gs[at(j)] * ys[at(j)]
+                };
             }
             for j in 0..dim {
                 os[at(j)] = if log {
