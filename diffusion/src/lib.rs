@@ -6,4 +6,6 @@
 pub mod data;
 pub mod gaussian;
 pub mod process;
+pub mod sample;
 pub mod schedule;
+pub mod vlb;

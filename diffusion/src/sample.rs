@@ -1,0 +1,105 @@
+//! Samplers: DDPM ancestral sampling and DDIM, both deterministic given a seed.
+
+use crate::process::{
+    DdimSpacing, ReverseVariance, ddim_step, ddim_timesteps, ddpm_step, predict_x0_from_eps,
+};
+use crate::schedule::Schedule;
+use crate::vlb::EpsModel;
+use noisegrad_engine::{DType, Device, Philox, Result, Tensor, no_grad};
+
+/// Options shared by both samplers.
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    /// Clip x̂_0 to [−1, 1] at every step (the DDPM reference does).
+    pub clip: bool,
+    /// Keep x̂_0 every `progressive_every` steps (0 = never): the
+    /// coarse-to-fine picture of DDPM Fig. 6.
+    pub progressive_every: usize,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self {
+            clip: true,
+            progressive_every: 0,
+        }
+    }
+}
+
+/// Final samples and, when asked for, the x̂_0 predictions along the chain.
+pub struct Samples {
+    pub images: Tensor,
+    pub progressive: Vec<(usize, Tensor)>,
+}
+
+/// DDPM ancestral sampling (Ho et al. Alg. 2): x_T ~ N(0, I), then
+/// x_{t−1} = μ_θ(x_t, t) + σ_t z for t = T−1 … 0.
+#[allow(clippy::too_many_arguments)]
+pub fn ddpm_sample(
+    s: &Schedule,
+    var: ReverseVariance,
+    model: &mut EpsModel,
+    shape: &[usize],
+    device: Device,
+    rng: &mut Philox,
+    opts: &SampleOptions,
+    mut on_step: impl FnMut(usize),
+) -> Result<Samples> {
+    no_grad(|| {
+        let mut x = Tensor::randn(shape, DType::F32, device, rng)?;
+        let mut progressive = Vec::new();
+        for t in (0..s.steps()).rev() {
+            let ts = vec![t; shape[0]];
+            let eps = model(&x, &ts)?;
+            if keep(opts, s.steps() - 1 - t, t) {
+                progressive.push((t, predict_x0_from_eps(s, &x, &ts, &eps)?.clamp(-1.0, 1.0)?));
+            }
+            let z = Tensor::randn(shape, DType::F32, device, rng)?;
+            x = ddpm_step(s, var, &x, &ts, &eps, &z, opts.clip)?;
+            on_step(t);
+        }
+        Ok(Samples {
+            images: x.clamp(-1.0, 1.0)?,
+            progressive,
+        })
+    })
+}
+
+/// DDIM sampling (Song et al. 2021) over `steps` timesteps with noise scale `eta`.
+#[allow(clippy::too_many_arguments)]
+pub fn ddim_sample(
+    s: &Schedule,
+    model: &mut EpsModel,
+    shape: &[usize],
+    device: Device,
+    steps: usize,
+    spacing: DdimSpacing,
+    eta: f64,
+    rng: &mut Philox,
+    opts: &SampleOptions,
+    mut on_step: impl FnMut(usize),
+) -> Result<Samples> {
+    no_grad(|| {
+        let seq = ddim_timesteps(s.steps(), steps, spacing);
+        let mut x = Tensor::randn(shape, DType::F32, device, rng)?;
+        let mut progressive = Vec::new();
+        for (i, &t) in seq.iter().enumerate() {
+            let ts = vec![t; shape[0]];
+            let eps = model(&x, &ts)?;
+            if keep(opts, i, t) {
+                progressive.push((t, predict_x0_from_eps(s, &x, &ts, &eps)?.clamp(-1.0, 1.0)?));
+            }
+            let z = Tensor::randn(shape, DType::F32, device, rng)?;
+            x = ddim_step(s, &x, t, seq.get(i + 1).copied(), &eps, &z, eta, opts.clip)?;
+            on_step(t);
+        }
+        Ok(Samples {
+            images: x.clamp(-1.0, 1.0)?,
+            progressive,
+        })
+    })
+}
+
+fn keep(opts: &SampleOptions, index: usize, t: usize) -> bool {
+    opts.progressive_every > 0 && (index % opts.progressive_every == 0 || t == 0)
+}
