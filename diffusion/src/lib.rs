@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod gaussian;
+pub mod image;
 pub mod process;
 pub mod sample;
 pub mod schedule;
