@@ -57,6 +57,34 @@ impl ImageDataset {
     }
 }
 
+/// Images `start..start+count` as an f32 CPU tensor [count, C, H, W] in
+/// [−1, 1], in dataset order, unflipped (for evaluation).
+pub fn batch_from(
+    ds: &ImageDataset,
+    start: usize,
+    count: usize,
+) -> Result<noisegrad_engine::Tensor> {
+    if start + count > ds.len() {
+        return Err(Error::Msg(format!(
+            "images {start}..{} requested from {} ({} images)",
+            start + count,
+            ds.source,
+            ds.len()
+        )));
+    }
+    let b = ds.image_bytes();
+    let v: Vec<f32> = ds.pixels[start * b..(start + count) * b]
+        .iter()
+        .map(|&p| byte_to_unit(p))
+        .collect();
+    noisegrad_engine::Tensor::from_vec(
+        &v,
+        &[count, ds.channels, ds.height, ds.width],
+        noisegrad_engine::DType::F32,
+        noisegrad_engine::Device::Cpu,
+    )
+}
+
 /// Data scaling used throughout: byte v ↦ v/127.5 − 1 ∈ [−1, 1].
 pub fn byte_to_unit(v: u8) -> f32 {
     v as f32 / 127.5 - 1.0
