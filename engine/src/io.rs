@@ -109,6 +109,7 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Tensors (in file order) and metadata read from a safetensors file.
+#[derive(Debug)]
 pub struct Loaded {
     pub tensors: Vec<(String, Tensor)>,
     pub metadata: HashMap<String, String>,

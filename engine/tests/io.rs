@@ -160,8 +160,15 @@ fn failed_write_names_path_and_keeps_old_file() {
     // Duplicate names are refused before anything is written.
     let dup = vec![t[0].clone(), t[0].clone()];
     let err = save(&path, &dup, &HashMap::new()).unwrap_err().to_string();
-    assert!(err.contains("ckpt.safetensors") && err.contains("'x'"), "{err}");
-    assert_same("x", load(&path, Device::Cpu).unwrap().get("x").unwrap(), &t[0].1);
+    assert!(
+        err.contains("ckpt.safetensors") && err.contains("'x'"),
+        "{err}"
+    );
+    assert_same(
+        "x",
+        load(&path, Device::Cpu).unwrap().get("x").unwrap(),
+        &t[0].1,
+    );
     // A rename that fails (the target is a directory) cleans up its temp file.
     let blocked = dir.join("blocked.safetensors");
     std::fs::create_dir(&blocked).unwrap();
@@ -171,14 +178,20 @@ fn failed_write_names_path_and_keeps_old_file() {
     // A directory that does not exist: the error names the target path.
     let missing_dir = dir.join("no-such-dir").join("a.safetensors");
     let err = save(&missing_dir, &t, &HashMap::new()).unwrap_err();
-    assert!(matches!(&err, Error::Io { path, .. } if path.contains("no-such-dir")), "{err}");
+    assert!(
+        matches!(&err, Error::Io { path, .. } if path.contains("no-such-dir")),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_file_is_an_error_naming_the_path() {
     let path = scratch("missing").join("nope.safetensors");
-    let err = load(&path, Device::Cpu).err().expect("must fail");
-    assert!(matches!(&err, Error::Io { path: p, .. } if p.ends_with("nope.safetensors")), "{err}");
+    let err = load(&path, Device::Cpu).expect_err("must fail");
+    assert!(
+        matches!(&err, Error::Io { path: p, .. } if p.ends_with("nope.safetensors")),
+        "{err}"
+    );
     assert!(err.to_string().contains("nope.safetensors"), "{err}");
 }
 
@@ -187,15 +200,21 @@ fn truncated_or_corrupt_file_is_an_error_naming_the_path() {
     let dir = scratch("corrupt");
     let good = std::fs::read(TORCH_WRITTEN).unwrap();
     let cases: [(&str, Vec<u8>); 4] = [
-        ("truncated-data.safetensors", good[..good.len() - 5].to_vec()),
+        (
+            "truncated-data.safetensors",
+            good[..good.len() - 5].to_vec(),
+        ),
         ("truncated-header.safetensors", good[..20].to_vec()),
         ("empty.safetensors", Vec::new()),
-        ("garbage.safetensors", b"this is not a safetensors file".to_vec()),
+        (
+            "garbage.safetensors",
+            b"this is not a safetensors file".to_vec(),
+        ),
     ];
     for (name, bytes) in cases {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let err = load(&path, Device::Cpu).err().expect("must fail");
+        let err = load(&path, Device::Cpu).expect_err("must fail");
         assert!(err.to_string().contains(name), "{name}: {err}");
     }
 }
@@ -203,7 +222,7 @@ fn truncated_or_corrupt_file_is_an_error_naming_the_path() {
 #[test]
 fn get_unknown_name_lists_what_the_file_has() {
     let loaded = load(TORCH_WRITTEN, Device::Cpu).unwrap();
-    let err = loaded.get("nope").err().expect("must fail").to_string();
+    let err = loaded.get("nope").expect_err("must fail").to_string();
     assert!(err.contains("nope") && err.contains("arange"), "{err}");
 }
 

@@ -21,6 +21,9 @@ pub struct AdamStep {
     pub bias2: f64,
 }
 
+/// One rayon task's slices of θ, g, m, v.
+type AdamChunk<'a, T> = (((&'a mut [T], &'a [T]), &'a mut [T]), &'a mut [T]);
+
 /// One Adam step (Kingma & Ba, Alg. 1; operation order of `torch.optim.Adam`):
 ///
 /// g ← grad_scale·g + λ_L2·θ;  θ ← θ·(1 − lr·λ_decoupled);
@@ -52,7 +55,7 @@ pub fn adam<T: Float>(
     let (l2, keep, gs) = (c(l2), c(keep), c(grad_scale));
     let (b1, b2, one_b1, one_b2) = (c(s.beta1), c(s.beta2), c(1.0 - s.beta1), c(1.0 - s.beta2));
     let (step_size, sqrt_bias2, eps) = (c(s.lr / s.bias1), c(s.bias2.sqrt()), c(s.eps));
-    let step = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+    let step = |(((p, g), m), v): AdamChunk<'_, T>| {
         super::simd::with_avx2(|| {
             for i in 0..p.len() {
                 let gi = g[i] * gs + l2 * p[i];
@@ -143,7 +146,9 @@ mod tests {
     fn adam_matches_textbook_formula_simd_and_scalar() {
         // Long enough to cover whole 8-lane blocks, a tail and two rayon chunks.
         let n = PAR_CHUNK + 13;
-        let p0: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0).collect();
+        let p0: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+            .collect();
         // |g| ≥ 0.5 keeps g + λθ away from 0, where Adam's direction is ill-conditioned.
         let g: Vec<f32> = (0..n)
             .map(|i| (0.5 + (i * 53 % 97) as f32 / 50.0) * if i % 3 == 0 { -1.0 } else { 1.0 })
@@ -152,8 +157,7 @@ mod tests {
             for scalar in [false, true] {
                 force_scalar(scalar);
                 let (mut p, mut m, mut v) = (p0.clone(), vec![0f32; n], vec![0f32; n]);
-                let mut want: Vec<[f64; 3]> =
-                    p0.iter().map(|&x| [x as f64, 0.0, 0.0]).collect();
+                let mut want: Vec<[f64; 3]> = p0.iter().map(|&x| [x as f64, 0.0, 0.0]).collect();
                 for t in 1..=3 {
                     let s = hyper(decoupled, t);
                     adam(&mut p, &g, &mut m, &mut v, s, 0.5);
@@ -164,7 +168,12 @@ mod tests {
                 force_scalar(false);
                 for i in 0..n {
                     let err = (p[i] as f64 - want[i][0]).abs();
-                    assert!(err < 1e-5 * (1.0 + want[i][0].abs()), "i={i}: {} vs {}", p[i], want[i][0]);
+                    assert!(
+                        err < 1e-5 * (1.0 + want[i][0].abs()),
+                        "i={i}: {} vs {}",
+                        p[i],
+                        want[i][0]
+                    );
                 }
             }
         }
