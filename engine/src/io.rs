@@ -70,6 +70,10 @@ pub fn save(
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
+    let mut names = std::collections::HashSet::new();
+    if let Some((dup, _)) = tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
+        return Err(io_err(path, format!("tensor name '{dup}' given twice")));
+    }
     let bytes: Vec<(String, Bytes)> = tensors
         .iter()
         .map(|(n, t)| (n.clone(), to_bytes(t)))
@@ -105,6 +109,7 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Tensors (in file order) and metadata read from a safetensors file.
+#[derive(Debug)]
 pub struct Loaded {
     pub tensors: Vec<(String, Tensor)>,
     pub metadata: HashMap<String, String>,
@@ -132,7 +137,8 @@ impl Loaded {
 }
 
 /// Reads every tensor of a safetensors file onto `device`. F32/F64 load as
-/// themselves; F16/BF16 are widened to F32.
+/// themselves; F16/BF16 are widened to F32 and I64 to F64. A missing,
+/// truncated or corrupt file is an [`Error::Io`] naming the path.
 pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
     let buf = std::fs::read(path).map_err(|e| io_err(path, format!("reading: {e}")))?;
@@ -167,6 +173,12 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
                     .collect(),
                 DType::F64,
             ),
+            StDtype::F16 => (
+                raw.chunks_exact(2)
+                    .map(|b| f16_to_f64(u16::from_le_bytes([b[0], b[1]])))
+                    .collect(),
+                DType::F32,
+            ),
             StDtype::BF16 => (
                 raw.chunks_exact(2)
                     .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) as f64)
@@ -192,4 +204,17 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
         ));
     }
     Ok(Loaded { tensors, metadata })
+}
+
+/// IEEE 754 binary16 → f64 (exact: every half value is an f64).
+fn f16_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f64;
+    sign * match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        _ => (1.0 + frac / 1024.0) * 2f64.powi(exp - 15),
+    }
 }

@@ -14,7 +14,9 @@ pub mod gradcheck;
 pub mod io;
 pub mod layout;
 pub mod memory;
+pub mod nn;
 mod ops;
+pub mod optim;
 pub mod storage;
 pub mod tensor;
 
