@@ -89,6 +89,11 @@ fn powf() {
     }
     // Integer exponents are defined for negative bases too.
     check_unary("powf(3) negative base", nonzero, |x| x.powf(3.0));
+    // x⁰ = 1 is constant: zero gradient, even at x = 0 (not 0·0⁻¹ = NaN).
+    check_unary("powf(0)", any, |x| x.powf(0.0));
+    check("powf(0) at 0", &[Tensor::zeros(&[3], DType::F64, Device::Cpu).unwrap()], |v| {
+        v[0].powf(0.0)
+    });
 }
 
 #[test]
