@@ -202,6 +202,15 @@ pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
             root.shape()
         )));
     }
+    if (seed.dtype(), seed.device()) != (root.dtype(), root.device()) {
+        return Err(Error::Backward(format!(
+            "seed gradient is {:?} on {}, the output is {:?} on {}",
+            seed.dtype(),
+            seed.device(),
+            root.dtype(),
+            root.device()
+        )));
+    }
     let _no_grad = NoGradGuard::new();
     let root_node = match root.edge() {
         None => {
