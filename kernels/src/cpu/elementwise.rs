@@ -439,7 +439,12 @@ fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
 mod tests {
     use super::*;
 
+    /// `force_scalar` is process-global and tests run on parallel threads:
+    /// every test that depends on the SIMD level holds this lock.
+    static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn both_paths(f: impl Fn()) {
+        let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         simd::force_scalar(true);
         f();
         simd::force_scalar(false);
@@ -449,15 +454,17 @@ mod tests {
     #[test]
     fn simd_transcendentals_match_scalar_definition() {
         let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.037).collect();
-        for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu] {
-            let mut got = vec![0f32; x.len()];
-            unary(op, &x, &mut got);
-            for (i, &v) in x.iter().enumerate() {
-                let want = unary_scalar::<f64>(op)(v as f64);
-                let err = (got[i] as f64 - want).abs() / want.abs().max(1e-6);
-                assert!(err < 2e-6, "{op:?}({v}) = {} want {want}", got[i]);
+        both_paths(|| {
+            for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu] {
+                let mut got = vec![0f32; x.len()];
+                unary(op, &x, &mut got);
+                for (i, &v) in x.iter().enumerate() {
+                    let want = unary_scalar::<f64>(op)(v as f64);
+                    let err = (got[i] as f64 - want).abs() / want.abs().max(1e-6);
+                    assert!(err < 2e-6, "{op:?}({v}) = {} want {want}", got[i]);
+                }
             }
-        }
+        });
     }
 
     #[test]
@@ -498,6 +505,7 @@ mod tests {
         let mut fast = vec![0f32; 77];
         let mut slow = vec![0f32; 77];
         let s = |d: &'static [usize]| d;
+        let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         binary(
             BinaryOp::SiluBackward,
             &[77],
