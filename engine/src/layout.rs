@@ -94,12 +94,7 @@ impl Layout {
     pub fn check_same_count(&self, op: &'static str, shape: &[usize]) -> Result<()> {
         let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if n != Some(self.numel()) {
-            return Err(shape_err(
-                op,
-                &self.shape,
-                shape,
-                "element counts differ",
-            ));
+            return Err(shape_err(op, &self.shape, shape, "element counts differ"));
         }
         Ok(())
     }
@@ -141,7 +136,10 @@ impl Layout {
         len: usize,
     ) -> Result<Layout> {
         self.check_axis(op, axis)?;
-        if start.checked_add(len).is_none_or(|end| end > self.shape[axis]) {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.shape[axis])
+        {
             return Err(bad_arg(
                 op,
                 format!(

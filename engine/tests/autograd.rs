@@ -38,7 +38,12 @@ fn first_gradient_is_stored_not_added_to_zeros() {
     // 0 + (−0) = +0, so a first gradient of −0 survives only if stored.
     let x = leaf(&[1.5, 2.5]);
     let minus_zero = Tensor::from_vec(&[-0.0, -0.0], &[2], DType::F64, Device::Cpu).unwrap();
-    x.mul(&minus_zero).unwrap().sum_all().unwrap().backward().unwrap();
+    x.mul(&minus_zero)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let g = grad_of(&x);
     assert!(
         g.iter().all(|v| *v == 0.0 && v.is_sign_negative()),
@@ -46,7 +51,12 @@ fn first_gradient_is_stored_not_added_to_zeros() {
     );
     // And the exact value, not an approximation.
     let y = leaf(&[0.25, -4.0]);
-    y.mul_scalar(3.0).unwrap().sum_all().unwrap().backward().unwrap();
+    y.mul_scalar(3.0)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert_eq!(grad_of(&y), [3.0, 3.0]);
 }
 
@@ -129,20 +139,41 @@ fn backward_closures_that_break_the_contract_are_errors() {
     let missing = record(x.detach(), "forgetful", &[&x], || {
         Box::new(|_, _| Ok(vec![None]))
     });
-    let err = missing.sum_all().unwrap().backward().unwrap_err().to_string();
-    assert!(err.contains("forgetful") && err.contains("no gradient"), "{err}");
+    let err = missing
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("forgetful") && err.contains("no gradient"),
+        "{err}"
+    );
 
     let wrong_shape = record(x.detach(), "misshapen", &[&x], || {
         Box::new(|_, _| Ok(vec![Some(Tensor::zeros(&[3], DType::F64, Device::Cpu)?)]))
     });
-    let err = wrong_shape.sum_all().unwrap().backward().unwrap_err().to_string();
+    let err = wrong_shape
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("misshapen") && err.contains("[3]"), "{err}");
 
     let wrong_count = record(x.detach(), "greedy", &[&x], || {
         Box::new(|g, _| Ok(vec![Some(g.clone()), Some(g.clone())]))
     });
-    let err = wrong_count.sum_all().unwrap().backward().unwrap_err().to_string();
-    assert!(err.contains("greedy") && err.contains("2 gradients"), "{err}");
+    let err = wrong_count
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("greedy") && err.contains("2 gradients"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -205,7 +236,13 @@ fn gradients_have_the_input_dtype() {
         .to_dtype(DType::F32)
         .unwrap()
         .set_requires_grad(true);
-    let y = x.to_dtype(DType::F64).unwrap().square().unwrap().sum_all().unwrap();
+    let y = x
+        .to_dtype(DType::F64)
+        .unwrap()
+        .square()
+        .unwrap()
+        .sum_all()
+        .unwrap();
     y.backward().unwrap();
     let g = x.grad().unwrap();
     assert_eq!(g.dtype(), DType::F32);
@@ -259,9 +296,26 @@ fn gradient_reaches_a_leaf_through_views_and_many_consumers() {
         for _ in 0..i {
             b = b.transpose(0, 1).unwrap().transpose(0, 1).unwrap();
         }
-        total = total.add(&b.squeeze(0).unwrap().mul_scalar((i + 1) as f64).unwrap()).unwrap();
+        total = total
+            .add(&b.squeeze(0).unwrap().mul_scalar((i + 1) as f64).unwrap())
+            .unwrap();
     }
     total.sum_all().unwrap().backward().unwrap();
     let want = (1..=50).sum::<usize>() as f64;
     assert_eq!(grad_of(&x), [want, want]);
+}
+
+#[test]
+fn ops_over_views_of_one_buffer() -> Result<()> {
+    // where(c, x, xᵀ-view) and a softmax seeded with its own output read one
+    // buffer through several handles at once.
+    let x = randn(&[3, 3], 9).set_requires_grad(true);
+    let c = x.gt(&x.transpose(0, 1)?)?;
+    let w = Tensor::where_cond(&c, &x, &x.transpose(0, 1)?)?;
+    w.sum_all()?.backward()?;
+    let g = grad_of(&x);
+    assert!(g.iter().all(|&v| v == 1.0 || v == 0.0 || v == 2.0), "{g:?}");
+    let y = x.softmax(1)?;
+    y.backward_with(&y)?;
+    Ok(())
 }

@@ -24,7 +24,10 @@ fn expect_err<T: std::fmt::Debug>(r: Result<T>, needles: &[&str]) -> Error {
 fn broadcasting_binary_ops() {
     let e = expect_err(t(&[2, 3]).add(&t(&[4])), &["add", "[2, 3]", "[4]"]);
     assert!(matches!(e, Error::ShapeMismatch { op: "add", .. }));
-    expect_err(t(&[2, 3]).sub(&t(&[2, 1, 4])), &["sub", "[2, 3]", "[2, 1, 4]"]);
+    expect_err(
+        t(&[2, 3]).sub(&t(&[2, 1, 4])),
+        &["sub", "[2, 3]", "[2, 1, 4]"],
+    );
     expect_err(t(&[3]).mul(&t(&[2])), &["mul", "[3]", "[2]"]);
     expect_err(t(&[3]).div(&t(&[2])), &["div", "[3]", "[2]"]);
     expect_err(t(&[3]).maximum(&t(&[2])), &["maximum", "[3]", "[2]"]);
@@ -38,7 +41,10 @@ fn dtype_mismatch() {
     let b = t(&[2, 3]);
     let e = expect_err(a.add(&b), &["add", "F32", "F64"]);
     assert!(matches!(e, Error::DTypeMismatch { op: "add", .. }));
-    expect_err(a.matmul(&b.transpose(0, 1).unwrap()), &["matmul", "F32", "F64"]);
+    expect_err(
+        a.matmul(&b.transpose(0, 1).unwrap()),
+        &["matmul", "F32", "F64"],
+    );
     expect_err(Tensor::concat(&[&a, &b], 0), &["concat", "F32", "F64"]);
     expect_err(Tensor::where_cond(&a, &a, &b), &["where", "F32", "F64"]);
     expect_err(Tensor::where_cond(&b, &a, &a), &["where", "F64", "F32"]);
@@ -53,20 +59,29 @@ fn matmul() {
     );
     assert!(matches!(e, Error::ShapeMismatch { .. }));
     expect_err(t(&[3]).matmul(&t(&[3, 2])), &["matmul", "[3]", "rank"]);
-    expect_err(t(&[2, 3, 4]).matmul(&t(&[3, 4, 5])), &["matmul", "[2]", "[3]"]);
+    expect_err(
+        t(&[2, 3, 4]).matmul(&t(&[3, 4, 5])),
+        &["matmul", "[2]", "[3]"],
+    );
 }
 
 #[test]
 fn reshape() {
     expect_err(t(&[2, 3]).reshape(&[4]), &["reshape", "[2, 3]", "[4]"]);
     expect_err(t(&[2, 3]).reshape_infer(&[-1, 4]), &["reshape", "[2, 3]"]);
-    expect_err(t(&[2, 3]).reshape_infer(&[-1, -1]), &["reshape", "[-1, -1]"]);
+    expect_err(
+        t(&[2, 3]).reshape_infer(&[-1, -1]),
+        &["reshape", "[-1, -1]"],
+    );
     expect_err(t(&[2, 3]).reshape_infer(&[-2, 3]), &["reshape", "[-2, 3]"]);
     // Sizes that would overflow (or wrap to −1) are errors, not panics or
     // silent inference.
     expect_err(t(&[2, 3]).reshape(&[usize::MAX]), &["reshape"]);
     expect_err(t(&[2, 3]).reshape(&[usize::MAX / 2, 4]), &["reshape"]);
-    expect_err(t(&[2, 3]).reshape(&[0, 6]), &["reshape", "[2, 3]", "[0, 6]"]);
+    expect_err(
+        t(&[2, 3]).reshape(&[0, 6]),
+        &["reshape", "[2, 3]", "[0, 6]"],
+    );
 }
 
 #[test]
@@ -74,9 +89,15 @@ fn views() {
     expect_err(t(&[3, 4]).narrow(1, 3, 2), &["narrow", "3..5", "[3, 4]"]);
     expect_err(t(&[3, 4]).narrow(2, 0, 1), &["narrow", "axis 2", "[3, 4]"]);
     expect_err(t(&[3, 4]).narrow(0, usize::MAX, 2), &["narrow", "[3, 4]"]);
-    expect_err(t(&[2, 3]).permute(&[0, 0]), &["permute", "[0, 0]", "[2, 3]"]);
+    expect_err(
+        t(&[2, 3]).permute(&[0, 0]),
+        &["permute", "[0, 0]", "[2, 3]"],
+    );
     expect_err(t(&[2, 3]).permute(&[0]), &["permute", "[0]", "[2, 3]"]);
-    expect_err(t(&[2, 3]).permute(&[0, 2]), &["permute", "[0, 2]", "[2, 3]"]);
+    expect_err(
+        t(&[2, 3]).permute(&[0, 2]),
+        &["permute", "[0, 2]", "[2, 3]"],
+    );
     expect_err(t(&[2, 3]).transpose(0, 2), &["transpose", "[2, 3]"]);
     expect_err(t(&[2, 3]).squeeze(1), &["squeeze", "axis 1", "[2, 3]"]);
     expect_err(t(&[2, 3]).squeeze(2), &["squeeze", "[2, 3]"]);
@@ -85,7 +106,10 @@ fn views() {
         t(&[2, 3]).broadcast_to(&[2, 4]),
         &["broadcast_to", "[2, 3]", "[2, 4]"],
     );
-    expect_err(t(&[2, 3]).broadcast_to(&[3]), &["broadcast_to", "[2, 3]", "[3]"]);
+    expect_err(
+        t(&[2, 3]).broadcast_to(&[3]),
+        &["broadcast_to", "[2, 3]", "[3]"],
+    );
     expect_err(t(&[2, 6]).split(1, &[2, 3]), &["split", "[2, 3]", "[2, 6]"]);
     expect_err(t(&[2, 6]).split(2, &[2]), &["split", "[2, 6]"]);
     expect_err(t(&[2, 6]).split(1, &[usize::MAX, 7]), &["split", "[2, 6]"]);
@@ -115,7 +139,10 @@ fn indexing() {
         t(&[5, 3]).index_select(0, &[1, 5]),
         &["index_select", "5", "axis 0", "[5, 3]"],
     );
-    expect_err(t(&[5, 3]).index_select(2, &[0]), &["index_select", "[5, 3]"]);
+    expect_err(
+        t(&[5, 3]).index_select(2, &[0]),
+        &["index_select", "[5, 3]"],
+    );
     let ids = Tensor::from_vec(&[1.0, -1.0], &[2], DType::F64, Device::Cpu).unwrap();
     expect_err(t(&[5, 3]).gather_rows(0, &ids), &["gather_rows", "-1"]);
     let ids = Tensor::from_vec(&[0.5], &[1], DType::F64, Device::Cpu).unwrap();
@@ -129,9 +156,15 @@ fn indexing() {
 #[test]
 fn reductions_and_softmax() {
     expect_err(t(&[2, 3]).softmax(2), &["softmax", "axis 2", "[2, 3]"]);
-    expect_err(t(&[2, 3]).log_softmax(5), &["log_softmax", "axis 5", "[2, 3]"]);
+    expect_err(
+        t(&[2, 3]).log_softmax(5),
+        &["log_softmax", "axis 5", "[2, 3]"],
+    );
     expect_err(t(&[2, 3]).sum(&[2], false), &["sum", "axis 2", "[2, 3]"]);
-    expect_err(t(&[2, 3]).mean(&[0, 3], true), &["mean", "axis 3", "[2, 3]"]);
+    expect_err(
+        t(&[2, 3]).mean(&[0, 3], true),
+        &["mean", "axis 3", "[2, 3]"],
+    );
     expect_err(t(&[2, 3]).max(&[2], false), &["max", "[2, 3]"]);
     expect_err(t(&[2, 0]).min(&[1], false), &["min", "empty", "[2, 0]"]);
     expect_err(t(&[2, 3]).sum_to(&[4]), &["sum_to", "[2, 3]", "[4]"]);
@@ -167,7 +200,10 @@ fn composites() {
     for p in [1.0, -0.1, f64::NAN] {
         expect_err(t(&[3]).dropout(p, true, &mut rng), &["dropout"]);
     }
-    expect_err(t(&[2, 3]).mse_loss(&t(&[3])), &["mse_loss", "[2, 3]", "[3]"]);
+    expect_err(
+        t(&[2, 3]).mse_loss(&t(&[3])),
+        &["mse_loss", "[2, 3]", "[3]"],
+    );
     let c = t(&[2, 3]);
     expect_err(
         Tensor::where_cond(&c, &t(&[4]), &t(&[2, 3])),

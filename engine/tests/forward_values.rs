@@ -48,7 +48,11 @@ fn cast(t: &Tensor, dtype: DType) -> Tensor {
 
 #[test]
 fn broadcasting_binary_ops() -> Result<()> {
-    type Op = (&'static str, fn(&Tensor, &Tensor) -> Result<Tensor>, fn(f64, f64) -> f64);
+    type Op = (
+        &'static str,
+        fn(&Tensor, &Tensor) -> Result<Tensor>,
+        fn(f64, f64) -> f64,
+    );
     let ops: [Op; 12] = [
         ("add", |a, b| a.add(b), |x, y| x + y),
         ("sub", |a, b| a.sub(b), |x, y| x - y),
@@ -78,7 +82,10 @@ fn broadcasting_binary_ops() -> Result<()> {
             let a = cast(&randn(sa, 10 + i as u64), dtype);
             // Round b to a coarse grid and copy some of a's values so the
             // comparisons see equal elements too.
-            let b = cast(&common::map(&randn(sb, 20 + i as u64), |v| (v * 4.0).round() / 4.0), dtype);
+            let b = cast(
+                &common::map(&randn(sb, 20 + i as u64), |v| (v * 4.0).round() / 4.0),
+                dtype,
+            );
             let (av, bv) = (a.to_vec_f64(), b.to_vec_f64());
             let shape = out_shape(sa, sb);
             for (name, op, f) in &ops {
@@ -97,7 +104,12 @@ fn broadcasting_binary_ops() -> Result<()> {
                         }
                     })
                     .collect();
-                assert_close(&format!("{name} {sa:?} {sb:?} {dtype:?}"), &got.to_vec_f64(), &want, tol);
+                assert_close(
+                    &format!("{name} {sa:?} {sb:?} {dtype:?}"),
+                    &got.to_vec_f64(),
+                    &want,
+                    tol,
+                );
             }
         }
     }
@@ -160,8 +172,14 @@ fn unary_ops() -> Result<()> {
         ("clamp", |t| t.clamp(-0.5, 0.75), |x| x.clamp(-0.5, 0.75)),
     ];
     for (dtype, tol) in both_dtypes() {
-        for (i, shape) in [vec![], vec![7], vec![3, 5], vec![50_000]].iter().enumerate() {
-            let x = cast(&common::map(&randn(shape, 30 + i as u64), |v| 3.0 * v), dtype);
+        for (i, shape) in [vec![], vec![7], vec![3, 5], vec![50_000]]
+            .iter()
+            .enumerate()
+        {
+            let x = cast(
+                &common::map(&randn(shape, 30 + i as u64), |v| 3.0 * v),
+                dtype,
+            );
             let xv = x.to_vec_f64();
             for (name, op, f) in &ops {
                 let got = op(&x)?.to_vec_f64();
@@ -174,7 +192,12 @@ fn unary_ops() -> Result<()> {
                 let tv = t.contiguous()?.to_vec_f64();
                 for (name, op, f) in &ops {
                     let want: Vec<f64> = tv.iter().map(|&v| f(v)).collect();
-                    assert_close(&format!("{name} transposed {dtype:?}"), &op(&t)?.to_vec_f64(), &want, tol);
+                    assert_close(
+                        &format!("{name} transposed {dtype:?}"),
+                        &op(&t)?.to_vec_f64(),
+                        &want,
+                        tol,
+                    );
                 }
             }
         }
@@ -186,12 +209,37 @@ fn unary_ops() -> Result<()> {
 fn unary_ops_at_extremes() -> Result<()> {
     // IEEE behaviour at the edges: large |x|, zeros, infinities.
     let xs = [
-        -1000.0, -104.0, -100.0, -88.5, -87.5, -87.0, -20.0, -0.0, 0.0, 20.0, 87.0, 88.0, 88.5,
-        88.7, 88.8, 89.0, 100.0, 1000.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN,
+        -1000.0,
+        -104.0,
+        -100.0,
+        -88.5,
+        -87.5,
+        -87.0,
+        -20.0,
+        -0.0,
+        0.0,
+        20.0,
+        87.0,
+        88.0,
+        88.5,
+        88.7,
+        88.8,
+        89.0,
+        100.0,
+        1000.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
     ];
     for dtype in [DType::F32, DType::F64] {
         let x = Tensor::from_vec(&xs, &[xs.len()], dtype, Device::Cpu)?;
-        let round = |v: f64| if dtype == DType::F32 { v as f32 as f64 } else { v };
+        let round = |v: f64| {
+            if dtype == DType::F32 {
+                v as f32 as f64
+            } else {
+                v
+            }
+        };
         let stored = x.to_vec_f64(); // the inputs as rounded to `dtype`
         let check = |name: &str, got: Tensor, f: &dyn Fn(f64) -> f64| {
             for (i, (&g, &x)) in got.to_vec_f64().iter().zip(&stored).enumerate() {
@@ -213,7 +261,13 @@ fn unary_ops_at_extremes() -> Result<()> {
 }
 
 /// Naive reduction of contiguous `v` of `shape` over `axes` (keepdim shape).
-fn reduce_ref(v: &[f64], shape: &[usize], axes: &[usize], init: f64, f: fn(f64, f64) -> f64) -> Vec<f64> {
+fn reduce_ref(
+    v: &[f64],
+    shape: &[usize],
+    axes: &[usize],
+    init: f64,
+    f: fn(f64, f64) -> f64,
+) -> Vec<f64> {
     let kept: Vec<usize> = shape
         .iter()
         .enumerate()
@@ -231,7 +285,10 @@ fn reduce_ref(v: &[f64], shape: &[usize], axes: &[usize], init: f64, f: fn(f64, 
 #[test]
 fn reductions() -> Result<()> {
     let cases: [(&[usize], &[&[usize]]); 6] = [
-        (&[3, 5, 7], &[&[0], &[1], &[2], &[0, 1], &[0, 2], &[1, 2], &[0, 1, 2], &[]]),
+        (
+            &[3, 5, 7],
+            &[&[0], &[1], &[2], &[0, 1], &[0, 2], &[1, 2], &[0, 1, 2], &[]],
+        ),
         (&[40, 3000], &[&[0], &[1], &[0, 1]]),
         (&[1, 100_000], &[&[1]]),
         (&[100_000, 3], &[&[0], &[1]]),
@@ -245,24 +302,59 @@ fn reductions() -> Result<()> {
             for axes in *axis_sets {
                 let count: usize = axes.iter().map(|&a| shape[a]).product();
                 // f32 sums of n terms carry ~n·ε relative error at worst.
-                let tol = if dtype == DType::F32 { 1e-6 * (count as f64).sqrt().max(1.0) * 4.0 } else { 1e-10 };
+                let tol = if dtype == DType::F32 {
+                    1e-6 * (count as f64).sqrt().max(1.0) * 4.0
+                } else {
+                    1e-10
+                };
                 let sum = reduce_ref(&xv, shape, axes, 0.0, |a, b| a + b);
                 let max = reduce_ref(&xv, shape, axes, f64::NEG_INFINITY, f64::max);
                 let min = reduce_ref(&xv, shape, axes, f64::INFINITY, f64::min);
                 let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
                 let name = format!("{shape:?} over {axes:?} {dtype:?}");
-                assert_close(&format!("sum {name}"), &x.sum(axes, true)?.to_vec_f64(), &sum, tol);
-                assert_close(&format!("mean {name}"), &x.mean(axes, false)?.to_vec_f64(), &mean, tol);
-                assert_close(&format!("max {name}"), &x.max(axes, true)?.to_vec_f64(), &max, 0.0);
-                assert_close(&format!("min {name}"), &x.min(axes, false)?.to_vec_f64(), &min, 0.0);
+                assert_close(
+                    &format!("sum {name}"),
+                    &x.sum(axes, true)?.to_vec_f64(),
+                    &sum,
+                    tol,
+                );
+                assert_close(
+                    &format!("mean {name}"),
+                    &x.mean(axes, false)?.to_vec_f64(),
+                    &mean,
+                    tol,
+                );
+                assert_close(
+                    &format!("max {name}"),
+                    &x.max(axes, true)?.to_vec_f64(),
+                    &max,
+                    0.0,
+                );
+                assert_close(
+                    &format!("min {name}"),
+                    &x.min(axes, false)?.to_vec_f64(),
+                    &min,
+                    0.0,
+                );
             }
         }
     }
     // Reducing a permuted view reduces the logical axes.
     let x = randn(&[3, 4, 5], 50);
     let p = x.permute(&[2, 0, 1])?; // [5, 3, 4]
-    let want = reduce_ref(&p.contiguous()?.to_vec_f64(), &[5, 3, 4], &[0, 2], 0.0, |a, b| a + b);
-    assert_close("sum of permuted", &p.sum(&[0, 2], false)?.to_vec_f64(), &want, 1e-12);
+    let want = reduce_ref(
+        &p.contiguous()?.to_vec_f64(),
+        &[5, 3, 4],
+        &[0, 2],
+        0.0,
+        |a, b| a + b,
+    );
+    assert_close(
+        "sum of permuted",
+        &p.sum(&[0, 2], false)?.to_vec_f64(),
+        &want,
+        1e-12,
+    );
     assert_eq!(p.sum(&[0, 2], false)?.shape(), &[3]);
     assert_eq!(p.sum(&[2, 0], true)?.shape(), &[1, 3, 1]);
     // sum_all / mean_all are 0-d.
@@ -272,7 +364,12 @@ fn reductions() -> Result<()> {
     assert!((s.item()? - total).abs() < 1e-12);
     assert!((x.mean_all()?.item()? - total / 60.0).abs() < 1e-12);
     // NaN is never hidden by max/min.
-    let n = Tensor::from_vec(&[1.0, f64::NAN, 3.0, -1.0], &[2, 2], DType::F32, Device::Cpu)?;
+    let n = Tensor::from_vec(
+        &[1.0, f64::NAN, 3.0, -1.0],
+        &[2, 2],
+        DType::F32,
+        Device::Cpu,
+    )?;
     assert!(n.max(&[1], false)?.to_vec_f64()[0].is_nan());
     assert!(n.min(&[0], false)?.to_vec_f64()[1].is_nan());
     assert_eq!(n.max(&[1], false)?.to_vec_f64()[1], 3.0);
@@ -293,7 +390,12 @@ fn sum_to_undoes_broadcasting() -> Result<()> {
         };
         let axes: Vec<usize> = (0..3).filter(|&d| full[d] == 1).collect();
         let want = reduce_ref(&xv, &[2, 3, 4], &axes, 0.0, |a, b| a + b);
-        assert_close(&format!("sum_to {target:?}"), &got.to_vec_f64(), &want, 1e-12);
+        assert_close(
+            &format!("sum_to {target:?}"),
+            &got.to_vec_f64(),
+            &want,
+            1e-12,
+        );
     }
     Ok(())
 }
@@ -310,7 +412,8 @@ fn matmul_ref(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize]) -> (Vec<f64>, Ve
         let bo = bcast_at(&idx, &sb[..sb.len() - 2]) * k * n;
         for i in 0..m {
             for j in 0..n {
-                out[(bi * m + i) * n + j] = (0..k).map(|p| a[ao + i * k + p] * b[bo + p * n + j]).sum();
+                out[(bi * m + i) * n + j] =
+                    (0..k).map(|p| a[ao + i * k + p] * b[bo + p * n + j]).sum();
             }
         }
     }
@@ -336,17 +439,31 @@ fn matmul() -> Result<()> {
             let b = cast(&randn(sb, 80 + i as u64), dtype);
             let (want, shape) = matmul_ref(&a.to_vec_f64(), sa, &b.to_vec_f64(), sb);
             let k = sa[sa.len() - 1] as f64;
-            let tol = if dtype == DType::F32 { 2e-6 * k.sqrt() * 4.0 } else { 1e-12 };
+            let tol = if dtype == DType::F32 {
+                2e-6 * k.sqrt() * 4.0
+            } else {
+                1e-12
+            };
             let got = a.matmul(&b)?;
             assert_eq!(got.shape(), shape.as_slice());
-            assert_close(&format!("matmul {sa:?}@{sb:?} {dtype:?}"), &got.to_vec_f64(), &want, tol);
+            assert_close(
+                &format!("matmul {sa:?}@{sb:?} {dtype:?}"),
+                &got.to_vec_f64(),
+                &want,
+                tol,
+            );
             // The same product from transposed storage (read in place).
             let at = a.transpose(sa.len() - 2, sa.len() - 1)?.contiguous()?;
             let at = at.transpose(sa.len() - 2, sa.len() - 1)?;
             assert!(!at.is_contiguous() || sa[sa.len() - 2] == 1 || k == 1.0);
             let bt = b.transpose(sb.len() - 2, sb.len() - 1)?.contiguous()?;
             let bt = bt.transpose(sb.len() - 2, sb.len() - 1)?;
-            assert_close(&format!("matmul transposed {sa:?}@{sb:?} {dtype:?}"), &at.matmul(&bt)?.to_vec_f64(), &want, tol);
+            assert_close(
+                &format!("matmul transposed {sa:?}@{sb:?} {dtype:?}"),
+                &at.matmul(&bt)?.to_vec_f64(),
+                &want,
+                tol,
+            );
         }
     }
     Ok(())
@@ -355,12 +472,22 @@ fn matmul() -> Result<()> {
 #[test]
 fn softmax_and_log_softmax() -> Result<()> {
     for (dtype, tol) in both_dtypes() {
-        for (i, shape) in [vec![2, 3, 4], vec![7], vec![40_000, 2], vec![3, 20_000]].iter().enumerate() {
-            let x = cast(&common::map(&randn(shape, 90 + i as u64), |v| 10.0 * v), dtype);
+        for (i, shape) in [vec![2, 3, 4], vec![7], vec![40_000, 2], vec![3, 20_000]]
+            .iter()
+            .enumerate()
+        {
+            let x = cast(
+                &common::map(&randn(shape, 90 + i as u64), |v| 10.0 * v),
+                dtype,
+            );
             let xv = x.to_vec_f64();
             for axis in 0..shape.len() {
                 let mx = reduce_ref(&xv, shape, &[axis], f64::NEG_INFINITY, f64::max);
-                let kept: Vec<usize> = shape.iter().enumerate().map(|(d, &n)| if d == axis { 1 } else { n }).collect();
+                let kept: Vec<usize> = shape
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &n)| if d == axis { 1 } else { n })
+                    .collect();
                 let e: Vec<f64> = xv
                     .iter()
                     .enumerate()
@@ -369,15 +496,32 @@ fn softmax_and_log_softmax() -> Result<()> {
                 let s = reduce_ref(&e, shape, &[axis], 0.0, |a, b| a + b);
                 let at = |k: usize| bcast_at(&unravel(k, shape), &kept);
                 let soft: Vec<f64> = (0..xv.len()).map(|k| e[k] / s[at(k)]).collect();
-                let logsoft: Vec<f64> = (0..xv.len()).map(|k| xv[k] - mx[at(k)] - s[at(k)].ln()).collect();
+                let logsoft: Vec<f64> = (0..xv.len())
+                    .map(|k| xv[k] - mx[at(k)] - s[at(k)].ln())
+                    .collect();
                 let name = format!("{shape:?} axis {axis} {dtype:?}");
-                assert_close(&format!("softmax {name}"), &x.softmax(axis)?.to_vec_f64(), &soft, tol);
-                assert_close(&format!("log_softmax {name}"), &x.log_softmax(axis)?.to_vec_f64(), &logsoft, tol * 10.0);
+                assert_close(
+                    &format!("softmax {name}"),
+                    &x.softmax(axis)?.to_vec_f64(),
+                    &soft,
+                    tol,
+                );
+                assert_close(
+                    &format!("log_softmax {name}"),
+                    &x.log_softmax(axis)?.to_vec_f64(),
+                    &logsoft,
+                    tol * 10.0,
+                );
             }
         }
     }
     // Huge logits and −∞ entries stay finite where they should.
-    let x = Tensor::from_vec(&[1000.0, 0.0, f64::NEG_INFINITY], &[3], DType::F32, Device::Cpu)?;
+    let x = Tensor::from_vec(
+        &[1000.0, 0.0, f64::NEG_INFINITY],
+        &[3],
+        DType::F32,
+        Device::Cpu,
+    )?;
     assert_eq!(x.softmax(0)?.to_vec_f64(), [1.0, 0.0, 0.0]);
     let l = x.log_softmax(0)?.to_vec_f64();
     assert_eq!(l[0], 0.0);
@@ -394,7 +538,10 @@ fn indexing_concat_and_where() -> Result<()> {
         let ids = [3usize, 0, 3, 1];
         let got = x.index_select(0, &ids)?.to_vec_f64();
         for (j, &id) in ids.iter().enumerate() {
-            assert_eq!(got[j * 50_000..(j + 1) * 50_000], xv[id * 50_000..(id + 1) * 50_000]);
+            assert_eq!(
+                got[j * 50_000..(j + 1) * 50_000],
+                xv[id * 50_000..(id + 1) * 50_000]
+            );
         }
         let cols = [49_999usize, 7, 7];
         let got = x.index_select(1, &cols)?.to_vec_f64();
@@ -422,7 +569,11 @@ fn indexing_concat_and_where() -> Result<()> {
         assert_eq!(cv[r * 7 + 4..r * 7 + 7], av[r * 3..r * 3 + 3]);
     }
     let cond = Tensor::from_vec(&[1.0, 0.0, 2.0], &[3, 1], DType::F64, Device::Cpu)?;
-    let w = Tensor::where_cond(&cond, &a.transpose(0, 1)?, &Tensor::scalar(-9.0, DType::F64, Device::Cpu)?)?;
+    let w = Tensor::where_cond(
+        &cond,
+        &a.transpose(0, 1)?,
+        &Tensor::scalar(-9.0, DType::F64, Device::Cpu)?,
+    )?;
     assert_eq!(w.shape(), &[3, 2]);
     assert_eq!(w.to_vec_f64(), [av[0], av[3], -9.0, -9.0, av[2], av[5]]);
     let mse = a.mse_loss(&a.add_scalar(0.5)?)?.item()?;

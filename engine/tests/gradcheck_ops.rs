@@ -39,9 +39,11 @@ fn check_unary(
     }
     // Non-contiguous: a transposed view of a [4, 3] leaf, and a narrowed one.
     let x = input(&[4, 3], 7);
-    check(&format!("{name} transposed"), &[x.clone()], |v| {
-        op(&v[0].transpose(0, 1)?)
-    });
+    check(
+        &format!("{name} transposed"),
+        std::slice::from_ref(&x),
+        |v| op(&v[0].transpose(0, 1)?),
+    );
     check(&format!("{name} narrowed"), &[x], |v| {
         op(&v[0].narrow(0, 1, 2)?)
     });
@@ -91,9 +93,11 @@ fn powf() {
     check_unary("powf(3) negative base", nonzero, |x| x.powf(3.0));
     // x⁰ = 1 is constant: zero gradient, even at x = 0 (not 0·0⁻¹ = NaN).
     check_unary("powf(0)", any, |x| x.powf(0.0));
-    check("powf(0) at 0", &[Tensor::zeros(&[3], DType::F64, Device::Cpu).unwrap()], |v| {
-        v[0].powf(0.0)
-    });
+    check(
+        "powf(0) at 0",
+        &[Tensor::zeros(&[3], DType::F64, Device::Cpu).unwrap()],
+        |v| v[0].powf(0.0),
+    );
 }
 
 #[test]
@@ -194,7 +198,9 @@ fn check_binary(
     });
     // The same tensor on both sides (one leaf, two uses).
     let a = lhs(&[2, 3], 33);
-    check(&format!("{name} same input twice"), &[a], |v| op(&v[0], &v[0]));
+    check(&format!("{name} same input twice"), &[a], |v| {
+        op(&v[0], &v[0])
+    });
 }
 
 #[test]
@@ -280,9 +286,11 @@ fn check_reduction(
                 op(&v[0], axes, keep)
             });
             let x = input(&[4, 2, 3], 500 + i as u64);
-            check(&format!("{name} permuted {axes:?} keep={keep}"), &[x], |v| {
-                op(&v[0].permute(&[1, 2, 0])?, axes, keep)
-            });
+            check(
+                &format!("{name} permuted {axes:?} keep={keep}"),
+                &[x],
+                |v| op(&v[0].permute(&[1, 2, 0])?, axes, keep),
+            );
         }
     }
     let r = random_shape(4, 3, 13);
@@ -342,9 +350,11 @@ fn sum_to() {
         (&[3, 1], &[1]),
     ];
     for (i, (from, to)) in cases.iter().enumerate() {
-        check(&format!("sum_to {from:?}→{to:?}"), &[randn(from, i as u64)], |v| {
-            v[0].sum_to(to)
-        });
+        check(
+            &format!("sum_to {from:?}→{to:?}"),
+            &[randn(from, i as u64)],
+            |v| v[0].sum_to(to),
+        );
     }
 }
 
@@ -370,7 +380,9 @@ fn matmul() {
     }
     let r = random_shape(3, 4, 14);
     let (a, b) = (randn(&r, 81), randn(&[r[0], r[2], 3], 82));
-    check(&format!("matmul random {r:?}"), &[a, b], |v| v[0].matmul(&v[1]));
+    check(&format!("matmul random {r:?}"), &[a, b], |v| {
+        v[0].matmul(&v[1])
+    });
 }
 
 #[test]
@@ -389,9 +401,11 @@ fn matmul_transposed_and_strided_operands() {
     check("matmul X Xᵀ", &[randn(&[3, 4], 94)], |v| {
         v[0].matmul(&v[0].transpose(0, 1)?)
     });
-    check("matmul broadcast rows", &[randn(&[4], 95), randn(&[4, 2], 96)], |v| {
-        v[0].broadcast_to(&[3, 4])?.matmul(&v[1])
-    });
+    check(
+        "matmul broadcast rows",
+        &[randn(&[4], 95), randn(&[4, 2], 96)],
+        |v| v[0].broadcast_to(&[3, 4])?.matmul(&v[1]),
+    );
 }
 
 // ---- softmax ----------------------------------------------------------------
@@ -401,7 +415,10 @@ fn softmax_and_log_softmax_every_axis() {
     let shape = [2, 3, 4];
     for axis in 0..3 {
         for log in [false, true] {
-            let name = format!("{} axis {axis}", if log { "log_softmax" } else { "softmax" });
+            let name = format!(
+                "{} axis {axis}",
+                if log { "log_softmax" } else { "softmax" }
+            );
             let f = move |t: &Tensor| {
                 if log {
                     t.log_softmax(axis)
@@ -410,9 +427,11 @@ fn softmax_and_log_softmax_every_axis() {
                 }
             };
             check(&name, &[randn(&shape, 110 + axis as u64)], |v| f(&v[0]));
-            check(&format!("{name} permuted"), &[randn(&[4, 2, 3], 120)], |v| {
-                f(&v[0].permute(&[1, 2, 0])?)
-            });
+            check(
+                &format!("{name} permuted"),
+                &[randn(&[4, 2, 3], 120)],
+                |v| f(&v[0].permute(&[1, 2, 0])?),
+            );
             // Large logits: the max-subtraction must keep this finite.
             let big = map(&randn(&shape, 130), |x| 50.0 * x);
             check(&format!("{name} large logits"), &[big], |v| f(&v[0]));
@@ -457,10 +476,14 @@ fn dropout_with_a_fixed_mask() {
     // A fresh generator with the same seed in each evaluation gives the same
     // mask, so the function is deterministic and linear in x.
     for (i, shape) in unary_shapes().iter().enumerate() {
-        check(&format!("dropout {shape:?}"), &[randn(shape, 160 + i as u64)], |v| {
-            let mut rng = Philox::new(77);
-            v[0].dropout(0.3, true, &mut rng)
-        });
+        check(
+            &format!("dropout {shape:?}"),
+            &[randn(shape, 160 + i as u64)],
+            |v| {
+                let mut rng = Philox::new(77);
+                v[0].dropout(0.3, true, &mut rng)
+            },
+        );
     }
     check("dropout transposed", &[randn(&[4, 3], 170)], |v| {
         let mut rng = Philox::new(78);
@@ -476,20 +499,30 @@ fn dropout_with_a_fixed_mask() {
 fn mse_loss() {
     for (i, shape) in unary_shapes().iter().enumerate() {
         let (p, t) = (randn(shape, 180 + i as u64), randn(shape, 190 + i as u64));
-        check(&format!("mse_loss {shape:?}"), &[p, t], |v| v[0].mse_loss(&v[1]));
+        check(&format!("mse_loss {shape:?}"), &[p, t], |v| {
+            v[0].mse_loss(&v[1])
+        });
     }
-    check("mse_loss transposed", &[randn(&[4, 3], 195), randn(&[3, 4], 196)], |v| {
-        v[0].transpose(0, 1)?.mse_loss(&v[1])
-    });
+    check(
+        "mse_loss transposed",
+        &[randn(&[4, 3], 195), randn(&[3, 4], 196)],
+        |v| v[0].transpose(0, 1)?.mse_loss(&v[1]),
+    );
 }
 
 // ---- views and copies ---------------------------------------------------------
 
 #[test]
 fn reshape_and_reshape_infer() {
-    check("reshape", &[randn(&[2, 3, 4], 200)], |v| v[0].reshape(&[4, 6]));
-    check("reshape to 0-d", &[randn(&[1, 1], 201)], |v| v[0].reshape(&[]));
-    check("reshape from 0-d", &[randn(&[], 202)], |v| v[0].reshape(&[1, 1, 1]));
+    check("reshape", &[randn(&[2, 3, 4], 200)], |v| {
+        v[0].reshape(&[4, 6])
+    });
+    check("reshape to 0-d", &[randn(&[1, 1], 201)], |v| {
+        v[0].reshape(&[])
+    });
+    check("reshape from 0-d", &[randn(&[], 202)], |v| {
+        v[0].reshape(&[1, 1, 1])
+    });
     check("reshape_infer", &[randn(&[2, 3, 4], 203)], |v| {
         v[0].reshape_infer(&[-1, 4, 2])
     });
@@ -502,11 +535,15 @@ fn reshape_and_reshape_infer() {
 
 #[test]
 fn permute_and_transpose() {
-    check("permute", &[randn(&[2, 3, 4], 210)], |v| v[0].permute(&[2, 0, 1]));
+    check("permute", &[randn(&[2, 3, 4], 210)], |v| {
+        v[0].permute(&[2, 0, 1])
+    });
     check("permute twice", &[randn(&[2, 3, 4, 2], 211)], |v| {
         v[0].permute(&[3, 1, 0, 2])?.permute(&[1, 0, 3, 2])
     });
-    check("transpose", &[randn(&[3, 5], 212)], |v| v[0].transpose(1, 0));
+    check("transpose", &[randn(&[3, 5], 212)], |v| {
+        v[0].transpose(1, 0)
+    });
     check("transpose middle", &[randn(&[2, 3, 4], 213)], |v| {
         v[0].transpose(0, 2)?.exp()
     });
@@ -515,9 +552,11 @@ fn permute_and_transpose() {
 #[test]
 fn narrow() {
     for axis in 0..3 {
-        check(&format!("narrow axis {axis}"), &[randn(&[3, 4, 5], 220)], |v| {
-            v[0].narrow(axis, 1, 2)
-        });
+        check(
+            &format!("narrow axis {axis}"),
+            &[randn(&[3, 4, 5], 220)],
+            |v| v[0].narrow(axis, 1, 2),
+        );
     }
     check("narrow of narrow", &[randn(&[6, 4], 221)], |v| {
         v[0].narrow(0, 1, 4)?.narrow(1, 2, 2)?.narrow(0, 2, 2)
@@ -525,7 +564,9 @@ fn narrow() {
     check("narrow transposed", &[randn(&[6, 4], 222)], |v| {
         v[0].transpose(0, 1)?.narrow(1, 3, 3)
     });
-    check("narrow empty", &[randn(&[3, 4], 223)], |v| v[0].narrow(1, 2, 0));
+    check("narrow empty", &[randn(&[3, 4], 223)], |v| {
+        v[0].narrow(1, 2, 0)
+    });
 }
 
 #[test]
@@ -537,9 +578,11 @@ fn broadcast_to() {
         (&[2, 1, 3], &[2, 5, 3]),
     ];
     for (i, (from, to)) in cases.iter().enumerate() {
-        check(&format!("broadcast_to {from:?}→{to:?}"), &[randn(from, 230 + i as u64)], |v| {
-            v[0].broadcast_to(to)
-        });
+        check(
+            &format!("broadcast_to {from:?}→{to:?}"),
+            &[randn(from, 230 + i as u64)],
+            |v| v[0].broadcast_to(to),
+        );
     }
     check("broadcast_to of transposed", &[randn(&[1, 3], 235)], |v| {
         v[0].transpose(0, 1)?.broadcast_to(&[2, 3, 4])?.exp()
@@ -556,9 +599,11 @@ fn unsqueeze_and_squeeze() {
     check("unsqueeze 0-d", &[randn(&[], 241)], |v| v[0].unsqueeze(0));
     check("squeeze", &[randn(&[3, 1, 4], 242)], |v| v[0].squeeze(1));
     check("squeeze to 0-d", &[randn(&[1], 243)], |v| v[0].squeeze(0));
-    check("unsqueeze transposed then squeeze", &[randn(&[3, 4], 244)], |v| {
-        v[0].transpose(0, 1)?.unsqueeze(1)?.exp()?.squeeze(1)
-    });
+    check(
+        "unsqueeze transposed then squeeze",
+        &[randn(&[3, 4], 244)],
+        |v| v[0].transpose(0, 1)?.unsqueeze(1)?.exp()?.squeeze(1),
+    );
 }
 
 #[test]
@@ -604,7 +649,8 @@ fn split_and_chunk() {
     // distinguishable.
     check("split", &[randn(&[2, 6, 3], 280)], |v| {
         let p = v[0].split(1, &[1, 3, 2])?;
-        p[0].mul(&p[2].narrow(1, 0, 1)?)?.add(&p[1].sum(&[1], true)?)
+        p[0].mul(&p[2].narrow(1, 0, 1)?)?
+            .add(&p[1].sum(&[1], true)?)
     });
     check("chunk", &[randn(&[4, 6], 281)], |v| {
         let p = v[0].chunk(3, 1)?;
@@ -630,7 +676,9 @@ fn to_dtype() {
         rtol: 1e-4,
     };
     check_with("to_dtype via f32", &[randn(&[3, 4], 291)], opts, |v| {
-        v[0].to_dtype(DType::F32)?.mul_scalar(3.0)?.to_dtype(DType::F64)
+        v[0].to_dtype(DType::F32)?
+            .mul_scalar(3.0)?
+            .to_dtype(DType::F64)
     });
 }
 
@@ -681,6 +729,8 @@ fn gradcheck_rejects_a_wrong_gradient() {
         &[randn(&[3], 310)],
         GradcheckOptions::default(),
     );
-    let msg = r.expect_err("a wrong gradient passed gradcheck").to_string();
+    let msg = r
+        .expect_err("a wrong gradient passed gradcheck")
+        .to_string();
     assert!(msg.contains("analytic"), "{msg}");
 }

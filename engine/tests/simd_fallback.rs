@@ -105,7 +105,11 @@ fn transcendentals(n: usize, x: &Tensor, g: &Tensor) {
         // The backward formulas cancel (1 + x(1 − σ) crosses 0 near
         // x ≈ −1.28), so there the bound is absolute: a few ulp of the O(1)
         // terms.
-        let abs = if name.contains("backward") { 2e-6 } else { 1e-37 };
+        let abs = if name.contains("backward") {
+            2e-6
+        } else {
+            1e-37
+        };
         assert_agree(&format!("{name} n={n}"), &fast, &slow, 4e-6, abs);
     }
 }
@@ -142,7 +146,9 @@ fn reductions(n: usize, x: &Tensor) {
         ("sum", &|| finite.sum_all()),
         ("max", &|| x.max(&[0], false)),
         ("min", &|| x.min(&[0], false)),
-        ("column sums", &|| finite.broadcast_to(&[3, n])?.sum(&[0], false)),
+        ("column sums", &|| {
+            finite.broadcast_to(&[3, n])?.sum(&[0], false)
+        }),
     ];
     for (name, f) in cases {
         let (fast, slow) = both_ways(f);

@@ -126,7 +126,11 @@ fn contiguous_copies_only_when_needed() {
     assert_eq!(values(&c), [0., 3., 1., 4., 2., 5.]);
     assert_eq!(c.layout().strides(), &[2, 1]);
     // A broadcast view materialises every repeated element.
-    let b = arange(&[3]).broadcast_to(&[2, 3]).unwrap().contiguous().unwrap();
+    let b = arange(&[3])
+        .broadcast_to(&[2, 3])
+        .unwrap()
+        .contiguous()
+        .unwrap();
     assert_eq!(values(&b), [0., 1., 2., 0., 1., 2.]);
     // to_dtype copies.
     let f = x.to_dtype(DType::F32).unwrap();
@@ -157,7 +161,10 @@ fn constructors() {
     let z = Tensor::zeros(&[2, 3], DType::F32, cpu).unwrap();
     assert_eq!((z.shape(), z.dtype()), (&[2usize, 3][..], DType::F32));
     assert_eq!(values(&z), [0.0; 6]);
-    assert_eq!(values(&Tensor::ones(&[4], DType::F64, cpu).unwrap()), [1.0; 4]);
+    assert_eq!(
+        values(&Tensor::ones(&[4], DType::F64, cpu).unwrap()),
+        [1.0; 4]
+    );
     assert_eq!(
         values(&Tensor::full(&[2, 2], -2.5, DType::F32, cpu).unwrap()),
         [-2.5; 4]
@@ -188,7 +195,11 @@ fn randn_is_seeded_reproducible_and_standard_normal() {
         values(&Tensor::randn(&[n], DType::F64, Device::Cpu, &mut rng).unwrap())
     };
     assert_eq!(draw(42, 1000), draw(42, 1000), "same seed, same values");
-    assert_ne!(draw(42, 1000), draw(43, 1000), "different seed, different values");
+    assert_ne!(
+        draw(42, 1000),
+        draw(43, 1000),
+        "different seed, different values"
+    );
     // Successive draws from one generator continue the stream.
     let mut rng = Philox::new(42);
     let a = values(&Tensor::randn(&[7], DType::F64, Device::Cpu, &mut rng).unwrap());
@@ -206,7 +217,10 @@ fn randn_is_seeded_reproducible_and_standard_normal() {
     assert!(m.abs() < 0.015, "mean {m}");
     assert!((var - 1.0).abs() < 0.02, "variance {var}");
     let tails = v.iter().filter(|x| x.abs() > 1.96).count() as f64 / v.len() as f64;
-    assert!((tails - 0.05).abs() < 0.005, "two-sided 5% tail holds {tails}");
+    assert!(
+        (tails - 0.05).abs() < 0.005,
+        "two-sided 5% tail holds {tails}"
+    );
     assert!(v.iter().all(|x| x.is_finite()));
 }
 
@@ -223,7 +237,10 @@ fn rand_is_uniform_in_the_open_interval() {
     for x in &v {
         bins[(x * 10.0) as usize] += 1;
     }
-    assert!(bins.iter().all(|&b| (b as i64 - 10_000).abs() < 500), "{bins:?}");
+    assert!(
+        bins.iter().all(|&b| (b as i64 - 10_000).abs() < 500),
+        "{bins:?}"
+    );
     // Odd lengths (a partial last block) are filled too, reproducibly.
     let mut r1 = Philox::new(3);
     let mut r2 = Philox::new(3);
@@ -240,10 +257,7 @@ fn dropout_keeps_one_minus_p_and_rescales() {
     let y = values(&x.dropout(0.25, true, &mut rng).unwrap());
     let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
     assert!((kept - 0.75).abs() < 0.01, "kept {kept}");
-    assert!(
-        y.iter()
-            .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6)
-    );
+    assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
     let mut rng = Philox::new(1);
     assert_eq!(values(&x.dropout(0.25, true, &mut rng).unwrap()), y);
     let mut rng = Philox::new(1);

@@ -1,6 +1,6 @@
 //! Unary and broadcasting binary ops, scalar ops, comparisons and `where`.
 
-use super::{check_same, with_storages};
+use super::{check_same, with_storage_list, with_storages};
 use crate::autograd::record;
 use crate::error::{Error, Result};
 use crate::layout::broadcast_shapes;
@@ -192,15 +192,23 @@ impl Tensor {
 
     /// a + b with broadcasting.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_with_grad(rhs, BinaryOp::Add, "add", |_, _| [false; 3], |g, _, n| {
-            Ok((n[0].then(|| g.clone()), n[1].then(|| g.clone())))
-        })
+        self.binary_with_grad(
+            rhs,
+            BinaryOp::Add,
+            "add",
+            |_, _| [false; 3],
+            |g, _, n| Ok((n[0].then(|| g.clone()), n[1].then(|| g.clone()))),
+        )
     }
     /// a − b with broadcasting.
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_with_grad(rhs, BinaryOp::Sub, "sub", |_, _| [false; 3], |g, _, n| {
-            Ok((n[0].then(|| g.clone()), when(n[1], || g.neg())?))
-        })
+        self.binary_with_grad(
+            rhs,
+            BinaryOp::Sub,
+            "sub",
+            |_, _| [false; 3],
+            |g, _, n| Ok((n[0].then(|| g.clone()), when(n[1], || g.neg())?)),
+        )
     }
     /// a · b with broadcasting; ∂/∂a = g·b, ∂/∂b = g·a.
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -237,13 +245,19 @@ impl Tensor {
         pick: BinaryOp,
         name: &'static str,
     ) -> Result<Tensor> {
-        self.binary_with_grad(rhs, op, name, |_, _| [true, true, false], move |g, s, n| {
-            let pick_a = s.a()?.map_binary(s.b()?, pick, name)?;
-            Ok((
-                when(n[0], || g.mul(&pick_a))?,
-                when(n[1], || g.mul(&pick_a.affine(-1.0, 1.0)?))?,
-            ))
-        })
+        self.binary_with_grad(
+            rhs,
+            op,
+            name,
+            |_, _| [true, true, false],
+            move |g, s, n| {
+                let pick_a = s.a()?.map_binary(s.b()?, pick, name)?;
+                Ok((
+                    when(n[0], || g.mul(&pick_a))?,
+                    when(n[1], || g.mul(&pick_a.affine(-1.0, 1.0)?))?,
+                ))
+            },
+        )
     }
 
     // Comparisons return 0/1 tensors. They are piecewise constant, so their
@@ -279,10 +293,9 @@ impl Tensor {
         )?;
         let lay = |t: &Tensor| -> Result<Layout> { t.layout().broadcast_to("where", &shape) };
         let (cl, al, bl) = (lay(cond)?, lay(a)?, lay(b)?);
-        let st = {
-            let (cs, as_, bs) = (cond.storage(), a.storage(), b.storage());
-            cs.where_cond(&cl, &as_, &al, &bs, &bl)?
-        };
+        let st = with_storage_list(&[cond, a, b], |s| {
+            s[0].where_cond(&cl, s[1], &al, s[2], &bl)
+        })?;
         let out = Tensor::from_contiguous(st, &shape);
         let (c, ash, bsh) = (cond.detach(), a.shape().to_vec(), b.shape().to_vec());
         Ok(record(out, "where", &[a, b], move || {
@@ -313,9 +326,8 @@ struct Saved {
 
 impl Saved {
     fn get<'a>(&self, t: &'a Option<Tensor>, which: &str) -> Result<&'a Tensor> {
-        t.as_ref().ok_or_else(|| {
-            Error::Backward(format!("'{}' did not save its {which}", self.name))
-        })
+        t.as_ref()
+            .ok_or_else(|| Error::Backward(format!("'{}' did not save its {which}", self.name)))
     }
     fn a(&self) -> Result<&Tensor> {
         self.get(&self.a, "left input")

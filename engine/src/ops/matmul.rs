@@ -1,10 +1,10 @@
 //! Matrix products: `[.., m, k] @ [.., k, n]` with NumPy broadcasting of the
 //! batch axes. Transposed operands (from `transpose`) are read in place.
 
+use super::elementwise::when;
 use super::{check_same, with_storages};
 use crate::Tensor;
 use crate::autograd::record;
-use super::elementwise::when;
 use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::layout::broadcast_shapes;
 use crate::storage::MatmulDims;
@@ -70,7 +70,9 @@ impl Tensor {
                     x.clone()
                         .ok_or_else(|| Error::Backward("'matmul' did not save an operand".into()))
                 };
-                let ga = when(needs[0], || g.matmul_raw(&t(&saved(&b)?)?)?.sum_to(&a_shape))?;
+                let ga = when(needs[0], || {
+                    g.matmul_raw(&t(&saved(&b)?)?)?.sum_to(&a_shape)
+                })?;
                 let gb = when(needs[1], || t(&saved(&a)?)?.matmul_raw(g)?.sum_to(&b_shape))?;
                 Ok(vec![ga, gb])
             })

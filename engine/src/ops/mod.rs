@@ -41,11 +41,24 @@ pub(crate) fn with_storages<R>(
     b: &Tensor,
     f: impl FnOnce(&Storage, &Storage) -> R,
 ) -> R {
-    let sa = a.storage();
-    if a.shares_storage(b) {
-        f(&sa, &sa)
-    } else {
-        let sb = b.storage();
-        f(&sa, &sb)
+    with_storage_list(&[a, b], |s| f(s[0], s[1]))
+}
+
+/// Runs `f` on the storages of `tensors` (in order), read-locking each
+/// distinct buffer once. Taking a read lock twice on one thread can
+/// deadlock behind a waiting writer, and views make shared buffers common.
+pub(crate) fn with_storage_list<R>(tensors: &[&Tensor], f: impl FnOnce(&[&Storage]) -> R) -> R {
+    let mut guards = Vec::with_capacity(tensors.len());
+    let mut slot = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        match tensors[..i].iter().position(|u| u.shares_storage(t)) {
+            Some(j) => slot.push(slot[j]),
+            None => {
+                slot.push(guards.len());
+                guards.push(t.storage());
+            }
+        }
     }
+    let storages: Vec<&Storage> = slot.iter().map(|&k| &*guards[k]).collect();
+    f(&storages)
 }
