@@ -319,3 +319,29 @@ fn ops_over_views_of_one_buffer() -> Result<()> {
     y.backward_with(&y)?;
     Ok(())
 }
+
+#[test]
+fn second_loss_through_an_already_used_subgraph_is_an_error() {
+    // Two losses share y = exp(x); the first backward frees exp's saved
+    // output, so the second must fail clearly (run the forward again).
+    let x = leaf(&[0.5, 1.5]);
+    let y = x.exp().unwrap();
+    let l1 = y.sum_all().unwrap();
+    let l2 = y.mul_scalar(2.0).unwrap().sum_all().unwrap();
+    l1.backward().unwrap();
+    let err = l2.backward().unwrap_err().to_string();
+    assert!(
+        err.contains("'exp'") && err.contains("forward pass again"),
+        "{err}"
+    );
+    // Summing the losses first and back-propagating once works.
+    let x = leaf(&[0.5, 1.5]);
+    let y = x.exp().unwrap();
+    let total = y
+        .sum_all()
+        .unwrap()
+        .add(&y.mul_scalar(2.0).unwrap().sum_all().unwrap())
+        .unwrap();
+    total.backward().unwrap();
+    assert_eq!(grad_of(&x), [3.0 * 0.5f64.exp(), 3.0 * 1.5f64.exp()]);
+}

@@ -580,3 +580,92 @@ fn indexing_concat_and_where() -> Result<()> {
     assert!((mse - 0.25).abs() < 1e-12);
     Ok(())
 }
+
+/// Backward kernels on sizes above the parallel threshold: narrow's
+/// scatter into zeros, concat's slicing, index_select's scatter-add.
+#[test]
+fn large_backward_paths() -> Result<()> {
+    let x = randn(&[300, 250], 120).set_requires_grad(true);
+    x.narrow(1, 20, 200)?.sum_all()?.backward()?;
+    let g = x.grad().unwrap().to_vec_f64();
+    for r in 0..300 {
+        for c in 0..250 {
+            let want = if (20..220).contains(&c) { 1.0 } else { 0.0 };
+            assert_eq!(g[r * 250 + c], want, "narrow grad at ({r}, {c})");
+        }
+    }
+
+    let a = randn(&[300, 200], 121).set_requires_grad(true);
+    let b = randn(&[150, 300], 122).set_requires_grad(true);
+    let c = Tensor::concat(&[&a, &b.transpose(0, 1)?], 1)?; // [300, 350]
+    let (av, bv, cv) = (a.to_vec_f64(), b.to_vec_f64(), c.to_vec_f64());
+    for r in 0..300 {
+        assert_eq!(cv[r * 350..r * 350 + 200], av[r * 200..(r + 1) * 200]);
+        for j in 0..150 {
+            assert_eq!(cv[r * 350 + 200 + j], bv[j * 300 + r]);
+        }
+    }
+    let w = common::map(&c, |v| 2.0 * v + 1.0);
+    c.mul(&w)?.sum_all()?.backward()?;
+    let (ga, gb, wv) = (
+        a.grad().unwrap().to_vec_f64(),
+        b.grad().unwrap().to_vec_f64(),
+        w.to_vec_f64(),
+    );
+    for r in 0..300 {
+        assert_eq!(ga[r * 200..(r + 1) * 200], wv[r * 350..r * 350 + 200]);
+        for j in 0..150 {
+            assert_eq!(gb[j * 300 + r], wv[r * 350 + 200 + j]);
+        }
+    }
+
+    let x = randn(&[5, 40_000], 123).set_requires_grad(true);
+    x.index_select(0, &[1, 1, 3])?.sum_all()?.backward()?;
+    let g = x.grad().unwrap().to_vec_f64();
+    for (row, want) in [0.0, 2.0, 0.0, 1.0, 0.0].iter().enumerate() {
+        assert!(
+            g[row * 40_000..(row + 1) * 40_000]
+                .iter()
+                .all(|v| v == want)
+        );
+    }
+    let x = randn(&[40_000, 3], 124).set_requires_grad(true);
+    x.index_select(1, &[2, 0, 2])?.sum_all()?.backward()?;
+    let g = x.grad().unwrap().to_vec_f64();
+    assert!(g.chunks(3).all(|r| r == [1.0, 0.0, 2.0]));
+    Ok(())
+}
+
+/// NaN is never hidden by elementwise max/min, relu or clamp (as in
+/// PyTorch); a diverged activation must stay visible.
+#[test]
+fn nan_propagates_through_max_min_relu_and_clamp() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let n = Tensor::from_vec(&[f64::NAN, 2.0, -3.0], &[3], dtype, Device::Cpu)?;
+        let o = Tensor::from_vec(&[1.0, f64::NAN, -4.0], &[3], dtype, Device::Cpu)?;
+        let nan_nan_then = |t: Tensor, last: f64| {
+            let v = t.to_vec_f64();
+            assert!(v[0].is_nan() && v[1].is_nan(), "{v:?}");
+            assert_eq!(v[2], last);
+        };
+        nan_nan_then(n.maximum(&o)?, -3.0);
+        nan_nan_then(n.minimum(&o)?, -4.0);
+        nan_nan_then(o.maximum(&n)?, -3.0);
+        let relu = n.relu()?.to_vec_f64();
+        assert!(relu[0].is_nan() && relu[1] == 2.0 && relu[2] == 0.0);
+        let clamped = n.clamp(-1.0, 1.0)?.to_vec_f64();
+        assert!(clamped[0].is_nan() && clamped[1] == 1.0 && clamped[2] == -1.0);
+        // And with a long run, through the vectorised loop.
+        let mut v = vec![0.5; 1001];
+        v[1000] = f64::NAN;
+        v[3] = f64::NAN;
+        let t = Tensor::from_vec(&v, &[1001], dtype, Device::Cpu)?;
+        let r = t.relu()?.to_vec_f64();
+        assert!(r[3].is_nan() && r[1000].is_nan() && r[999] == 0.5);
+        let m = t
+            .maximum(&Tensor::scalar(0.0, dtype, Device::Cpu)?)?
+            .to_vec_f64();
+        assert!(m[3].is_nan() && m[1000].is_nan());
+    }
+    Ok(())
+}

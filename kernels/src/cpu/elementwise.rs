@@ -74,6 +74,20 @@ fn sigmoid<T: Float>(x: T) -> T {
     T::ONE / (T::ONE + (-x).exp())
 }
 
+/// max(a, b) that returns NaN when either is NaN, as PyTorch's maximum,
+/// relu and clamp do (`f32::max` returns the other operand, which would
+/// hide a diverged activation).
+#[inline(always)]
+fn max_nan<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || a > b { a } else { b }
+}
+
+/// min(a, b) that returns NaN when either is NaN (see [`max_nan`]).
+#[inline(always)]
+fn min_nan<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || a < b { a } else { b }
+}
+
 #[inline(always)]
 fn bool01<T: Float>(b: bool) -> T {
     if b { T::ONE } else { T::ZERO }
@@ -94,7 +108,7 @@ fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Silu => x * sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Relu => x.max(T::ZERO),
+        UnaryOp::Relu => max_nan(x, T::ZERO),
         UnaryOp::Sign => {
             if x > T::ZERO {
                 T::ONE
@@ -106,8 +120,8 @@ fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
         }
         UnaryOp::Affine { mul, add } => x.mul_add(T::from_f64(mul), T::from_f64(add)),
         UnaryOp::Powf(e) => x.powf(T::from_f64(e)),
-        UnaryOp::MaxScalar(c) => x.max(T::from_f64(c)),
-        UnaryOp::MinScalar(c) => x.min(T::from_f64(c)),
+        UnaryOp::MaxScalar(c) => max_nan(x, T::from_f64(c)),
+        UnaryOp::MinScalar(c) => min_nan(x, T::from_f64(c)),
         UnaryOp::GeScalar(c) => bool01(x >= T::from_f64(c)),
     }
 }
@@ -119,8 +133,8 @@ fn binary_scalar<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T {
         BinaryOp::Sub => a - b,
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
-        BinaryOp::Maximum => a.max(b),
-        BinaryOp::Minimum => a.min(b),
+        BinaryOp::Maximum => max_nan(a, b),
+        BinaryOp::Minimum => min_nan(a, b),
         BinaryOp::Pow => a.powf(b),
         BinaryOp::Eq => bool01(a == b),
         BinaryOp::Ne => bool01(a != b),
