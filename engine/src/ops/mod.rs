@@ -41,7 +41,13 @@ pub(crate) fn with_storages<R>(
     b: &Tensor,
     f: impl FnOnce(&Storage, &Storage) -> R,
 ) -> R {
-    with_storage_list(&[a, b], |s| f(s[0], s[1]))
+    let sa = a.storage();
+    if a.shares_storage(b) {
+        f(&sa, &sa)
+    } else {
+        let sb = b.storage();
+        f(&sa, &sb)
+    }
 }
 
 /// Runs `f` on the storages of `tensors` (in order), read-locking each
