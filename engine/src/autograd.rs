@@ -41,6 +41,33 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Dropping the last handle to a graph frees a chain of nodes. The default
+/// drop would recurse once per node (node → edge → node → ...) and overflow
+/// the stack on deep graphs, so the edges are unlinked here into a work
+/// list instead: each node whose last reference we hold is emptied of its
+/// edges before it is dropped, so no drop ever recurses.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut work: Vec<Arc<Node>> = take_node_edges(&mut self.inputs);
+        while let Some(node) = work.pop() {
+            if let Some(mut owned) = Arc::into_inner(node) {
+                work.extend(take_node_edges(&mut owned.inputs));
+            }
+        }
+    }
+}
+
+/// Removes and returns the node edges of `inputs` (leaf edges just drop).
+fn take_node_edges(inputs: &mut Vec<Option<Edge>>) -> Vec<Arc<Node>> {
+    std::mem::take(inputs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Some(Edge::Node(n)) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Where a gradient flows to.
 #[derive(Clone, Debug)]
 pub enum Edge {
@@ -173,6 +200,15 @@ pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
             "seed gradient shape {:?} differs from output {:?}",
             seed.shape(),
             root.shape()
+        )));
+    }
+    if (seed.dtype(), seed.device()) != (root.dtype(), root.device()) {
+        return Err(Error::Backward(format!(
+            "seed gradient is {:?} on {}, the output is {:?} on {}",
+            seed.dtype(),
+            seed.device(),
+            root.dtype(),
+            root.device()
         )));
     }
     let _no_grad = NoGradGuard::new();

@@ -69,35 +69,34 @@ impl Layout {
 
     /// Resolves one `-1` in a requested shape and checks the element count.
     pub fn resolve_shape(&self, op: &'static str, shape: &[isize]) -> Result<Vec<usize>> {
-        let known: isize = shape.iter().filter(|&&d| d != -1).product();
         let holes = shape.iter().filter(|&&d| d == -1).count();
         if holes > 1 || shape.iter().any(|&d| d < -1) {
             return Err(bad_arg(op, format!("invalid target shape {shape:?}")));
         }
-        let numel = self.numel() as isize;
+        let known: Vec<usize> = shape
+            .iter()
+            .filter(|&&d| d != -1)
+            .map(|&d| d as usize)
+            .collect();
+        let hole = match checked_numel(op, &known)? {
+            0 => 0,
+            k => self.numel() / k,
+        };
         let resolved: Vec<usize> = shape
             .iter()
-            .map(|&d| {
-                if d == -1 {
-                    if known == 0 {
-                        0
-                    } else {
-                        (numel / known) as usize
-                    }
-                } else {
-                    d as usize
-                }
-            })
+            .map(|&d| if d == -1 { hole } else { d as usize })
             .collect();
-        if resolved.iter().product::<usize>() != self.numel() {
-            return Err(shape_err(
-                op,
-                &self.shape,
-                &resolved,
-                "element counts differ",
-            ));
-        }
+        self.check_same_count(op, &resolved)?;
         Ok(resolved)
+    }
+
+    /// An error unless `shape` holds exactly as many elements as this layout.
+    pub fn check_same_count(&self, op: &'static str, shape: &[usize]) -> Result<()> {
+        let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if n != Some(self.numel()) {
+            return Err(shape_err(op, &self.shape, shape, "element counts differ"));
+        }
+        Ok(())
     }
 
     /// A view with `shape` if the data is contiguous; `None` means a copy is needed.
@@ -137,12 +136,15 @@ impl Layout {
         len: usize,
     ) -> Result<Layout> {
         self.check_axis(op, axis)?;
-        if start + len > self.shape[axis] {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.shape[axis])
+        {
             return Err(bad_arg(
                 op,
                 format!(
                     "range {start}..{} exceeds axis {axis} of size {} in {:?}",
-                    start + len,
+                    start as u128 + len as u128,
                     self.shape[axis],
                     self.shape
                 ),
@@ -230,6 +232,14 @@ impl Layout {
                 .sum::<usize>()
             + 1
     }
+}
+
+/// The number of elements of `shape`, or an error if it overflows `usize`.
+pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad_arg(op, format!("shape {shape:?} has too many elements")))
 }
 
 /// The NumPy broadcast of two shapes.

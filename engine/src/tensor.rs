@@ -3,6 +3,7 @@
 
 use crate::autograd::{self, Edge, GradSlot, Node};
 use crate::error::{Result, bad_arg};
+use crate::layout::checked_numel;
 use crate::storage::{RandKind, Storage};
 use crate::{DType, Device, Layout};
 use noisegrad_kernels::rng::Philox;
@@ -88,7 +89,7 @@ impl Tensor {
     }
 
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        let n = shape.iter().product();
+        let n = checked_numel("zeros", shape)?;
         Ok(Tensor::from_contiguous(
             Storage::zeros(device, dtype, n)?,
             shape,
@@ -100,7 +101,7 @@ impl Tensor {
     }
 
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Result<Tensor> {
-        let n = shape.iter().product();
+        let n = checked_numel("full", shape)?;
         Ok(Tensor::from_contiguous(
             Storage::full(device, dtype, n, value)?,
             shape,
@@ -119,7 +120,7 @@ impl Tensor {
         dtype: DType,
         device: Device,
     ) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel("from_vec", shape)?;
         if n != data.len() {
             return Err(bad_arg(
                 "from_vec",
@@ -156,7 +157,7 @@ impl Tensor {
         device: Device,
         rng: &mut Philox,
     ) -> Result<Tensor> {
-        let n = shape.iter().product();
+        let n = checked_numel("randn", shape)?;
         Ok(Tensor::from_contiguous(
             Storage::rand(device, dtype, n, RandKind::Normal, rng)?,
             shape,
@@ -165,7 +166,7 @@ impl Tensor {
 
     /// Samples from U(0, 1), drawing from `rng`.
     pub fn rand(shape: &[usize], dtype: DType, device: Device, rng: &mut Philox) -> Result<Tensor> {
-        let n = shape.iter().product();
+        let n = checked_numel("rand", shape)?;
         Ok(Tensor::from_contiguous(
             Storage::rand(device, dtype, n, RandKind::Uniform, rng)?,
             shape,

@@ -1,10 +1,11 @@
 //! Matrix products: `[.., m, k] @ [.., k, n]` with NumPy broadcasting of the
 //! batch axes. Transposed operands (from `transpose`) are read in place.
 
+use super::elementwise::when;
 use super::{check_same, with_storages};
 use crate::Tensor;
 use crate::autograd::record;
-use crate::error::{Result, bad_arg, shape_err};
+use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::layout::broadcast_shapes;
 use crate::storage::MatmulDims;
 
@@ -54,23 +55,25 @@ impl Tensor {
         Ok(Tensor::from_contiguous(st, &with(batch, m, n)))
     }
 
-    /// Matrix product. ∂/∂A = G·Bᵀ, ∂/∂B = Aᵀ·G, each summed over broadcast batch axes.
+    /// Matrix product. ∂/∂A = G·Bᵀ, ∂/∂B = Aᵀ·G, each summed over broadcast
+    /// batch axes. A is saved only if B needs a gradient and vice versa
+    /// (x · W with untracked x keeps x, never W's copy).
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         let out = self.matmul_raw(rhs)?;
-        let (a, b) = (self.detach(), rhs.detach());
+        let a = rhs.requires_grad().then(|| self.detach());
+        let b = self.requires_grad().then(|| rhs.detach());
+        let (a_shape, b_shape) = (self.shape().to_vec(), rhs.shape().to_vec());
         Ok(record(out, "matmul", &[self, rhs], move || {
             Box::new(move |g, needs| {
                 let t = |x: &Tensor| x.transpose(x.rank() - 2, x.rank() - 1);
-                let ga = if needs[0] {
-                    Some(g.matmul_raw(&t(&b)?)?.sum_to(a.shape())?)
-                } else {
-                    None
+                let saved = |x: &Option<Tensor>| {
+                    x.clone()
+                        .ok_or_else(|| Error::Backward("'matmul' did not save an operand".into()))
                 };
-                let gb = if needs[1] {
-                    Some(t(&a)?.matmul_raw(g)?.sum_to(b.shape())?)
-                } else {
-                    None
-                };
+                let ga = when(needs[0], || {
+                    g.matmul_raw(&t(&saved(&b)?)?)?.sum_to(&a_shape)
+                })?;
+                let gb = when(needs[1], || t(&saved(&a)?)?.matmul_raw(g)?.sum_to(&b_shape))?;
                 Ok(vec![ga, gb])
             })
         }))

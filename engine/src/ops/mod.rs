@@ -49,3 +49,22 @@ pub(crate) fn with_storages<R>(
         f(&sa, &sb)
     }
 }
+
+/// Runs `f` on the storages of `tensors` (in order), read-locking each
+/// distinct buffer once. Taking a read lock twice on one thread can
+/// deadlock behind a waiting writer, and views make shared buffers common.
+pub(crate) fn with_storage_list<R>(tensors: &[&Tensor], f: impl FnOnce(&[&Storage]) -> R) -> R {
+    let mut guards = Vec::with_capacity(tensors.len());
+    let mut slot = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        match tensors[..i].iter().position(|u| u.shares_storage(t)) {
+            Some(j) => slot.push(slot[j]),
+            None => {
+                slot.push(guards.len());
+                guards.push(t.storage());
+            }
+        }
+    }
+    let storages: Vec<&Storage> = slot.iter().map(|&k| &*guards[k]).collect();
+    f(&storages)
+}

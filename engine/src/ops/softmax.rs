@@ -1,5 +1,6 @@
 //! Softmax and log-softmax along an axis.
 
+use super::with_storages;
 use crate::Tensor;
 use crate::autograd::record;
 use crate::error::Result;
@@ -14,13 +15,9 @@ impl Tensor {
         Ok(record(out, name, &[self], move || {
             Box::new(move |g, _| {
                 // Only the output is saved: both derivatives are functions of y.
-                let st = y.storage().softmax_backward(
-                    y.layout(),
-                    &g.storage(),
-                    g.layout(),
-                    axis,
-                    log,
-                )?;
+                let st = with_storages(&y, g, |ys, gs| {
+                    ys.softmax_backward(y.layout(), gs, g.layout(), axis, log)
+                })?;
                 Ok(vec![Some(Tensor::from_contiguous(st, y.shape()))])
             })
         }))

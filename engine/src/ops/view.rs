@@ -30,23 +30,28 @@ impl Tensor {
         }))
     }
 
-    /// Same elements, new shape (`-1` infers one axis). A view when the data
-    /// is contiguous, a copy otherwise.
+    /// Same elements, new shape. A view when the data is contiguous, a
+    /// copy otherwise.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let signed: Vec<isize> = shape.iter().map(|&d| d as isize).collect();
-        self.reshape_infer(&signed)
+        self.layout().check_same_count("reshape", shape)?;
+        self.reshape_to(shape)
     }
 
-    /// [`Tensor::reshape`] with one axis given as `-1`.
+    /// [`Tensor::reshape`] with one axis given as `-1` (inferred).
     pub fn reshape_infer(&self, shape: &[isize]) -> Result<Tensor> {
         let target = self.layout().resolve_shape("reshape", shape)?;
+        self.reshape_to(&target)
+    }
+
+    /// Reshape to a `target` already checked to hold `numel` elements.
+    fn reshape_to(&self, target: &[usize]) -> Result<Tensor> {
         if target == self.shape() {
             return Ok(self.clone());
         }
         let src = self.contiguous()?;
         let layout = src
             .layout()
-            .reshaped(&target)
+            .reshaped(target)
             .expect("contiguous after copy");
         let orig = self.shape().to_vec();
         Ok(src.view_op(layout, "reshape", move |g| g.reshape(&orig)))
@@ -193,7 +198,8 @@ impl Tensor {
     /// Splits `axis` into pieces of the given sizes (views; they must add up).
     pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
         self.layout().check_axis("split", axis)?;
-        if sizes.iter().sum::<usize>() != self.shape()[axis] {
+        let total = sizes.iter().try_fold(0usize, |acc, &n| acc.checked_add(n));
+        if total != Some(self.shape()[axis]) {
             return Err(bad_arg(
                 "split",
                 format!(
@@ -217,7 +223,7 @@ impl Tensor {
     pub fn chunk(&self, n: usize, axis: usize) -> Result<Vec<Tensor>> {
         self.layout().check_axis("chunk", axis)?;
         let size = self.shape()[axis];
-        if n == 0 || size % n != 0 {
+        if n == 0 || !size.is_multiple_of(n) {
             return Err(bad_arg(
                 "chunk",
                 format!(

@@ -74,6 +74,20 @@ fn sigmoid<T: Float>(x: T) -> T {
     T::ONE / (T::ONE + (-x).exp())
 }
 
+/// max(a, b) that returns NaN when either is NaN, as PyTorch's maximum,
+/// relu and clamp do (`f32::max` returns the other operand, which would
+/// hide a diverged activation).
+#[inline(always)]
+fn max_nan<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || a > b { a } else { b }
+}
+
+/// min(a, b) that returns NaN when either is NaN (see [`max_nan`]).
+#[inline(always)]
+fn min_nan<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || a < b { a } else { b }
+}
+
 #[inline(always)]
 fn bool01<T: Float>(b: bool) -> T {
     if b { T::ONE } else { T::ZERO }
@@ -94,7 +108,7 @@ fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Silu => x * sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Relu => x.max(T::ZERO),
+        UnaryOp::Relu => max_nan(x, T::ZERO),
         UnaryOp::Sign => {
             if x > T::ZERO {
                 T::ONE
@@ -106,8 +120,8 @@ fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
         }
         UnaryOp::Affine { mul, add } => x.mul_add(T::from_f64(mul), T::from_f64(add)),
         UnaryOp::Powf(e) => x.powf(T::from_f64(e)),
-        UnaryOp::MaxScalar(c) => x.max(T::from_f64(c)),
-        UnaryOp::MinScalar(c) => x.min(T::from_f64(c)),
+        UnaryOp::MaxScalar(c) => max_nan(x, T::from_f64(c)),
+        UnaryOp::MinScalar(c) => min_nan(x, T::from_f64(c)),
         UnaryOp::GeScalar(c) => bool01(x >= T::from_f64(c)),
     }
 }
@@ -119,8 +133,8 @@ fn binary_scalar<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T {
         BinaryOp::Sub => a - b,
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
-        BinaryOp::Maximum => a.max(b),
-        BinaryOp::Minimum => a.min(b),
+        BinaryOp::Maximum => max_nan(a, b),
+        BinaryOp::Minimum => min_nan(a, b),
         BinaryOp::Pow => a.powf(b),
         BinaryOp::Eq => bool01(a == b),
         BinaryOp::Ne => bool01(a != b),
@@ -206,13 +220,13 @@ pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
 
 fn unary_chunk<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(xf), Some(of)) = (as_f32(x), as_f32_mut(out)) {
-        if simd::level() == SimdLevel::Avx2Fma {
-            // SAFETY: AVX2+FMA checked just above.
-            let done = unsafe { unary_f32_avx2(op, xf, of) };
-            if done {
-                return;
-            }
+    if let (Some(xf), Some(of)) = (as_f32(x), as_f32_mut(out))
+        && simd::level() == SimdLevel::Avx2Fma
+    {
+        // SAFETY: AVX2+FMA checked just above.
+        let done = unsafe { unary_f32_avx2(op, xf, of) };
+        if done {
+            return;
         }
     }
     simd::with_avx2(|| {
@@ -308,16 +322,18 @@ fn binary_run<T: Float>(
 ) {
     let n = out.len();
     #[cfg(target_arch = "x86_64")]
-    if sa == 1 && sb == 1 && simd::level() == SimdLevel::Avx2Fma {
-        if let (Some(af), Some(bf), Some(of)) = (
+    if sa == 1
+        && sb == 1
+        && simd::level() == SimdLevel::Avx2Fma
+        && let (Some(af), Some(bf), Some(of)) = (
             as_f32(&a[ao..ao + n]),
             as_f32(&b[bo..bo + n]),
             as_f32_mut(out),
-        ) {
-            // SAFETY: AVX2+FMA checked above.
-            if unsafe { binary_f32_avx2(op, af, bf, of) } {
-                return;
-            }
+        )
+    {
+        // SAFETY: AVX2+FMA checked above.
+        if unsafe { binary_f32_avx2(op, af, bf, of) } {
+            return;
         }
     }
     let f = binary_scalar::<T>(op);
@@ -439,7 +455,12 @@ fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
 mod tests {
     use super::*;
 
+    /// `force_scalar` is process-global and tests run on parallel threads:
+    /// every test that depends on the SIMD level holds this lock.
+    static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn both_paths(f: impl Fn()) {
+        let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         simd::force_scalar(true);
         f();
         simd::force_scalar(false);
@@ -449,15 +470,17 @@ mod tests {
     #[test]
     fn simd_transcendentals_match_scalar_definition() {
         let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.037).collect();
-        for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu] {
-            let mut got = vec![0f32; x.len()];
-            unary(op, &x, &mut got);
-            for (i, &v) in x.iter().enumerate() {
-                let want = unary_scalar::<f64>(op)(v as f64);
-                let err = (got[i] as f64 - want).abs() / want.abs().max(1e-6);
-                assert!(err < 2e-6, "{op:?}({v}) = {} want {want}", got[i]);
+        both_paths(|| {
+            for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu] {
+                let mut got = vec![0f32; x.len()];
+                unary(op, &x, &mut got);
+                for (i, &v) in x.iter().enumerate() {
+                    let want = unary_scalar::<f64>(op)(v as f64);
+                    let err = (got[i] as f64 - want).abs() / want.abs().max(1e-6);
+                    assert!(err < 2e-6, "{op:?}({v}) = {} want {want}", got[i]);
+                }
             }
-        }
+        });
     }
 
     #[test]
@@ -498,6 +521,7 @@ mod tests {
         let mut fast = vec![0f32; 77];
         let mut slow = vec![0f32; 77];
         let s = |d: &'static [usize]| d;
+        let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         binary(
             BinaryOp::SiluBackward,
             &[77],

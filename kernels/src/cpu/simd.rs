@@ -62,18 +62,23 @@ pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 pub mod avx2 {
     //! 8-wide f32 kernels. Every function requires AVX2+FMA (callers check
     //! [`super::level`]).
+    // The safety contract of every function here is the one stated above.
+    #![allow(clippy::missing_safety_doc)]
     use std::arch::x86_64::*;
 
     /// e^x for 8 lanes: range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a
     /// degree-6 polynomial for e^r (Cephes `expf` coefficients, ~1 ulp),
-    /// scaled by 2^n through the exponent bits. Inputs are clamped to the
-    /// range where f32 neither overflows nor flushes to zero.
+    /// scaled by 2^n through the exponent bits in two halves 2^⌊n/2⌋·2^⌈n/2⌉,
+    /// so that n = 128 (results near f32::MAX) and n < −126 (subnormals)
+    /// are represented and overflow/underflow round to ∞/0 as in `expf`.
+    /// Inputs are clamped to [−104, 89], beyond which e^x is 0 or ∞ in f32;
+    /// NaN passes through (max/min return their second operand for NaN).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub fn exp_ps(x: __m256) -> __m256 {
         let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.336_55)),
-            _mm256_set1_ps(88.376_26),
+            _mm256_set1_ps(89.0),
+            _mm256_max_ps(_mm256_set1_ps(-104.0), x),
         );
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
@@ -90,11 +95,16 @@ pub mod avx2 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
         let r2 = _mm256_mul_ps(r, r);
         let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
-        let pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        ));
-        _mm256_mul_ps(e_r, pow2n)
+        let pow2 = |k: __m256i| {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_add_epi32(k, _mm256_set1_epi32(127)),
+                23,
+            ))
+        };
+        let ni = _mm256_cvtps_epi32(n);
+        let lo = _mm256_srai_epi32(ni, 1);
+        let hi = _mm256_sub_epi32(ni, lo);
+        _mm256_mul_ps(_mm256_mul_ps(e_r, pow2(lo)), pow2(hi))
     }
 
     /// σ(x) = 1 / (1 + e^{−x}).
