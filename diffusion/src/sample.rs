@@ -101,5 +101,5 @@ pub fn ddim_sample(
 }
 
 fn keep(opts: &SampleOptions, index: usize, t: usize) -> bool {
-    opts.progressive_every > 0 && (index % opts.progressive_every == 0 || t == 0)
+    opts.progressive_every > 0 && (index.is_multiple_of(opts.progressive_every) || t == 0)
 }

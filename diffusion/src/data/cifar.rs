@@ -9,7 +9,7 @@ pub const CIFAR10_RECORD_BYTES: usize = 1 + 3 * 32 * 32;
 
 /// Parses the bytes of one batch file; `name` is used in errors.
 pub fn parse_cifar10(bytes: &[u8], name: &str) -> Result<ImageDataset> {
-    if bytes.is_empty() || bytes.len() % CIFAR10_RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR10_RECORD_BYTES) {
         return Err(Error::Io {
             path: name.into(),
             msg: format!(
