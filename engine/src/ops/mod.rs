@@ -4,11 +4,15 @@
 //! with other tensor ops, so they run on whatever device the forward did.
 
 mod elementwise;
+mod group_norm;
 mod index;
 mod matmul;
 mod nn;
+mod noise;
 mod reduce;
 mod softmax;
+mod typed;
+mod upsample;
 mod view;
 
 use crate::Tensor;

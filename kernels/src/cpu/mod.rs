@@ -11,11 +11,14 @@
 pub mod copy;
 pub mod elementwise;
 pub mod gemm;
+pub mod group_norm;
 pub mod index;
+pub mod noise;
 pub mod optim;
 pub mod reduce;
 pub mod simd;
 pub mod softmax;
+pub mod upsample;
 
 /// Elements per rayon task for memory-bound kernels: large enough that task
 /// overhead (~1 µs) is small against the ~10 µs the chunk takes.

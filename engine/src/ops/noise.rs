@@ -1,0 +1,261 @@
+//! Fused noise-schedule ops for diffusion: forward noising `q_sample`, the
+//! `l_simple_loss` objective, and the DDPM/DDIM reverse step
+//! `denoise_step`. Each is one pass over memory with per-sample scalars
+//! (every sample of a batch has its own timestep).
+
+use super::check_same;
+use super::typed::{
+    CpuElem, CpuView, StorageView, by_dtype, cpu_storage, cpu_view, typed, with_all_storages,
+};
+use crate::autograd::{needs_tape, record, refuse_tracked};
+use crate::cpu_backend::{CpuStorage, zeroed};
+use crate::error::{Result, bad_arg, shape_err};
+use crate::storage::Storage;
+use crate::{Layout, Tensor};
+use noisegrad_kernels::cpu::noise::{self as kernel, QSampleCoef, StepCoef};
+
+impl Storage {
+    /// x_t = √ᾱ·x_0 + √(1−ᾱ)·ε per sample (self = x_0).
+    pub fn q_sample(&self, l: &Layout, eps: StorageView, coefs: &[QSampleCoef]) -> Result<Storage> {
+        match self {
+            Storage::Cpu(x) => {
+                let e = cpu_view("q_sample", eps)?;
+                Ok(Storage::Cpu(x.q_sample(l, e, coefs)?))
+            }
+        }
+    }
+
+    /// mean((self − ε)²), and its gradient w.r.t. self when `with_grad`.
+    pub fn l_simple(
+        &self,
+        l: &Layout,
+        eps: StorageView,
+        with_grad: bool,
+    ) -> Result<(f64, Option<Storage>)> {
+        match self {
+            Storage::Cpu(p) => {
+                let e = cpu_view("l_simple_loss", eps)?;
+                let (loss, grad) = p.l_simple(l, e, with_grad)?;
+                Ok((loss, grad.map(Storage::Cpu)))
+            }
+        }
+    }
+
+    /// One reverse step per sample (self = x_t); see [`StepCoef`].
+    pub fn denoise_step(
+        &self,
+        l: &Layout,
+        eps: StorageView,
+        z: Option<StorageView>,
+        coefs: &[StepCoef],
+    ) -> Result<Storage> {
+        match self {
+            Storage::Cpu(x) => {
+                let op = "denoise_step";
+                let e = cpu_view(op, eps)?;
+                let z = z.map(|v| cpu_view(op, v)).transpose()?;
+                Ok(Storage::Cpu(x.denoise_step(l, e, z, coefs)?))
+            }
+        }
+    }
+}
+
+impl CpuStorage {
+    pub fn q_sample(&self, l: &Layout, eps: CpuView, coefs: &[QSampleCoef]) -> Result<CpuStorage> {
+        by_dtype!(self.dtype(), T => {
+            let x0 = typed::<T>("q_sample", self, l)?;
+            let e = typed::<T>("q_sample", eps.0, eps.1)?;
+            let mut out = zeroed(x0.len());
+            kernel::q_sample(&x0, &e, coefs, &mut out);
+            Ok(cpu_storage(out))
+        })
+    }
+
+    pub fn l_simple(
+        &self,
+        l: &Layout,
+        eps: CpuView,
+        with_grad: bool,
+    ) -> Result<(f64, Option<CpuStorage>)> {
+        by_dtype!(self.dtype(), T => {
+            let p = typed::<T>("l_simple_loss", self, l)?;
+            let e = typed::<T>("l_simple_loss", eps.0, eps.1)?;
+            let mut grad: Option<Vec<T>> = with_grad.then(|| zeroed(p.len()));
+            let loss = kernel::l_simple(&p, &e, grad.as_deref_mut());
+            Ok((loss, grad.map(cpu_storage)))
+        })
+    }
+
+    pub fn denoise_step(
+        &self,
+        l: &Layout,
+        eps: CpuView,
+        z: Option<CpuView>,
+        coefs: &[StepCoef],
+    ) -> Result<CpuStorage> {
+        by_dtype!(self.dtype(), T => denoise_step_typed::<T>((self, l), eps, z, coefs))
+    }
+}
+
+fn denoise_step_typed<T: CpuElem>(
+    x: CpuView,
+    eps: CpuView,
+    z: Option<CpuView>,
+    coefs: &[StepCoef],
+) -> Result<CpuStorage> {
+    let op = "denoise_step";
+    let x = typed::<T>(op, x.0, x.1)?;
+    let e = typed::<T>(op, eps.0, eps.1)?;
+    let z = z.map(|(s, zl)| typed::<T>(op, s, zl)).transpose()?;
+    let mut out = zeroed(x.len());
+    kernel::denoise_step(&x, &e, z.as_deref(), coefs, &mut out);
+    Ok(cpu_storage(out))
+}
+
+/// Checks that `other` matches `x` (dtype, device, shape) and that `x` is
+/// `[N, ...]` with one coefficient set per sample.
+fn check_batch(
+    op: &'static str,
+    x: &Tensor,
+    others: &[(&str, &Tensor)],
+    samples: usize,
+) -> Result<()> {
+    for &(name, t) in others {
+        check_same(op, x, t)?;
+        if t.shape() != x.shape() {
+            return Err(shape_err(
+                op,
+                x.shape(),
+                t.shape(),
+                format!("{name} must have the input's shape"),
+            ));
+        }
+    }
+    if x.rank() == 0 || x.shape()[0] != samples {
+        return Err(bad_arg(
+            op,
+            format!(
+                "input shape {:?} must be [N, ...] with N = {samples}, the number of per-sample coefficients",
+                x.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// Forward noising q(x_t | x_0), sample n using `coefs[n]`:
+    ///
+    ///   x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε        (self = x_0, `[N, ...]`).
+    ///
+    /// Training only needs it on data, but it is differentiable anyway
+    /// (∂/∂x_0 = √ᾱ_t·g, ∂/∂ε = √(1 − ᾱ_t)·g), so a tracked input is never
+    /// silently cut from the graph.
+    pub fn q_sample(&self, eps: &Tensor, coefs: &[QSampleCoef]) -> Result<Tensor> {
+        let op = "q_sample";
+        check_batch(op, self, &[("eps", eps)], coefs.len())?;
+        let finite = |c: &QSampleCoef| {
+            c.sqrt_alpha_bar.is_finite() && c.sqrt_one_minus_alpha_bar.is_finite()
+        };
+        if let Some(bad) = coefs.iter().find(|c| !finite(c)) {
+            return Err(bad_arg(op, format!("non-finite coefficients {bad:?}")));
+        }
+        let st = with_all_storages(&[self, eps], |s| {
+            s[0].q_sample(self.layout(), (s[1], eps.layout()), coefs)
+        })?;
+        let out = Tensor::from_contiguous(st, self.shape());
+        let coefs = coefs.to_vec();
+        Ok(record(out, op, &[self, eps], move || {
+            Box::new(move |g, needs| {
+                let scaled = |pick: fn(&QSampleCoef) -> f64| -> Result<Tensor> {
+                    let mut shape = vec![1; g.rank()];
+                    shape[0] = coefs.len();
+                    let per: Vec<f64> = coefs.iter().map(pick).collect();
+                    g.mul(&Tensor::from_vec(&per, &shape, g.dtype(), g.device())?)
+                };
+                Ok(vec![
+                    needs[0].then(|| scaled(|c| c.sqrt_alpha_bar)).transpose()?,
+                    needs[1]
+                        .then(|| scaled(|c| c.sqrt_one_minus_alpha_bar))
+                        .transpose()?,
+                ])
+            })
+        }))
+    }
+
+    /// The DDPM training loss L_simple = mean((ε_θ − ε)²) over all elements
+    /// (self = ε_θ, the prediction), a 0-d tensor. When a tape is recorded
+    /// the gradient 2(ε_θ − ε)/numel is computed in the same pass and saved;
+    /// backward only scales it by the upstream scalar (and negates it for ε).
+    pub fn l_simple_loss(&self, eps: &Tensor) -> Result<Tensor> {
+        let op = "l_simple_loss";
+        check_same(op, self, eps)?;
+        if self.shape() != eps.shape() {
+            return Err(shape_err(
+                op,
+                self.shape(),
+                eps.shape(),
+                "prediction and target must have the same shape",
+            ));
+        }
+        if self.numel() == 0 {
+            return Err(bad_arg(
+                op,
+                format!(
+                    "the mean over an empty tensor (shape {:?}) is undefined",
+                    self.shape()
+                ),
+            ));
+        }
+        let with_grad = needs_tape(&[self, eps]);
+        let (loss, grad) = with_all_storages(&[self, eps], |s| {
+            s[0].l_simple(self.layout(), (s[1], eps.layout()), with_grad)
+        })?;
+        let out = Tensor::scalar(loss, self.dtype(), self.device())?;
+        let Some(grad) = grad else { return Ok(out) };
+        let grad = Tensor::from_contiguous(grad, self.shape());
+        Ok(record(out, op, &[self, eps], move || {
+            Box::new(move |g, needs| {
+                let d_pred = grad.mul(g)?;
+                let d_eps = needs[1].then(|| d_pred.neg()).transpose()?;
+                Ok(vec![needs[0].then_some(d_pred), d_eps])
+            })
+        }))
+    }
+
+    /// One reverse diffusion step for every sample (self = x_t, `[N, ...]`,
+    /// sample n using `coefs[n]`):
+    ///
+    ///   x̂_0    = clamp(x0_from_xt·x_t − x0_from_eps·ε_θ, −x0_clip, x0_clip)
+    ///   x_prev = x0_weight·x̂_0 + xt_weight·x_t + eps_weight·ε_θ + σ·z
+    ///
+    /// which is the DDPM step (ε form or through the clipped x̂_0) or the
+    /// DDIM step depending on how `coefs` were built ([`StepCoef::ddpm`],
+    /// [`StepCoef::ddpm_clipped`], [`StepCoef::ddim`]). `noise` is z ~ N(0, I)
+    /// (`None` = 0: the final step, or deterministic DDIM).
+    ///
+    /// Sampling runs under `no_grad`; there is no backward, so tracked inputs
+    /// are refused rather than silently cut from the graph.
+    pub fn denoise_step(
+        &self,
+        eps_pred: &Tensor,
+        noise: Option<&Tensor>,
+        coefs: &[StepCoef],
+    ) -> Result<Tensor> {
+        let op = "denoise_step";
+        let mut inputs = vec![self, eps_pred];
+        inputs.extend(noise);
+        refuse_tracked(op, &inputs)?;
+        let mut others = vec![("eps_pred", eps_pred)];
+        others.extend(noise.map(|z| ("noise", z)));
+        check_batch(op, self, &others, coefs.len())?;
+        if let Some(bad) = coefs.iter().find(|c| !c.is_finite()) {
+            return Err(bad_arg(op, format!("non-finite coefficients {bad:?}")));
+        }
+        let st = with_all_storages(&inputs, |s| {
+            let z = noise.map(|z| (s[2], z.layout()));
+            s[0].denoise_step(self.layout(), (s[1], eps_pred.layout()), z, coefs)
+        })?;
+        Ok(Tensor::from_contiguous(st, self.shape()))
+    }
+}

@@ -1,0 +1,118 @@
+//! Helpers for ops whose kernels take several operands (group norm, the
+//! noise-schedule steps): typed access to CPU buffers, one dtype dispatch,
+//! and locking several tensors' storages without locking one buffer twice.
+
+use crate::Tensor;
+use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::{DType, Layout};
+use noisegrad_kernels::Float;
+use std::borrow::Cow;
+
+/// A storage viewed through a layout (one operand of a multi-operand primitive).
+pub type StorageView<'a> = (&'a Storage, &'a Layout);
+
+/// An element type a CPU buffer can hold, with its way in and out of [`CpuData`].
+pub(crate) trait CpuElem: Float {
+    const DTYPE: DType;
+    fn slice(data: &CpuData) -> Option<&[Self]>;
+    fn wrap(v: Vec<Self>) -> CpuData;
+}
+
+impl CpuElem for f32 {
+    const DTYPE: DType = DType::F32;
+    fn slice(data: &CpuData) -> Option<&[f32]> {
+        match data {
+            CpuData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<f32>) -> CpuData {
+        CpuData::F32(v)
+    }
+}
+
+impl CpuElem for f64 {
+    const DTYPE: DType = DType::F64;
+    fn slice(data: &CpuData) -> Option<&[f64]> {
+        match data {
+            CpuData::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<f64>) -> CpuData {
+        CpuData::F64(v)
+    }
+}
+
+/// Runs `$body` with the type alias `$T` set to the element type of `$dtype`.
+macro_rules! by_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use by_dtype;
+
+/// The elements of `s` under `layout` as a contiguous `&[T]` (borrowed when
+/// already contiguous), or a dtype error naming `op`.
+pub(crate) fn typed<'a, T: CpuElem>(
+    op: &'static str,
+    s: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<Cow<'a, [T]>> {
+    let v = T::slice(s.data()).ok_or(Error::DTypeMismatch {
+        op,
+        lhs: T::DTYPE,
+        rhs: s.dtype(),
+    })?;
+    Ok(contiguous_slice(v, layout))
+}
+
+/// A new CPU storage holding `v`.
+pub(crate) fn cpu_storage<T: CpuElem>(v: Vec<T>) -> CpuStorage {
+    CpuStorage::new(T::wrap(v))
+}
+
+/// The CPU storage behind `s`, or a device error naming `op`.
+pub(crate) fn on_cpu<'a>(_op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
+    }
+}
+
+/// A CPU storage viewed through a layout.
+pub(crate) type CpuView<'a> = (&'a CpuStorage, &'a Layout);
+
+/// [`on_cpu`] for a storage view.
+pub(crate) fn cpu_view<'a>(op: &'static str, (s, l): StorageView<'a>) -> Result<CpuView<'a>> {
+    Ok((on_cpu(op, s)?, l))
+}
+
+/// Runs `f` with the storages of `tensors` (in order), read-locking each
+/// distinct buffer once: two operands may view one buffer (`a.op(&a)`), and
+/// taking the same read lock twice on one thread can deadlock.
+pub(crate) fn with_all_storages<R>(tensors: &[&Tensor], f: impl FnOnce(&[&Storage]) -> R) -> R {
+    let mut guards = Vec::with_capacity(tensors.len());
+    let mut which = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        match tensors[..i].iter().position(|u| u.shares_storage(t)) {
+            Some(j) => which.push(which[j]),
+            None => {
+                which.push(guards.len());
+                guards.push(t.storage());
+            }
+        }
+    }
+    let storages: Vec<&Storage> = which.iter().map(|&k| &*guards[k]).collect();
+    f(&storages)
+}

@@ -1,0 +1,377 @@
+//! Fused noise-schedule kernels for diffusion: forward noising q(x_t | x_0),
+//! the L_simple loss with its gradient, and the DDPM/DDIM reverse steps.
+//!
+//! Each is one pass over memory. Tensors are `[N, per-sample...]`, read as
+//! N contiguous rows of `len / N` elements; row n uses the scalars of sample
+//! n (each sample has its own timestep t). The scalars arrive as small f64
+//! structs that the diffusion crate computes from its schedule tables.
+
+use super::PAR_CHUNK;
+use super::simd;
+use crate::Float;
+use rayon::prelude::*;
+
+/// Per-sample scalars of q(x_t | x_0): √ᾱ_t and √(1 − ᾱ_t).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QSampleCoef {
+    pub sqrt_alpha_bar: f64,
+    pub sqrt_one_minus_alpha_bar: f64,
+}
+
+impl QSampleCoef {
+    /// The coefficients for cumulative product ᾱ_t.
+    pub fn from_alpha_bar(alpha_bar: f64) -> Self {
+        Self {
+            sqrt_alpha_bar: alpha_bar.sqrt(),
+            sqrt_one_minus_alpha_bar: (1.0 - alpha_bar).sqrt(),
+        }
+    }
+}
+
+/// Per-sample scalars of one reverse (denoising) step, in the general form
+/// that covers DDPM (both forms) and DDIM:
+///
+///   x̂_0    = clamp(x0_from_xt·x_t − x0_from_eps·ε_θ, −x0_clip, x0_clip)
+///   x_prev = x0_weight·x̂_0 + xt_weight·x_t + eps_weight·ε_θ + sigma·z
+///
+/// Build it with [`StepCoef::ddpm`], [`StepCoef::ddpm_clipped`] or
+/// [`StepCoef::ddim`], which state the equation each one encodes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCoef {
+    pub x0_from_xt: f64,
+    pub x0_from_eps: f64,
+    /// Bound of the x̂_0 clamp (`f64::INFINITY`: no clamp).
+    pub x0_clip: f64,
+    pub x0_weight: f64,
+    pub xt_weight: f64,
+    pub eps_weight: f64,
+    pub sigma: f64,
+}
+
+impl StepCoef {
+    /// DDPM ancestral step in ε form (Ho et al. 2020, Algorithm 2):
+    ///
+    ///   x_{t−1} = (x_t − β_t/√(1−ᾱ_t)·ε_θ)/√α_t + σ_t·z,   β_t = 1 − α_t.
+    pub fn ddpm(alpha: f64, alpha_bar: f64, sigma: f64) -> Self {
+        let inv_sqrt_alpha = 1.0 / alpha.sqrt();
+        Self {
+            x0_from_xt: 0.0,
+            x0_from_eps: 0.0,
+            x0_clip: f64::INFINITY,
+            x0_weight: 0.0,
+            xt_weight: inv_sqrt_alpha,
+            eps_weight: -(1.0 - alpha) / (1.0 - alpha_bar).sqrt() * inv_sqrt_alpha,
+            sigma,
+        }
+    }
+
+    /// DDPM step through the clipped x̂_0 (what the DDPM reference sampler
+    /// does), with the posterior-mean coefficients c0, c1 of
+    /// q(x_{t−1} | x_t, x_0) (c0 = β_t√ᾱ_{t−1}/(1−ᾱ_t), c1 = √α_t(1−ᾱ_{t−1})/(1−ᾱ_t)):
+    ///
+    ///   x̂_0 = clip((x_t − √(1−ᾱ_t)·ε_θ)/√ᾱ_t, −1, 1)
+    ///   x_{t−1} = c0·x̂_0 + c1·x_t + σ_t·z.
+    pub fn ddpm_clipped(alpha_bar: f64, c0: f64, c1: f64, sigma: f64) -> Self {
+        Self {
+            x0_from_xt: 1.0 / alpha_bar.sqrt(),
+            x0_from_eps: ((1.0 - alpha_bar) / alpha_bar).sqrt(),
+            x0_clip: 1.0,
+            x0_weight: c0,
+            xt_weight: c1,
+            eps_weight: 0.0,
+            sigma,
+        }
+    }
+
+    /// DDIM step (Song et al. 2021, eq. 12) from ᾱ_t to ᾱ_prev with
+    /// stochasticity η (η = 0: deterministic; η = 1: DDPM-like):
+    ///
+    ///   x̂_0 = (x_t − √(1−ᾱ_t)·ε_θ)/√ᾱ_t        (clipped to [−1, 1] when `clip`)
+    ///   σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev)
+    ///   x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε_θ + σ·z.
+    ///
+    /// The ε_θ of the direction term is the model's, not one re-derived
+    /// from the clipped x̂_0 (as in the DDIM reference code).
+    pub fn ddim(alpha_bar: f64, alpha_bar_prev: f64, eta: f64, clip: bool) -> Self {
+        let sigma = eta
+            * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)).sqrt()
+            * (1.0 - alpha_bar / alpha_bar_prev).sqrt();
+        Self {
+            x0_from_xt: 1.0 / alpha_bar.sqrt(),
+            x0_from_eps: ((1.0 - alpha_bar) / alpha_bar).sqrt(),
+            x0_clip: if clip { 1.0 } else { f64::INFINITY },
+            x0_weight: alpha_bar_prev.sqrt(),
+            xt_weight: 0.0,
+            // Rounding can push 1 − ᾱ_prev − σ² a hair below zero at η = 1.
+            eps_weight: (1.0 - alpha_bar_prev - sigma * sigma).max(0.0).sqrt(),
+            sigma,
+        }
+    }
+
+    /// True when every coefficient is a number (the clip bound may be +∞).
+    pub fn is_finite(&self) -> bool {
+        [
+            self.x0_from_xt,
+            self.x0_from_eps,
+            self.x0_weight,
+            self.xt_weight,
+            self.eps_weight,
+            self.sigma,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
+            && !self.x0_clip.is_nan()
+    }
+}
+
+/// Runs `f(sample, start, piece)` over `out` cut into rayon jobs of about
+/// PAR_CHUNK elements, each piece lying inside one sample's row of `per`
+/// elements; `start` is the piece's flat index.
+fn for_each_sample_piece<T: Send>(
+    out: &mut [T],
+    per: usize,
+    f: impl Fn(usize, usize, &mut [T]) + Sync,
+) {
+    out.par_chunks_mut(PAR_CHUNK)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let start = ci * PAR_CHUNK;
+            let end = start + chunk.len();
+            let mut i = start;
+            while i < end {
+                let sample = i / per;
+                let stop = ((sample + 1) * per).min(end);
+                f(sample, i, &mut chunk[i - start..stop - start]);
+                i = stop;
+            }
+        });
+}
+
+/// Elements per sample, checking that the rows divide evenly.
+fn per_sample(op: &str, len: usize, samples: usize) -> usize {
+    assert!(
+        samples > 0 && len % samples == 0,
+        "{op}: {len} elements do not split into {samples} samples"
+    );
+    len / samples
+}
+
+/// Forward noising, x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε, per sample.
+pub fn q_sample<T: Float>(x0: &[T], eps: &[T], coefs: &[QSampleCoef], out: &mut [T]) {
+    assert!(
+        x0.len() == out.len() && eps.len() == out.len(),
+        "q_sample: lengths differ"
+    );
+    if out.is_empty() {
+        return;
+    }
+    let per = per_sample("q_sample", out.len(), coefs.len());
+    for_each_sample_piece(out, per, |n, start, o| {
+        let a = T::from_f64(coefs[n].sqrt_alpha_bar);
+        let b = T::from_f64(coefs[n].sqrt_one_minus_alpha_bar);
+        let range = start..start + o.len();
+        let (x, e) = (&x0[range.clone()], &eps[range]);
+        simd::with_avx2(|| {
+            for ((o, &x), &e) in o.iter_mut().zip(x).zip(e) {
+                *o = a * x + b * e;
+            }
+        });
+    });
+}
+
+/// L_simple = mean((ε_θ − ε)²) over all elements, and, in the same pass,
+/// its gradient ∂L/∂ε_θ = 2(ε_θ − ε)/numel into `grad` when given.
+///
+/// Partial sums are per fixed-size chunk and added in order in f64, so the
+/// value does not depend on how rayon schedules the chunks.
+pub fn l_simple<T: Float>(pred: &[T], eps: &[T], grad: Option<&mut [T]>) -> f64 {
+    assert_eq!(pred.len(), eps.len(), "l_simple: lengths differ");
+    if pred.is_empty() {
+        return f64::NAN; // the mean of nothing, as in PyTorch
+    }
+    let scale = T::from_f64(2.0 / pred.len() as f64);
+    let parts: Vec<f64> = match grad {
+        Some(g) => {
+            assert_eq!(g.len(), pred.len(), "l_simple: gradient length");
+            pred.par_chunks(PAR_CHUNK)
+                .zip(eps.par_chunks(PAR_CHUNK))
+                .zip(g.par_chunks_mut(PAR_CHUNK))
+                .map(|((p, e), g)| sq_diff_sum(p, e, Some((g, scale))))
+                .collect()
+        }
+        None => pred
+            .par_chunks(PAR_CHUNK)
+            .zip(eps.par_chunks(PAR_CHUNK))
+            .map(|(p, e)| sq_diff_sum(p, e, None))
+            .collect(),
+    };
+    parts.iter().sum::<f64>() / pred.len() as f64
+}
+
+/// Σ (p − e)² over one chunk (16 independent lanes, so it vectorises),
+/// writing scale·(p − e) into the gradient when given.
+fn sq_diff_sum<T: Float>(p: &[T], e: &[T], grad: Option<(&mut [T], T)>) -> f64 {
+    const LANES: usize = 16;
+    simd::with_avx2(|| {
+        let mut acc = [T::ZERO; LANES];
+        let mut tail = T::ZERO;
+        match grad {
+            Some((g, scale)) => {
+                let mut it = p
+                    .chunks(LANES)
+                    .zip(e.chunks(LANES))
+                    .zip(g.chunks_mut(LANES));
+                for ((pc, ec), gc) in &mut it {
+                    if pc.len() == LANES {
+                        for k in 0..LANES {
+                            let d = pc[k] - ec[k];
+                            acc[k] += d * d;
+                            gc[k] = scale * d;
+                        }
+                    } else {
+                        for ((&pv, &ev), gv) in pc.iter().zip(ec).zip(gc) {
+                            let d = pv - ev;
+                            tail += d * d;
+                            *gv = scale * d;
+                        }
+                    }
+                }
+            }
+            None => {
+                for (pc, ec) in p.chunks(LANES).zip(e.chunks(LANES)) {
+                    if pc.len() == LANES {
+                        for k in 0..LANES {
+                            let d = pc[k] - ec[k];
+                            acc[k] += d * d;
+                        }
+                    } else {
+                        for (&pv, &ev) in pc.iter().zip(ec) {
+                            tail += (pv - ev) * (pv - ev);
+                        }
+                    }
+                }
+            }
+        }
+        acc.iter().fold(tail.to_f64(), |s, v| s + v.to_f64())
+    })
+}
+
+/// One reverse step for every sample (see [`StepCoef`] for the equation):
+///
+///   x̂_0    = clamp(x0_from_xt·x_t − x0_from_eps·ε_θ, −x0_clip, x0_clip)
+///   x_prev = x0_weight·x̂_0 + xt_weight·x_t + eps_weight·ε_θ + sigma·z
+///
+/// `z` (standard normal noise) may be absent, which means z = 0 (the last
+/// step, or deterministic DDIM).
+pub fn denoise_step<T: Float>(
+    x_t: &[T],
+    eps: &[T],
+    z: Option<&[T]>,
+    coefs: &[StepCoef],
+    out: &mut [T],
+) {
+    assert!(
+        x_t.len() == out.len() && eps.len() == out.len(),
+        "denoise_step: lengths differ"
+    );
+    if let Some(z) = z {
+        assert_eq!(z.len(), out.len(), "denoise_step: noise length");
+    }
+    if out.is_empty() {
+        return;
+    }
+    let per = per_sample("denoise_step", out.len(), coefs.len());
+    for_each_sample_piece(out, per, |n, start, o| {
+        let c = &coefs[n];
+        let f = T::from_f64;
+        let (kx, ke, w0, wx, we, s) = (
+            f(c.x0_from_xt),
+            f(c.x0_from_eps),
+            f(c.x0_weight),
+            f(c.xt_weight),
+            f(c.eps_weight),
+            f(c.sigma),
+        );
+        let (lo, hi) = (f(-c.x0_clip), f(c.x0_clip));
+        let range = start..start + o.len();
+        let (x, e) = (&x_t[range.clone()], &eps[range.clone()]);
+        let mean = |x: T, e: T| {
+            let x0 = (kx * x - ke * e).max(lo).min(hi);
+            w0 * x0 + wx * x + we * e
+        };
+        simd::with_avx2(|| match z {
+            Some(z) => {
+                for (((o, &x), &e), &z) in o.iter_mut().zip(x).zip(e).zip(&z[range]) {
+                    *o = mean(x, e) + s * z;
+                }
+            }
+            None => {
+                for ((o, &x), &e) in o.iter_mut().zip(x).zip(e) {
+                    *o = mean(x, e);
+                }
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_sample_uses_each_samples_coefficients() {
+        let x0 = [1f64, 2., 3., 4.];
+        let eps = [10f64, 20., 30., 40.];
+        let c = [
+            QSampleCoef {
+                sqrt_alpha_bar: 1.0,
+                sqrt_one_minus_alpha_bar: 0.5,
+            },
+            QSampleCoef {
+                sqrt_alpha_bar: 2.0,
+                sqrt_one_minus_alpha_bar: 0.0,
+            },
+        ];
+        let mut out = [0f64; 4];
+        q_sample(&x0, &eps, &c, &mut out);
+        assert_eq!(out, [6., 12., 6., 8.]);
+    }
+
+    #[test]
+    fn l_simple_value_and_gradient() {
+        let p: Vec<f32> = (0..100_003).map(|i| (i % 7) as f32 * 0.5).collect();
+        let e: Vec<f32> = (0..100_003).map(|i| (i % 3) as f32).collect();
+        let mut g = vec![0f32; p.len()];
+        let loss = l_simple(&p, &e, Some(&mut g));
+        let want: f64 = p
+            .iter()
+            .zip(&e)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / p.len() as f64;
+        assert!((loss - want).abs() < 1e-6 * want);
+        assert_eq!(l_simple(&p, &e, None), loss);
+        let k = 12_345;
+        let want_g = 2.0 * (p[k] - e[k]) as f64 / p.len() as f64;
+        assert!((g[k] as f64 - want_g).abs() <= 1e-6 * want_g.abs());
+    }
+
+    #[test]
+    fn ddim_with_eta_zero_recovers_a_noised_point() {
+        // For x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε with the true ε, a deterministic
+        // DDIM step lands exactly on √ᾱ_prev x_0 + √(1−ᾱ_prev) ε.
+        let (ab, ab_prev) = (0.3f64, 0.7f64);
+        let (x0, eps) = (0.25f64, -1.5f64);
+        let xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps;
+        let mut out = [0f64];
+        denoise_step(
+            &[xt],
+            &[eps],
+            None,
+            &[StepCoef::ddim(ab, ab_prev, 0.0, false)],
+            &mut out,
+        );
+        let want = ab_prev.sqrt() * x0 + (1.0 - ab_prev).sqrt() * eps;
+        assert!((out[0] - want).abs() < 1e-12);
+    }
+}
