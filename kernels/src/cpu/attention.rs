@@ -19,37 +19,68 @@
 //!   tile exists at a time. The forward keeps, per query row, a running max
 //!   m and sum l of e^{S − m}; when a new key tile raises the max, the sum
 //!   and the output accumulator are rescaled by e^{m_old − m_new} (online
-//!   softmax), and the output is divided by l at the end. Work is spread
-//!   over rayon as (batch, query tile) tasks, each running single-threaded
-//!   GEMMs on cache-resident tiles. The backward (FlashAttention-2 order)
-//!   gives each task a run of key tiles (it owns those rows of dK and dV)
-//!   and loops over every query tile, recomputing S and P; its dQ
-//!   contributions go to a private partial that is summed at the end. With
-//!   at least as many batch items as threads every task owns a whole batch
-//!   item and writes dQ directly.
+//!   softmax), and the output is divided by l at the end. Rayon tasks are
+//!   (batch item, query tile) pairs. The backward (FlashAttention-2 order)
+//!   gives each task a run of key tiles of one batch item (it owns those
+//!   rows of dK and dV) and loops over every query tile, recomputing S and
+//!   P; dQ contributions go to a per-task partial summed at the end, or,
+//!   with at least two batch items per thread (the training case), each
+//!   task owns a whole batch item and writes its dQ directly.
 //! - **Plain** ([`AttnPath::Plain`]): the full `[B, M, N]` score matrix is
-//!   materialised with one batched GEMM, softmax runs over its rows, and a
-//!   second batched GEMM applies it; the backward does the same with five
-//!   batched GEMMs. Big GEMMs, but each one is threaded inside
-//!   `matrixmultiply`, and the score matrices make a round trip to memory.
+//!   materialised with one batched GEMM (`gemm::batched_gemm`), softmax
+//!   runs over its rows, and a second batched GEMM applies it; the backward
+//!   does the same with five batched GEMMs. It is the straightforward
+//!   composition of the existing kernels, kept as the reference the flash
+//!   path is tested and measured against.
 //!
-//! Tiles are chosen ([`Tiles::for_config`]) so that every GEMM operand of a
-//! tile product stays below 2¹⁵ elements: that keeps the operands in L2, and
-//! it is the size under which `matrixmultiply` runs a product on the calling
-//! thread (larger products start its own threads, which would compete with
-//! the rayon tasks already using every core).
+//! The flash path's products are small and reuse one operand many times,
+//! so they do not go through `matrixmultiply` (which packs both operands on
+//! every call, and starts its own threads above 2¹⁵-element operands, which
+//! would compete with the rayon tasks). Instead, per batch item, each
+//! B-side operand (Kᵀ, V, and in the backward Vᵀ, K, Q, dO) is packed once
+//! into 16-column panels, and a register-blocked 6×16 AVX2+FMA micro-kernel
+//! (`tile_gemm`) reads the A side in place with any strides (so Pᵀ and dSᵀ
+//! are never copied). Packing also removes the 1 KB row strides (C = 256
+//! floats) that would map a B panel onto a few L1 sets. In place it runs at
+//! ~100 GFLOP/s per core, ~90% of this CPU's AVX2 peak; a generic loop
+//! covers f64 and CPUs without AVX2.
 //!
-//! [`AttnPath::Auto`] picks the path per shape; see [`choose_path`] for the
-//! measurements behind the choice.
+//! # Which path, and the tile size (measured)
 //!
-//! Numerics: scores are max-subtracted before `exp` (every exponent ≤ 0),
-//! sums and products accumulate in the element type (f32 in training,
-//! f64 in gradient checks).
+//! [`AttnPath::Auto`] always takes the flash path with [`Tiles::DEFAULT`]
+//! (64 × 64): it was faster at every shape measured. Process CPU time per
+//! call in ms, f32, one thread, best of 7 (2-core AMD EPYC Zen 4 shared
+//! with other jobs, so provisional; `benches/attention.rs` has the 2-thread
+//! wall-clock numbers):
+//!
+//! | B × T × C            | fwd plain | fwd flash | bwd plain | bwd flash |
+//! |----------------------|-----------|-----------|-----------|-----------|
+//! | 8 × 256 × 256 (U-Net)| 7.6       | 6.9       | 18.3      | 16.0      |
+//! | 32 × 256 × 128       | 18.1      | 14.6      | 49.7      | 33.4      |
+//! | 8 × 64 × 256         | 0.69      | 0.45      | 1.57      | 1.32      |
+//! | 8 × 16 × 256         | 0.09      | 0.06      | 0.24      | 0.16      |
+//! | 4 × 1024 × 128       | 32.9      | 26.1      | 85.5      | 68.6      |
+//! | 1 × 256 × 256        | 1.00      | 0.74      | 2.93      | 1.88      |
+//!
+//! At the U-Net's 16×16 maps a 256 × 256 score matrix is only 256 KB, so
+//! the plain path is not memory-bound; it loses on the extra pass of its
+//! softmax over the whole score matrix, on repacking inside every GEMM, and
+//! (with two threads) on splitting each GEMM across threads where the
+//! flash tasks are independent. The tile barely matters once operands are
+//! packed per batch item: backward 64/128/256 query rows × 64 keys took
+//! 16.0/16.4/16.0 ms, the forward ~6.8 ms for all; 64 × 64 keeps the score
+//! tile in L1 and gives B·T/64 independent forward tasks.
+//!
+//! Numerics: scores are max-subtracted before `exp` (every exponent ≤ 0);
+//! sums and products accumulate in the element type (f32 in training, f64
+//! in gradient checks).
 
 use super::gemm::{Gemm, MatRef, batched_gemm};
 use super::simd::{self, SimdLevel};
 use crate::Float;
 use rayon::prelude::*;
+use std::any::Any;
+use std::cell::RefCell;
 
 /// Sizes and scale of one attention call (see the module docs for layouts).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,35 +119,17 @@ impl AttnConfig {
     }
 }
 
-/// The score-tile size of the flash path: `rows` query rows × `cols` keys.
+/// The score-tile size of the flash path: `rows` query rows × `cols` keys
+/// (`cols` a multiple of 16, the width of a packed panel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
     pub rows: usize,
     pub cols: usize,
 }
 
-/// Upper bound (elements) for each GEMM operand of a tile product: 128 KB
-/// in f32, so operands stay in L2, and `matrixmultiply` stays on the
-/// calling thread (it threads products with m·k + k·n ≥ 2¹⁵).
-const OPERAND_BUDGET: usize = 1 << 15;
-
 impl Tiles {
-    /// The largest tile (at most 64 × 64, halving the larger side first)
-    /// whose products keep every operand under [`OPERAND_BUDGET`]. The
-    /// biggest operand pair is a query tile and a key tile, both `width`
-    /// channels wide: width·(rows + cols) elements.
-    pub fn for_config(c: &AttnConfig) -> Tiles {
-        let width = c.qk_dim.max(c.v_dim).max(1);
-        let mut t = Tiles { rows: 64, cols: 64 };
-        while width * (t.rows + t.cols) >= OPERAND_BUDGET && t.rows.max(t.cols) > 8 {
-            if t.cols >= t.rows {
-                t.cols /= 2;
-            } else {
-                t.rows /= 2;
-            }
-        }
-        t
-    }
+    /// The tile [`AttnPath::Auto`] uses (see the module docs).
+    pub const DEFAULT: Tiles = Tiles { rows: 64, cols: 64 };
 }
 
 /// Which algorithm computes the attention.
@@ -130,9 +143,10 @@ pub enum AttnPath {
     Plain,
 }
 
-/// The path [`AttnPath::Auto`] takes for a shape.
-pub fn choose_path(c: &AttnConfig) -> AttnPath {
-    AttnPath::Flash(Tiles::for_config(c))
+/// The path [`AttnPath::Auto`] takes for a shape: flash, which measured
+/// faster at every shape tried (see the module docs).
+pub fn choose_path(_c: &AttnConfig) -> AttnPath {
+    AttnPath::Flash(Tiles::DEFAULT)
 }
 
 /// The three inputs, each contiguous row-major.
@@ -229,7 +243,10 @@ fn resolve(c: &AttnConfig, path: AttnPath) -> Option<Tiles> {
         AttnPath::Auto => resolve(c, choose_path(c)),
         AttnPath::Plain => None,
         AttnPath::Flash(t) => {
-            assert!(t.rows > 0 && t.cols > 0, "attention: empty tile {t:?}");
+            assert!(
+                t.rows > 0 && t.cols > 0 && t.cols.is_multiple_of(NR),
+                "attention: tile {t:?} needs rows > 0 and cols a multiple of {NR}"
+            );
             Some(t)
         }
     }
@@ -254,31 +271,16 @@ fn row_dots<T: Float>(a: &[T], b: &[T], width: usize) -> Vec<T> {
     d
 }
 
-/// C ← α·A·B + β·C for one m×k A and k×n B read at the given offsets, C a
-/// contiguous m×n block. Sized by the callers to run on this thread.
-#[allow(clippy::too_many_arguments)]
-fn gemm<T: Gemm>(
-    (m, k, n): (usize, usize, usize),
-    alpha: T,
-    a: MatRef<T>,
-    a_off: usize,
-    b: MatRef<T>,
-    b_off: usize,
-    beta: T,
-    c: &mut [T],
-) {
-    batched_gemm(m, k, n, alpha, a, &[a_off], b, &[b_off], beta, c);
-}
-
-/// Row-major view of a matrix with `width` columns, and its transpose.
-fn rows_of<T>(data: &[T], width: usize) -> MatRef<'_, T> {
+/// Row-major view (for the plain path's batched GEMMs) of a matrix with
+/// `width` columns, and of its transpose.
+fn mat_rows<T>(data: &[T], width: usize) -> MatRef<'_, T> {
     MatRef {
         data,
         rs: width,
         cs: 1,
     }
 }
-fn transposed<T>(data: &[T], width: usize) -> MatRef<'_, T> {
+fn mat_transposed<T>(data: &[T], width: usize) -> MatRef<'_, T> {
     MatRef {
         data,
         rs: 1,
@@ -288,36 +290,55 @@ fn transposed<T>(data: &[T], width: usize) -> MatRef<'_, T> {
 
 // ---- flash path ---------------------------------------------------------
 
-fn flash_forward<T: Gemm>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, out: &mut [T], lse: &mut [T]) {
-    let (m, e) = (c.q_len, c.v_dim);
+/// One batch item's slice of a `[B, rows, width]` operand.
+fn item<T>(x: &[T], b: usize, rows: usize, width: usize) -> &[T] {
+    &x[b * rows * width..(b + 1) * rows * width]
+}
+
+fn flash_forward<T: Float>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, out: &mut [T], lse: &mut [T]) {
+    let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
     out.par_chunks_mut(m * e)
         .zip(lse.par_chunks_mut(m))
         .enumerate()
         .for_each(|(b, (out_b, lse_b))| {
+            // Packed here, by the thread that starts on this batch item, so
+            // they are still in its cache for the first query tiles.
+            let ops = ForwardOperands {
+                q: item(x.q, b, m, d),
+                k_t: Packed::new(item(x.k, b, n, d), n, d, true),
+                v: Packed::new(item(x.v, b, n, e), n, e, false),
+            };
             out_b
                 .par_chunks_mut(t.rows * e)
                 .zip(lse_b.par_chunks_mut(t.rows))
                 .enumerate()
                 .for_each(|(i, (out_t, lse_t))| {
-                    forward_query_tile(c, t, x, b, i * t.rows, out_t, lse_t)
+                    forward_query_tile(c, t, &ops, i * t.rows, out_t, lse_t)
                 });
         });
 }
 
-/// One query tile (rows r0.. of batch item b) against every key tile, with
-/// the online softmax; `out` (the tile's rows) doubles as the accumulator.
-fn forward_query_tile<T: Gemm>(
+/// One batch item's forward operands: q as is, Kᵀ and V packed.
+struct ForwardOperands<'a, T: Float> {
+    q: &'a [T],
+    k_t: Packed<T>,
+    v: Packed<T>,
+}
+
+/// One query tile (rows r0..) against every key tile, with the online
+/// softmax; `out` (the tile's rows) doubles as the accumulator.
+fn forward_query_tile<T: Float>(
     c: &AttnConfig,
     t: Tiles,
-    x: &Qkv<T>,
-    b: usize,
+    ops: &ForwardOperands<T>,
     r0: usize,
     out: &mut [T],
     lse: &mut [T],
 ) {
     let (n, d, e) = (c.kv_len, c.qk_dim, c.v_dim);
     let rows = lse.len();
-    let q_off = (b * c.q_len + r0) * d;
+    let scale = T::from_f64(c.scale);
+    let q_tile = rows_of(ops.q, r0 * d, d);
     let mut s = vec![T::ZERO; rows * t.cols];
     let mut max = vec![T::NEG_INFINITY; rows];
     let mut sum = vec![T::ZERO; rows];
@@ -325,14 +346,12 @@ fn forward_query_tile<T: Gemm>(
     for c0 in (0..n).step_by(t.cols) {
         let cols = t.cols.min(n - c0);
         let s = &mut s[..rows * cols];
-        let kv_row = b * n + c0;
-        gemm(
+        // S = s·Q_i K_jᵀ
+        tile_gemm(
             (rows, d, cols),
-            T::from_f64(c.scale),
-            rows_of(x.q, d),
-            q_off,
-            transposed(x.k, d),
-            kv_row * d,
+            scale,
+            q_tile,
+            ops.k_t.at(0, c0),
             T::ZERO,
             s,
         );
@@ -341,16 +360,9 @@ fn forward_query_tile<T: Gemm>(
                 online_softmax_step(s_r, &mut max[r], &mut sum[r], o_r);
             }
         });
-        gemm(
-            (rows, cols, e),
-            T::ONE,
-            rows_of(s, cols),
-            0,
-            rows_of(x.v, e),
-            kv_row * e,
-            T::ONE,
-            out,
-        );
+        // O_i += P V_j
+        let p = rows_of(s, 0, cols);
+        tile_gemm((rows, cols, e), T::ONE, p, ops.v.at(c0, 0), T::ONE, out);
     }
     simd::with_avx2(|| {
         for (r, o_r) in out.chunks_mut(e).enumerate() {
@@ -367,7 +379,7 @@ fn forward_query_tile<T: Gemm>(
 /// for `acc += P V`.
 #[inline(always)]
 fn online_softmax_step<T: Float>(s: &mut [T], max: &mut T, sum: &mut T, acc: &mut [T]) {
-    let new_max = s.iter().fold(*max, |a, &v| a.max(v));
+    let new_max = row_max(s).max(*max);
     let tile_sum = exp_shifted(s, new_max);
     if *max != new_max {
         // e^{−∞} = 0 on the first tile, where the accumulator is still zero.
@@ -379,11 +391,69 @@ fn online_softmax_step<T: Float>(s: &mut [T], max: &mut T, sum: &mut T, acc: &mu
     *max = new_max;
 }
 
-fn flash_backward<T: Gemm>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, saved: &Saved<T>, g: QkvGrads<T>) {
-    let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+/// max_j x_j, in 8 independent lanes so that it vectorises (a plain fold
+/// is one long dependency chain). NaN inputs are not propagated; the exp
+/// that follows turns them into NaN outputs anyway.
+#[inline(always)]
+fn row_max<T: Float>(x: &[T]) -> T {
+    let mut lanes = [T::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for ch in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(ch) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(T::NEG_INFINITY, |a, &v| a.max(v))
+}
+
+/// One batch item's backward operands, each packed as the B side of one
+/// product (see [`backward_key_chunk`]).
+struct BackwardOperands<'a, T: Float> {
+    q: &'a [T],
+    d_out: &'a [T],
+    lse: &'a [T],
+    delta: &'a [T],
+    k_t: Packed<T>,
+    v_t: Packed<T>,
+    k: Packed<T>,
+    q_rows: Packed<T>,
+    d_out_rows: Packed<T>,
+}
+
+impl<'a, T: Float> BackwardOperands<'a, T> {
+    fn new(c: &AttnConfig, x: &Qkv<'a, T>, saved: &Saved<'a, T>, b: usize) -> Self {
+        let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+        let (q, k, v) = (item(x.q, b, m, d), item(x.k, b, n, d), item(x.v, b, n, e));
+        let d_out = item(saved.d_out, b, m, e);
+        BackwardOperands {
+            q,
+            d_out,
+            lse: item(saved.lse, b, m, 1),
+            delta: item(saved.delta, b, m, 1),
+            k_t: Packed::new(k, n, d, true),
+            v_t: Packed::new(v, n, e, true),
+            k: Packed::new(k, n, d, false),
+            q_rows: Packed::new(q, m, d, false),
+            d_out_rows: Packed::new(d_out, m, e, false),
+        }
+    }
+}
+
+fn flash_backward<T: Float>(
+    c: &AttnConfig,
+    t: Tiles,
+    x: &Qkv<T>,
+    saved: &Saved<T>,
+    g: QkvGrads<T>,
+) {
+    let (bs, m, n, d, e) = (c.batch, c.q_len, c.kv_len, c.qk_dim, c.v_dim);
     let chunk_keys = keys_per_task(c, t);
     let splits = n.div_ceil(chunk_keys);
-    let mut partials = (splits > 1).then(|| vec![T::ZERO; c.batch * splits * m * d]);
+    let mut partials = (splits > 1).then(|| vec![T::ZERO; bs * splits * m * d]);
     let dq_target: &mut [T] = match partials.as_mut() {
         Some(p) => p,
         None => &mut *g.dq,
@@ -394,6 +464,7 @@ fn flash_backward<T: Gemm>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, saved: &Saved<T
         .zip(g.dv.par_chunks_mut(n * e))
         .enumerate()
         .for_each(|(b, ((dq_b, dk_b), dv_b))| {
+            let ops = BackwardOperands::new(c, x, saved, b);
             dq_b.par_chunks_mut(m * d)
                 .zip(dk_b.par_chunks_mut(chunk_keys * d))
                 .zip(dv_b.par_chunks_mut(chunk_keys * e))
@@ -404,7 +475,7 @@ fn flash_backward<T: Gemm>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, saved: &Saved<T
                         dk: dk_c,
                         dv: dv_c,
                     };
-                    backward_key_chunk(c, t, x, saved, b, i * chunk_keys, grads)
+                    backward_key_chunk(c, t, &ops, i * chunk_keys, grads)
                 });
         });
     if let Some(p) = partials {
@@ -430,19 +501,17 @@ fn keys_per_task(c: &AttnConfig, t: Tiles) -> usize {
     c.kv_len.div_ceil(splits).div_ceil(t.cols) * t.cols
 }
 
-/// The backward for keys k0.. of batch item b (as many as `g.dk` holds)
+/// The backward for keys k0.. of one batch item (as many as `g.dk` holds)
 /// against every query tile: writes those rows of dK and dV, and this
-/// chunk's contribution to dQ of the batch item (`g.dq`, `[M, C]`).
-fn backward_key_chunk<T: Gemm>(
+/// chunk's contribution to the item's dQ (`g.dq`, `[M, C]`).
+fn backward_key_chunk<T: Float>(
     c: &AttnConfig,
     t: Tiles,
-    x: &Qkv<T>,
-    saved: &Saved<T>,
-    b: usize,
+    ops: &BackwardOperands<T>,
     k0: usize,
     g: QkvGrads<T>,
 ) {
-    let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+    let (m, d, e) = (c.q_len, c.qk_dim, c.v_dim);
     let scale = T::from_f64(c.scale);
     let keys = g.dk.len() / d;
     let mut p = vec![T::ZERO; t.rows * t.cols];
@@ -452,72 +521,60 @@ fn backward_key_chunk<T: Gemm>(
     g.dv.fill(T::ZERO);
     for j0 in (0..keys).step_by(t.cols) {
         let cols = t.cols.min(keys - j0);
-        let kv_row = b * n + k0 + j0;
+        let key = k0 + j0;
         let dk_j = &mut g.dk[j0 * d..(j0 + cols) * d];
         let dv_j = &mut g.dv[j0 * e..(j0 + cols) * e];
         for r0 in (0..m).step_by(t.rows) {
             let rows = t.rows.min(m - r0);
-            let q_row = b * m + r0;
             let (p, ds) = (&mut p[..rows * cols], &mut ds[..rows * cols]);
-            // P = e^{s·Q Kᵀ − L}
-            gemm(
-                (rows, d, cols),
-                scale,
-                rows_of(x.q, d),
-                q_row * d,
-                transposed(x.k, d),
-                kv_row * d,
-                T::ZERO,
-                p,
-            );
-            let lse = &saved.lse[q_row..q_row + rows];
+            // P = e^{s·Q_i K_jᵀ − L}
+            let q_i = rows_of(ops.q, r0 * d, d);
+            tile_gemm((rows, d, cols), scale, q_i, ops.k_t.at(0, key), T::ZERO, p);
+            let lse = &ops.lse[r0..r0 + rows];
             simd::with_avx2(|| {
                 for (p_r, &l) in p.chunks_mut(cols).zip(lse) {
                     exp_shifted(p_r, l);
                 }
             });
             // dV_j += Pᵀ dO_i
-            gemm(
+            let do_i = ops.d_out_rows.at(r0, 0);
+            tile_gemm(
                 (cols, rows, e),
                 T::ONE,
                 transposed(p, cols),
-                0,
-                rows_of(saved.d_out, e),
-                q_row * e,
+                do_i,
                 T::ONE,
                 dv_j,
             );
             // dS = P ⊙ (dO_i V_jᵀ − D)
-            gemm(
+            let do_i = rows_of(ops.d_out, r0 * e, e);
+            tile_gemm(
                 (rows, e, cols),
                 T::ONE,
-                rows_of(saved.d_out, e),
-                q_row * e,
-                transposed(x.v, e),
-                kv_row * e,
+                do_i,
+                ops.v_t.at(0, key),
                 T::ZERO,
                 ds,
             );
-            let delta = &saved.delta[q_row..q_row + rows];
+            let delta = &ops.delta[r0..r0 + rows];
             simd::with_avx2(|| softmax_grad_rows(p, ds, delta, cols));
             // dQ_i += s·dS K_j,  dK_j += s·dSᵀ Q_i
-            gemm(
+            let dq_i = &mut g.dq[r0 * d..(r0 + rows) * d];
+            let k_j = ops.k.at(key, 0);
+            tile_gemm(
                 (rows, cols, d),
                 scale,
-                rows_of(ds, cols),
-                0,
-                rows_of(x.k, d),
-                kv_row * d,
+                rows_of(ds, 0, cols),
+                k_j,
                 T::ONE,
-                &mut g.dq[r0 * d..(r0 + rows) * d],
+                dq_i,
             );
-            gemm(
+            let q_i = ops.q_rows.at(r0, 0);
+            tile_gemm(
                 (cols, rows, d),
                 scale,
                 transposed(ds, cols),
-                0,
-                rows_of(x.q, d),
-                q_row * d,
+                q_i,
                 T::ONE,
                 dk_j,
             );
@@ -531,6 +588,356 @@ fn softmax_grad_rows<T: Float>(p: &[T], dp: &mut [T], delta: &[T], width: usize)
     for ((p_r, dp_r), &dl) in p.chunks(width).zip(dp.chunks_mut(width)).zip(delta) {
         for (g, &pv) in dp_r.iter_mut().zip(p_r) {
             *g = pv * (*g - dl);
+        }
+    }
+}
+
+// ---- tile GEMM ----------------------------------------------------------
+//
+// C ← α·A·B + β·C with B packed in NR-column panels (see `Packed`) and A
+// read in place; why the flash path has its own GEMM is in the module docs.
+
+/// Columns per packed panel: two 8-lane f32 vectors.
+const NR: usize = 16;
+/// Rows per micro-kernel call: MR×NR accumulators (12 AVX2 registers) plus
+/// two B vectors and one broadcast A value fill the 16 registers.
+const MR: usize = 6;
+
+/// A `[rows, cols]` matrix (or the transpose of a stored `[cols, rows]`
+/// one) in column panels of NR: element (r, j) at
+/// `data[((j / NR)·rows + r)·NR + j % NR]`, the last panel padded with
+/// zeros.
+struct Packed<T: Float> {
+    data: Scratch<T>,
+    rows: usize,
+}
+
+impl<T: Float> Packed<T> {
+    /// Packs `src` `[src_rows, src_cols]`, as is or transposed.
+    fn new(src: &[T], src_rows: usize, src_cols: usize, transpose: bool) -> Self {
+        let (rows, cols) = if transpose {
+            (src_cols, src_rows)
+        } else {
+            (src_rows, src_cols)
+        };
+        let mut data = Scratch::zeroed(cols.div_ceil(NR) * rows * NR);
+        for (p, panel) in data.0.chunks_mut(rows * NR).enumerate() {
+            let j0 = p * NR;
+            let width = NR.min(cols - j0);
+            if transpose {
+                // Column j of the panel is source row j0 + j: read it
+                // contiguously, write it with stride NR (inside L1).
+                for j in 0..width {
+                    let src_row = &src[(j0 + j) * src_cols..][..rows];
+                    for (out, &v) in panel.chunks_exact_mut(NR).zip(src_row) {
+                        out[j] = v;
+                    }
+                }
+            } else {
+                for (out, src_row) in panel.chunks_exact_mut(NR).zip(src.chunks(src_cols)) {
+                    // A fixed-size copy of whole panels compiles to two
+                    // vector moves instead of a `memmove` call.
+                    match <&[T; NR]>::try_from(&src_row[j0..j0 + width]) {
+                        Ok(full) => *<&mut [T; NR]>::try_from(out).unwrap() = *full,
+                        Err(_) => out[..width].copy_from_slice(&src_row[j0..j0 + width]),
+                    }
+                }
+            }
+        }
+        Packed { data, rows }
+    }
+
+    /// The sub-matrix from row r0 and column c0 (a multiple of NR) on.
+    fn at(&self, r0: usize, c0: usize) -> PanelRef<'_, T> {
+        debug_assert!(
+            c0.is_multiple_of(NR),
+            "packed column offset must start a panel"
+        );
+        let stride = self.rows * NR;
+        PanelRef {
+            data: &self.data.0,
+            off: c0 / NR * stride + r0 * NR,
+            panel_stride: stride,
+        }
+    }
+}
+
+/// A zeroed buffer from this thread's spares, given back when dropped.
+///
+/// The packed operands are rebuilt on every call; freshly allocated, each
+/// megabyte-sized buffer page-faults again (glibc returns freed arena
+/// memory to the OS), which cost ~15% of the backward. Each thread keeps
+/// up to [`MAX_SPARES`] buffers between calls instead.
+struct Scratch<T: Float>(Vec<T>);
+
+/// Spare buffers kept per thread (a backward task holds five at once).
+const MAX_SPARES: usize = 8;
+
+thread_local! {
+    /// This thread's spare buffers, each a `Vec<T>` of some element type.
+    static SPARES: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<T: Float> Scratch<T> {
+    fn zeroed(len: usize) -> Self {
+        let spare = SPARES.with_borrow_mut(|spares| {
+            let i = spares.iter().position(|b| b.is::<Vec<T>>())?;
+            spares.swap_remove(i).downcast::<Vec<T>>().ok()
+        });
+        let mut v = spare.map(|b| *b).unwrap_or_default();
+        v.clear();
+        v.resize(len, T::ZERO);
+        Scratch(v)
+    }
+}
+
+impl<T: Float> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // During thread teardown the spares may be gone: then just free.
+        let _ = SPARES.try_with(|s| {
+            let mut spares = s.borrow_mut();
+            if spares.len() < MAX_SPARES {
+                spares.push(Box::new(v));
+            }
+        });
+    }
+}
+
+/// A packed B operand: element (r, j) at `off + (j / NR)·panel_stride +
+/// r·NR + j % NR`.
+#[derive(Clone, Copy)]
+struct PanelRef<'a, T> {
+    data: &'a [T],
+    off: usize,
+    panel_stride: usize,
+}
+
+/// A (possibly transposed) operand read in place: element (i, j) at
+/// `data[off + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Strided<'a, T> {
+    data: &'a [T],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// Row-major matrix of `width` columns starting at `off`.
+fn rows_of<T>(data: &[T], off: usize, width: usize) -> Strided<'_, T> {
+    Strided {
+        data,
+        off,
+        rs: width,
+        cs: 1,
+    }
+}
+
+/// The transpose of a row-major matrix of `width` columns.
+fn transposed<T>(data: &[T], width: usize) -> Strided<'_, T> {
+    Strided {
+        data,
+        off: 0,
+        rs: 1,
+        cs: width,
+    }
+}
+
+/// C ← α·A·B + β·C for an m×k A (strided), a packed k×n B and a contiguous
+/// m×n C. β = 0 ignores C's previous contents.
+fn tile_gemm<T: Float>(
+    (m, k, n): (usize, usize, usize),
+    alpha: T,
+    a: Strided<T>,
+    b: PanelRef<T>,
+    beta: T,
+    c: &mut [T],
+) {
+    assert_eq!(c.len(), m * n, "tile_gemm: C is not m×n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.iter_mut()
+            .for_each(|x| *x = if beta == T::ZERO { T::ZERO } else { beta * *x });
+        return;
+    }
+    assert!(
+        a.off + (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+        "tile_gemm: A out of bounds"
+    );
+    assert!(
+        b.off + (n - 1) / NR * b.panel_stride + k * NR <= b.data.len(),
+        "tile_gemm: B out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && simd::level() == SimdLevel::Avx2Fma
+    {
+        // SAFETY: T is f32 (checked above), so these are the same slices.
+        let (af, bf, cf) = unsafe {
+            (
+                std::slice::from_raw_parts(a.data.as_ptr() as *const f32, a.data.len()),
+                std::slice::from_raw_parts(b.data.as_ptr() as *const f32, b.data.len()),
+                std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len()),
+            )
+        };
+        let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
+        let a = Strided {
+            data: af,
+            off: a.off,
+            rs: a.rs,
+            cs: a.cs,
+        };
+        let b = PanelRef {
+            data: bf,
+            off: b.off,
+            panel_stride: b.panel_stride,
+        };
+        // SAFETY: AVX2+FMA are available; bounds were asserted above.
+        unsafe { avx2_gemm::run((m, k, n), alpha, a, b, beta, cf) };
+        return;
+    }
+    simd::with_avx2(|| {
+        for j0 in (0..n).step_by(NR) {
+            let width = NR.min(n - j0);
+            let panel = b.off + j0 / NR * b.panel_stride;
+            for i0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - i0);
+                let mut acc = [[T::ZERO; NR]; MR];
+                for kk in 0..k {
+                    let bv = &b.data[panel + kk * NR..panel + (kk + 1) * NR];
+                    for (i, acc_i) in acc[..rows].iter_mut().enumerate() {
+                        let av = a.data[a.off + (i0 + i) * a.rs + kk * a.cs];
+                        for (x, &y) in acc_i.iter_mut().zip(bv) {
+                            *x += av * y;
+                        }
+                    }
+                }
+                for (i, acc_i) in acc[..rows].iter().enumerate() {
+                    let c_row = &mut c[(i0 + i) * n + j0..][..width];
+                    for (x, &v) in c_row.iter_mut().zip(acc_i) {
+                        *x = if beta == T::ZERO {
+                            alpha * v
+                        } else {
+                            alpha * v + beta * *x
+                        };
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm {
+    //! The f32 micro-kernel: C[R×16] = α·Σ_k A[·,k] ⊗ B[k,·] + β·C with
+    //! 2R accumulator registers, one broadcast of A and two loads of B per k.
+    use super::{MR, NR, PanelRef, Strided};
+    use std::arch::x86_64::*;
+
+    /// See `tile_gemm`; the caller has checked bounds and AVX2+FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(
+        (m, k, n): (usize, usize, usize),
+        alpha: f32,
+        a: Strided<f32>,
+        b: PanelRef<f32>,
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        for j0 in (0..n).step_by(NR) {
+            let width = NR.min(n - j0);
+            let bp = b.data[b.off + j0 / NR * b.panel_stride..].as_ptr();
+            for i0 in (0..m).step_by(MR) {
+                let ap = a.data[a.off + i0 * a.rs..].as_ptr();
+                let cp = c[i0 * n + j0..].as_mut_ptr();
+                let args = Block {
+                    k,
+                    ap,
+                    rs: a.rs,
+                    cs: a.cs,
+                    bp,
+                    cp,
+                    ldc: n,
+                    width,
+                    alpha,
+                    beta,
+                };
+                // SAFETY: bounds asserted by the caller; `block` stays
+                // inside rows i0..i0+R and columns j0..j0+width.
+                unsafe {
+                    match MR.min(m - i0) {
+                        6 => block::<6>(args),
+                        5 => block::<5>(args),
+                        4 => block::<4>(args),
+                        3 => block::<3>(args),
+                        2 => block::<2>(args),
+                        _ => block::<1>(args),
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Block {
+        k: usize,
+        ap: *const f32,
+        rs: usize,
+        cs: usize,
+        bp: *const f32,
+        cp: *mut f32,
+        ldc: usize,
+        width: usize,
+        alpha: f32,
+        beta: f32,
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const R: usize>(x: Block) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let rows: [*const f32; R] = std::array::from_fn(|i| unsafe { x.ap.add(i * x.rs) });
+        for kk in 0..x.k {
+            // SAFETY (whole loop): kk < k and i < R index inside A and B.
+            unsafe {
+                let b0 = _mm256_loadu_ps(x.bp.add(kk * NR));
+                let b1 = _mm256_loadu_ps(x.bp.add(kk * NR + 8));
+                for i in 0..R {
+                    let av = _mm256_broadcast_ss(&*rows[i].add(kk * x.cs));
+                    acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+                }
+            }
+        }
+        let alpha = _mm256_set1_ps(x.alpha);
+        let beta = _mm256_set1_ps(x.beta);
+        for (i, acc_i) in acc.iter().enumerate() {
+            // SAFETY: row i < R of C, columns < width ≤ NR.
+            unsafe {
+                let c_row = x.cp.add(i * x.ldc);
+                let mut v = [
+                    _mm256_mul_ps(alpha, acc_i[0]),
+                    _mm256_mul_ps(alpha, acc_i[1]),
+                ];
+                if x.width == NR {
+                    if x.beta != 0.0 {
+                        v[0] = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c_row), v[0]);
+                        v[1] = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c_row.add(8)), v[1]);
+                    }
+                    _mm256_storeu_ps(c_row, v[0]);
+                    _mm256_storeu_ps(c_row.add(8), v[1]);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
+                    for (j, &t) in tmp[..x.width].iter().enumerate() {
+                        let cj = c_row.add(j);
+                        *cj = if x.beta != 0.0 { t + x.beta * *cj } else { t };
+                    }
+                }
+            }
         }
     }
 }
@@ -551,9 +958,9 @@ fn all_scores<T: Gemm>(c: &AttnConfig, x: &Qkv<T>) -> Vec<T> {
         d,
         n,
         T::from_f64(c.scale),
-        rows_of(x.q, d),
+        mat_rows(x.q, d),
         &offsets(bs, m * d),
-        transposed(x.k, d),
+        mat_transposed(x.k, d),
         &offsets(bs, n * d),
         T::ZERO,
         &mut s,
@@ -581,9 +988,9 @@ fn plain_forward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, out: &mut [T], lse: &mut [
         n,
         e,
         T::ONE,
-        rows_of(&p, n),
+        mat_rows(&p, n),
         &offsets(bs, m * n),
-        rows_of(x.v, e),
+        mat_rows(x.v, e),
         &offsets(bs, n * e),
         T::ZERO,
         out,
@@ -606,9 +1013,9 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
         m,
         e,
         T::ONE,
-        transposed(&p, n),
+        mat_transposed(&p, n),
         &mn,
-        rows_of(saved.d_out, e),
+        mat_rows(saved.d_out, e),
         &me,
         T::ZERO,
         g.dv,
@@ -619,9 +1026,9 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
         e,
         n,
         T::ONE,
-        rows_of(saved.d_out, e),
+        mat_rows(saved.d_out, e),
         &me,
-        transposed(x.v, e),
+        mat_transposed(x.v, e),
         &offsets(bs, n * e),
         T::ZERO,
         &mut ds,
@@ -635,9 +1042,9 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
         n,
         d,
         scale,
-        rows_of(&ds, n),
+        mat_rows(&ds, n),
         &mn,
-        rows_of(x.k, d),
+        mat_rows(x.k, d),
         &offsets(bs, n * d),
         T::ZERO,
         g.dq,
@@ -647,9 +1054,9 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
         m,
         d,
         scale,
-        transposed(&ds, n),
+        mat_transposed(&ds, n),
         &mn,
-        rows_of(x.q, d),
+        mat_rows(x.q, d),
         &offsets(bs, m * d),
         T::ZERO,
         g.dk,
@@ -721,20 +1128,122 @@ fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> f32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tiles_respect_the_operand_budget() {
-        for width in [1, 12, 32, 64, 128, 256, 512, 1024] {
-            let c = AttnConfig {
-                batch: 1,
-                q_len: 1,
-                kv_len: 1,
-                qk_dim: width,
-                v_dim: width,
-                scale: 1.0,
-            };
-            let t = Tiles::for_config(&c);
-            assert!(width * (t.rows + t.cols) < OPERAND_BUDGET || t.rows.max(t.cols) == 8);
+    /// Deterministic values in [−1, 1) without an RNG dependency.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    fn check_tile_gemm() {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (6, 3, 16),
+            (7, 5, 17),
+            (13, 64, 40),
+            (64, 256, 64),
+        ] {
+            for a_transposed in [false, true] {
+                for beta in [0.0f32, 1.0] {
+                    let (a, b) = (values(m * k, 1), values(k * n, 2));
+                    let c0 = values(m * n, 3);
+                    let a_at = |i: usize, kk: usize| {
+                        if a_transposed {
+                            a[kk * m + i]
+                        } else {
+                            a[i * k + kk]
+                        }
+                    };
+                    let av = if a_transposed {
+                        transposed(&a, m)
+                    } else {
+                        rows_of(&a, 0, k)
+                    };
+                    let packed = Packed::new(&b, k, n, false);
+                    // β = 0 must ignore C, even NaN.
+                    let mut c = if beta == 0.0 {
+                        vec![f32::NAN; m * n]
+                    } else {
+                        c0.clone()
+                    };
+                    tile_gemm((m, k, n), 0.5, av, packed.at(0, 0), beta, &mut c);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let dot: f64 = (0..k)
+                                .map(|kk| a_at(i, kk) as f64 * b[kk * n + j] as f64)
+                                .sum();
+                            let want = 0.5 * dot + beta as f64 * c0[i * n + j] as f64;
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{m}x{k}x{n} at={a_transposed} β={beta} ({i},{j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    #[test]
+    fn tile_gemm_matches_naive_product() {
+        check_tile_gemm();
+        simd::force_scalar(true);
+        let scalar = std::panic::catch_unwind(check_tile_gemm);
+        simd::force_scalar(false);
+        scalar.unwrap();
+    }
+
+    #[test]
+    fn packing_places_every_element_and_pads_with_zeros() {
+        let (rows, cols) = (5, 19);
+        let src = values(rows * cols, 4);
+        for transpose in [false, true] {
+            let (pr, pc) = if transpose {
+                (cols, rows)
+            } else {
+                (rows, cols)
+            };
+            let p = Packed::new(&src, rows, cols, transpose);
+            assert_eq!(p.data.0.len(), pc.div_ceil(NR) * pr * NR);
+            for r in 0..pr {
+                for j in 0..pc.div_ceil(NR) * NR {
+                    let got = p.data.0[((j / NR) * pr + r) * NR + j % NR];
+                    let want = match (j < pc, transpose) {
+                        (false, _) => 0.0,
+                        (true, false) => src[r * cols + j],
+                        (true, true) => src[j * cols + r],
+                    };
+                    assert_eq!(got, want, "transpose={transpose} ({r},{j})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused_and_zeroed() {
+        let first = Scratch::<f32>::zeroed(1000);
+        let ptr = first.0.as_ptr();
+        drop(first);
+        let mut again = Scratch::<f32>::zeroed(500);
+        assert_eq!(again.0.as_ptr(), ptr, "the spare buffer was not reused");
+        assert!(again.0.iter().all(|&x| x == 0.0));
+        again.0[0] = 1.0;
+        drop(again);
+        assert_eq!(Scratch::<f32>::zeroed(500).0[0], 0.0);
+        // Another element type gets its own buffer.
+        assert_eq!(Scratch::<f64>::zeroed(3).0, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn row_max_covers_lanes_and_tail() {
+        let mut x: Vec<f32> = (0..21).map(|i| -(i as f32)).collect();
+        assert_eq!(row_max(&x), 0.0);
+        x[20] = 5.0;
+        assert_eq!(row_max(&x), 5.0);
+        x[9] = 7.0;
+        assert_eq!(row_max(&x), 7.0);
+        assert_eq!(row_max::<f32>(&[]), f32::NEG_INFINITY);
     }
 
     #[test]
