@@ -49,14 +49,14 @@
 //!
 //! [`AttnPath::Auto`] always takes the flash path with [`Tiles::DEFAULT`]
 //! (64 × 64): it was faster at every shape measured. Process CPU time per
-//! call in ms, f32, one thread, best of 7 (2-core AMD EPYC Zen 4 shared
-//! with other jobs, so provisional; `benches/attention.rs` has the 2-thread
-//! wall-clock numbers):
+//! call in ms, f32, one thread, best of 5–7 runs (2-core AMD EPYC Zen 4
+//! shared with other jobs, so provisional; `benches/attention.rs` measures
+//! the 2-thread wall clock):
 //!
 //! | B × T × C            | fwd plain | fwd flash | bwd plain | bwd flash |
 //! |----------------------|-----------|-----------|-----------|-----------|
-//! | 8 × 256 × 256 (U-Net)| 7.6       | 6.9       | 18.3      | 16.0      |
-//! | 32 × 256 × 128       | 18.1      | 14.6      | 49.7      | 33.4      |
+//! | 8 × 256 × 256 (U-Net)| 7.6       | 6.4       | 18.3      | 15.9      |
+//! | 32 × 256 × 128       | 18.1      | 13.7      | 49.7      | 31.8      |
 //! | 8 × 64 × 256         | 0.69      | 0.45      | 1.57      | 1.32      |
 //! | 8 × 16 × 256         | 0.09      | 0.06      | 0.24      | 0.16      |
 //! | 4 × 1024 × 128       | 32.9      | 26.1      | 85.5      | 68.6      |
@@ -620,10 +620,14 @@ impl<T: Float> Packed<T> {
         } else {
             (src_rows, src_cols)
         };
-        let mut data = Scratch::zeroed(cols.div_ceil(NR) * rows * NR);
+        let mut data = Scratch::with_len(cols.div_ceil(NR) * rows * NR);
         for (p, panel) in data.0.chunks_mut(rows * NR).enumerate() {
             let j0 = p * NR;
             let width = NR.min(cols - j0);
+            if width < NR {
+                // Only the last panel has padding; it must read as zeros.
+                panel.fill(T::ZERO);
+            }
             if transpose {
                 // Column j of the panel is source row j0 + j: read it
                 // contiguously, write it with stride NR (inside L1).
@@ -662,7 +666,7 @@ impl<T: Float> Packed<T> {
     }
 }
 
-/// A zeroed buffer from this thread's spares, given back when dropped.
+/// A buffer from this thread's spares, given back when dropped.
 ///
 /// The packed operands are rebuilt on every call; freshly allocated, each
 /// megabyte-sized buffer page-faults again (glibc returns freed arena
@@ -679,13 +683,14 @@ thread_local! {
 }
 
 impl<T: Float> Scratch<T> {
-    fn zeroed(len: usize) -> Self {
+    /// `len` elements holding whatever a previous user left (or zeros):
+    /// for callers that overwrite every element.
+    fn with_len(len: usize) -> Self {
         let spare = SPARES.with_borrow_mut(|spares| {
             let i = spares.iter().position(|b| b.is::<Vec<T>>())?;
             spares.swap_remove(i).downcast::<Vec<T>>().ok()
         });
         let mut v = spare.map(|b| *b).unwrap_or_default();
-        v.clear();
         v.resize(len, T::ZERO);
         Scratch(v)
     }
@@ -1221,18 +1226,25 @@ mod tests {
     }
 
     #[test]
-    fn scratch_buffers_are_reused_and_zeroed() {
-        let first = Scratch::<f32>::zeroed(1000);
+    fn scratch_buffers_are_reused() {
+        let first = Scratch::<f32>::with_len(1000);
         let ptr = first.0.as_ptr();
         drop(first);
-        let mut again = Scratch::<f32>::zeroed(500);
+        let again = Scratch::<f32>::with_len(500);
         assert_eq!(again.0.as_ptr(), ptr, "the spare buffer was not reused");
-        assert!(again.0.iter().all(|&x| x == 0.0));
-        again.0[0] = 1.0;
-        drop(again);
-        assert_eq!(Scratch::<f32>::zeroed(500).0[0], 0.0);
+        assert_eq!(again.0.len(), 500);
         // Another element type gets its own buffer.
-        assert_eq!(Scratch::<f64>::zeroed(3).0, vec![0.0; 3]);
+        assert_eq!(Scratch::<f64>::with_len(3).0.len(), 3);
+    }
+
+    #[test]
+    fn packing_overwrites_a_dirty_buffer() {
+        drop(Scratch::<f32>::with_len(4096)); // leaves a spare...
+        let mut dirty = Scratch::<f32>::with_len(4096);
+        dirty.0.fill(f32::NAN); // ...filled with garbage
+        drop(dirty);
+        let p = Packed::new(&values(3 * 5, 5), 3, 5, false);
+        assert!(p.data.0.iter().all(|x| !x.is_nan()));
     }
 
     #[test]
