@@ -3,6 +3,7 @@
 //! backward with [`crate::autograd::record`]; backward formulas are written
 //! with other tensor ops, so they run on whatever device the forward did.
 
+mod attention;
 mod elementwise;
 mod group_norm;
 mod index;

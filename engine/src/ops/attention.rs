@@ -1,0 +1,283 @@
+//! Single-head scaled dot-product attention over token sequences,
+//! O = softmax(s·Q Kᵀ) V, as one differentiable op (the U-Net's attention
+//! blocks reshape NCHW feature maps to `[B, H·W, C]` around it).
+//!
+//! The kernel (`noisegrad_kernels::cpu::attention`) never keeps the
+//! `[T, T]` attention matrix: the forward returns O and the per-row
+//! log-sum-exp L, and the backward rebuilds the probabilities from q, k and
+//! L. So the tape saves q, k, v, O and L, all of token × channel size.
+
+use super::check_same;
+use crate::Tensor;
+use crate::autograd::record;
+use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
+use crate::error::{Error, Result, bad_arg, shape_err};
+use crate::layout::Layout;
+use crate::storage::Storage;
+use noisegrad_kernels::cpu::attention::{self as kernel, AttnConfig, AttnPath, Qkv, QkvGrads};
+use noisegrad_kernels::cpu::gemm::Gemm;
+use std::borrow::Cow;
+use std::sync::RwLockReadGuard;
+
+/// A storage with the layout to read it through.
+pub type Operand<'a> = (&'a Storage, &'a Layout);
+
+impl Storage {
+    /// Attention forward over q `[B, M, C]`, k `[B, N, C]`, v `[B, N, E]`
+    /// (any layouts): returns `[out [B, M, E], lse [B, M]]`, both contiguous.
+    pub fn attention(qkv: [Operand<'_>; 3], cfg: &AttnConfig) -> Result<[Storage; 2]> {
+        let cpu = on_cpu(qkv);
+        Ok(CpuStorage::attention(cpu, cfg)?.map(Storage::Cpu))
+    }
+
+    /// Attention backward from `[q, k, v, out, lse, d_out]` (any layouts):
+    /// returns `[dq, dk, dv]`, contiguous, shaped like q, k, v.
+    pub fn attention_backward(
+        operands: [Operand<'_>; 6],
+        cfg: &AttnConfig,
+    ) -> Result<[Storage; 3]> {
+        let cpu = on_cpu(operands);
+        Ok(CpuStorage::attention_backward(cpu, cfg)?.map(Storage::Cpu))
+    }
+}
+
+/// The CPU storages of operands (the only device for now; a CUDA variant
+/// adds its arm here).
+fn on_cpu<const N: usize>(xs: [Operand<'_>; N]) -> [(&CpuStorage, &Layout); N] {
+    xs.map(|(s, l)| match s {
+        Storage::Cpu(c) => (c, l),
+    })
+}
+
+/// Element types the CPU attention runs in, with their `CpuData` variant.
+trait AttnElem: Gemm {
+    fn slice(d: &CpuData) -> Option<&[Self]>;
+    fn wrap(v: Vec<Self>) -> CpuData;
+}
+impl AttnElem for f32 {
+    fn slice(d: &CpuData) -> Option<&[f32]> {
+        match d {
+            CpuData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<f32>) -> CpuData {
+        CpuData::F32(v)
+    }
+}
+impl AttnElem for f64 {
+    fn slice(d: &CpuData) -> Option<&[f64]> {
+        match d {
+            CpuData::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<f64>) -> CpuData {
+        CpuData::F64(v)
+    }
+}
+
+/// Contiguous typed views of operands that all share `T` as dtype.
+fn typed<'a, T: AttnElem, const N: usize>(
+    op: &'static str,
+    xs: [(&'a CpuStorage, &'a Layout); N],
+) -> Result<[Cow<'a, [T]>; N]> {
+    let first = xs[0].0.dtype();
+    let mut out = Vec::with_capacity(N);
+    for (s, l) in xs {
+        let v = T::slice(s.data()).ok_or(Error::DTypeMismatch {
+            op,
+            lhs: first,
+            rhs: s.dtype(),
+        })?;
+        out.push(contiguous_slice(v, l));
+    }
+    Ok(out
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N operands in, N out")))
+}
+
+impl CpuStorage {
+    pub fn attention(
+        qkv: [(&CpuStorage, &Layout); 3],
+        cfg: &AttnConfig,
+    ) -> Result<[CpuStorage; 2]> {
+        match qkv[0].0.dtype() {
+            crate::DType::F32 => forward_typed::<f32>(qkv, cfg),
+            crate::DType::F64 => forward_typed::<f64>(qkv, cfg),
+        }
+    }
+
+    pub fn attention_backward(
+        operands: [(&CpuStorage, &Layout); 6],
+        cfg: &AttnConfig,
+    ) -> Result<[CpuStorage; 3]> {
+        match operands[0].0.dtype() {
+            crate::DType::F32 => backward_typed::<f32>(operands, cfg),
+            crate::DType::F64 => backward_typed::<f64>(operands, cfg),
+        }
+    }
+}
+
+fn forward_typed<T: AttnElem>(
+    qkv: [(&CpuStorage, &Layout); 3],
+    cfg: &AttnConfig,
+) -> Result<[CpuStorage; 2]> {
+    let [q, k, v] = typed::<T, 3>("attention", qkv)?;
+    let mut out = zeroed(cfg.batch * cfg.q_len * cfg.v_dim);
+    let mut lse = zeroed(cfg.batch * cfg.q_len);
+    kernel::attention_forward(
+        cfg,
+        AttnPath::Auto,
+        Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        },
+        &mut out,
+        &mut lse,
+    );
+    Ok([out, lse].map(|d| CpuStorage::new(T::wrap(d))))
+}
+
+fn backward_typed<T: AttnElem>(
+    operands: [(&CpuStorage, &Layout); 6],
+    cfg: &AttnConfig,
+) -> Result<[CpuStorage; 3]> {
+    let [q, k, v, out, lse, d_out] = typed::<T, 6>("attention_backward", operands)?;
+    let mut dq = zeroed(q.len());
+    let mut dk = zeroed(k.len());
+    let mut dv = zeroed(v.len());
+    kernel::attention_backward(
+        cfg,
+        AttnPath::Auto,
+        Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        },
+        &out,
+        &lse,
+        &d_out,
+        QkvGrads {
+            dq: &mut dq,
+            dk: &mut dk,
+            dv: &mut dv,
+        },
+    );
+    Ok([dq, dk, dv].map(|d| CpuStorage::new(T::wrap(d))))
+}
+
+/// Read guards on the storages of `ts`, one per distinct buffer (a tensor
+/// passed twice, as in q = k = v, must not be locked twice), in `ts` order.
+fn with_storages_of<R, const N: usize>(ts: [&Tensor; N], f: impl FnOnce([&Storage; N]) -> R) -> R {
+    let owner = |i: usize| (0..=i).find(|&j| ts[j].shares_storage(ts[i])).unwrap_or(i);
+    let guards: Vec<Option<RwLockReadGuard<'_, Storage>>> = (0..N)
+        .map(|i| (owner(i) == i).then(|| ts[i].storage()))
+        .collect();
+    let storages = std::array::from_fn(|i| {
+        guards[owner(i)]
+            .as_deref()
+            .expect("the first tensor of a buffer holds its guard")
+    });
+    f(storages)
+}
+
+/// Runs the storage primitive `f` on `ts` with their layouts.
+fn with_operands<R, const N: usize>(ts: [&Tensor; N], f: impl FnOnce([Operand<'_>; N]) -> R) -> R {
+    with_storages_of(ts, |s| f(std::array::from_fn(|i| (s[i], ts[i].layout()))))
+}
+
+/// Checks q `[B, M, C]`, k `[B, N, C]`, v `[B, N, E]` and builds the
+/// kernel's configuration (scale defaults to 1/√C).
+fn attention_config(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>) -> Result<AttnConfig> {
+    const OP: &str = "attention";
+    check_same(OP, q, k)?;
+    check_same(OP, q, v)?;
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    if qs.len() != 3 || ks.len() != 3 || vs.len() != 3 {
+        return Err(bad_arg(
+            OP,
+            format!("q, k, v must be [batch, tokens, channels]; got q {qs:?}, k {ks:?}, v {vs:?}"),
+        ));
+    }
+    if qs[0] != ks[0] || qs[0] != vs[0] {
+        return Err(bad_arg(
+            OP,
+            format!("batch sizes differ: q {qs:?}, k {ks:?}, v {vs:?}"),
+        ));
+    }
+    if qs[2] != ks[2] {
+        return Err(shape_err(
+            OP,
+            qs,
+            ks,
+            "q and k must have the same number of channels",
+        ));
+    }
+    if ks[1] != vs[1] {
+        return Err(shape_err(
+            OP,
+            ks,
+            vs,
+            "k and v must have the same number of tokens",
+        ));
+    }
+    if qs[2] == 0 || vs[2] == 0 {
+        return Err(bad_arg(
+            OP,
+            format!("channel sizes must be at least 1: q {qs:?}, v {vs:?}"),
+        ));
+    }
+    if ks[1] == 0 && qs[1] > 0 {
+        return Err(bad_arg(
+            OP,
+            format!("softmax over zero keys is undefined: q {qs:?}, k {ks:?}"),
+        ));
+    }
+    let scale = scale.unwrap_or(1.0 / (qs[2] as f64).sqrt());
+    if !scale.is_finite() {
+        return Err(bad_arg(OP, format!("scale must be finite, got {scale}")));
+    }
+    Ok(AttnConfig {
+        batch: qs[0],
+        q_len: qs[1],
+        kv_len: ks[1],
+        qk_dim: qs[2],
+        v_dim: vs[2],
+        scale,
+    })
+}
+
+impl Tensor {
+    /// Scaled dot-product attention, one head:
+    /// O = softmax(s·Q Kᵀ) V along the key axis, for q (`self`) `[B, M, C]`,
+    /// k `[B, N, C]`, v `[B, N, E]` → `[B, M, E]`; `scale` s defaults to
+    /// 1/√C. In the U-Net, M = N = H·W tokens and E = C.
+    ///
+    /// Gradients (D_r = Σ_e dO_re·O_re, P = softmax(s·Q Kᵀ)):
+    /// dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − D), dQ = s·dS K, dK = s·dSᵀ Q.
+    pub fn attention(&self, k: &Tensor, v: &Tensor, scale: Option<f64>) -> Result<Tensor> {
+        let cfg = attention_config(self, k, v, scale)?;
+        let [out, lse] = with_operands([self, k, v], |ops| Storage::attention(ops, &cfg))?;
+        let (b, m) = (cfg.batch, cfg.q_len);
+        let out = Tensor::from_contiguous(out, &[b, m, cfg.v_dim]);
+        let lse = Tensor::from_contiguous(lse, &[b, m]);
+        let saved = [self, k, v, &out].map(Tensor::detach);
+        Ok(record(out, "attention", &[self, k, v], move || {
+            Box::new(move |g, _needs| {
+                let [q, k, v, out] = &saved;
+                let [dq, dk, dv] = with_operands([q, k, v, out, &lse, g], |ops| {
+                    Storage::attention_backward(ops, &cfg)
+                })?;
+                // One pass yields all three; each comes for the price of a
+                // GEMM, so the unneeded ones are not worth a special case.
+                Ok(vec![
+                    Some(Tensor::from_contiguous(dq, q.shape())),
+                    Some(Tensor::from_contiguous(dk, k.shape())),
+                    Some(Tensor::from_contiguous(dv, v.shape())),
+                ])
+            })
+        }))
+    }
+}
