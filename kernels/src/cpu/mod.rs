@@ -8,6 +8,7 @@
 //! - explicit SIMD lives in [`simd`], chosen at run time; the scalar path is
 //!   always there and tests run both (see [`simd::force_scalar`]).
 
+pub mod conv;
 pub mod copy;
 pub mod elementwise;
 pub mod gemm;
