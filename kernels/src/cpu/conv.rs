@@ -26,7 +26,7 @@ pub mod winograd;
 
 use crate::Float;
 use crate::cpu::SendPtr;
-use gemm::{GemmFloat, Mat, MatPtr, PackedA};
+use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA};
 use rayon::prelude::*;
 
 /// Largest im2col buffer (elements) one group of images may use: 4 MiB of
@@ -286,11 +286,7 @@ fn gemm_forward<T: ConvFloat>(
     let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
     let wa = PackedA::new(Mat::row_major(w, k), o, k);
     let group = images_per_group(g);
-    let mut col = if g.is_pointwise() {
-        Vec::new()
-    } else {
-        vec![T::ZERO; group * k * p]
-    };
+    let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
     if let Some(b) = bias {
         y.par_chunks_mut(p)
             .enumerate()
@@ -332,7 +328,7 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
     // Wᵀ: K×O, read in place from the O×K weights.
     let wt = PackedA::new(Mat::transposed(w, k), k, o);
     let group = images_per_group(g);
-    let mut col = vec![T::ZERO; if g.is_pointwise() { 0 } else { group * k * p }];
+    let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
     let block = column_block(p, group, 32);
     for n0 in (0..g.batch).step_by(group) {
         let count = group.min(g.batch - n0);
@@ -378,7 +374,7 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
 fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
     let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
     let group = images_per_group(g);
-    let mut col = vec![T::ZERO; if g.is_pointwise() { 0 } else { group * k * p }];
+    let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
     let dw_ptr = SendPtr(dw.as_mut_ptr());
     let block = column_block(k, 1, 32);
     for n0 in (0..g.batch).step_by(group) {

@@ -23,6 +23,7 @@
 use crate::Float;
 use crate::cpu::simd::{self, SimdLevel};
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 /// Depth of one k-slice: the slice of A for all M panels (≤ 256 rows × KC)
 /// plus one B panel stay in the 1 MiB L2 of the target CPU.
@@ -105,15 +106,18 @@ impl<T> MatPtr<T> {
     }
 }
 
-/// One micro-kernel: `out[i·nr + j] = Σ_{p<kc} a[p·mr + i] · b[p·nr + j]`
-/// over packed panels, `out` being an mr×nr row-major tile.
+/// One micro-kernel: for the mr×nr tile `C[i, j] = c[i·rsc + j]`,
+/// `C (+)= Σ_{p<kc} a[p·mr + i] · b[p·nr + j]` over packed panels (`+=`
+/// when `add`, `=` otherwise).
 #[derive(Clone, Copy)]
 pub struct MicroKernel<T> {
     pub mr: usize,
     pub nr: usize,
     pub name: &'static str,
-    run: unsafe fn(usize, *const T, *const T, *mut T),
+    run: KernelFn<T>,
 }
+
+type KernelFn<T> = unsafe fn(usize, *const T, *const T, *mut T, usize, bool);
 
 impl<T> std::fmt::Debug for MicroKernel<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,11 +134,71 @@ pub trait GemmFloat: Float {
     /// Runs `f` with this thread's reusable packing buffer (packing
     /// buffers are large; allocating them per call costs page faults).
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+    /// The process-wide pool behind [`Buffer`].
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
 }
 
 thread_local! {
     static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+static POOL_F32: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static POOL_F64: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+
+/// Buffers kept for reuse across calls (the largest a U-Net convolution
+/// needs are a few MiB: transformed inputs/outputs, packed weights, im2col).
+const POOLED_BUFFERS: usize = 8;
+
+/// A large scratch buffer, taken from a process-wide pool and given back on
+/// drop. Fresh allocations of several MiB per call cost page faults and
+/// zeroing that show up as 20–30% of a convolution; reusing them does not.
+/// The contents are whatever the previous user left: write before reading.
+pub struct Buffer<T: GemmFloat> {
+    v: Vec<T>,
+    len: usize,
+}
+
+impl<T: GemmFloat> Buffer<T> {
+    pub fn new(len: usize) -> Self {
+        let reused = {
+            let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+            let best = (0..pool.len())
+                .filter(|&i| pool[i].len() >= len)
+                .min_by_key(|&i| pool[i].len());
+            best.map(|i| pool.swap_remove(i))
+        };
+        Buffer {
+            v: reused.unwrap_or_else(|| vec![T::ZERO; len]),
+            len,
+        }
+    }
+}
+
+impl<T: GemmFloat> std::ops::Deref for Buffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.v[..self.len]
+    }
+}
+
+impl<T: GemmFloat> std::ops::DerefMut for Buffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.v[..self.len]
+    }
+}
+
+impl<T: GemmFloat> Drop for Buffer<T> {
+    fn drop(&mut self) {
+        let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(std::mem::take(&mut self.v));
+        if pool.len() > POOLED_BUFFERS {
+            // Keep the largest: they serve every smaller request too.
+            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].len());
+            if let Some(i) = smallest {
+                pool.swap_remove(i);
+            }
+        }
+    }
 }
 
 impl GemmFloat for f32 {
@@ -170,6 +234,10 @@ impl GemmFloat for f32 {
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
         SCRATCH_F32.with(|s| f(&mut s.borrow_mut()))
     }
+
+    fn pool() -> &'static Mutex<Vec<Vec<f32>>> {
+        &POOL_F32
+    }
 }
 
 impl GemmFloat for f64 {
@@ -183,6 +251,10 @@ impl GemmFloat for f64 {
 
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<f64>) -> R) -> R {
         SCRATCH_F64.with(|s| f(&mut s.borrow_mut()))
+    }
+
+    fn pool() -> &'static Mutex<Vec<Vec<f64>>> {
+        &POOL_F64
     }
 }
 
@@ -199,23 +271,32 @@ fn generic_kernel<T: Float>() -> MicroKernel<T> {
 }
 
 /// Plain-Rust 4×8 kernel (the compiler vectorises it with baseline SSE2).
-unsafe fn kernel_generic<T: Float>(kc: usize, a: *const T, b: *const T, out: *mut T) {
+unsafe fn kernel_generic<T: Float>(
+    kc: usize,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    rsc: usize,
+    add: bool,
+) {
     let mut acc = [[T::ZERO; GENERIC_NR]; GENERIC_MR];
-    // SAFETY: the caller passes panels of kc·MR and kc·NR elements and an
-    // MR×NR output tile.
+    // SAFETY: the caller passes panels of kc·MR and kc·NR elements and a
+    // tile of MR rows (stride rsc) of NR elements.
     unsafe {
         let a = std::slice::from_raw_parts(a, kc * GENERIC_MR);
         let b = std::slice::from_raw_parts(b, kc * GENERIC_NR);
         for (ap, bp) in a.chunks_exact(GENERIC_MR).zip(b.chunks_exact(GENERIC_NR)) {
             for (row, &ai) in acc.iter_mut().zip(ap) {
-                for (c, &bj) in row.iter_mut().zip(bp) {
-                    *c = ai.mul_add(bj, *c);
+                for (cv, &bj) in row.iter_mut().zip(bp) {
+                    *cv = ai.mul_add(bj, *cv);
                 }
             }
         }
-        let out = std::slice::from_raw_parts_mut(out, GENERIC_MR * GENERIC_NR);
-        for (o, row) in out.chunks_exact_mut(GENERIC_NR).zip(&acc) {
-            o.copy_from_slice(row);
+        for (i, row) in acc.iter().enumerate() {
+            let out = std::slice::from_raw_parts_mut(c.add(i * rsc), GENERIC_NR);
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = if add { *o + v } else { v };
+            }
         }
     }
 }
@@ -230,9 +311,17 @@ mod x86 {
     /// # Safety
     /// AVX-512F must be available; panels and tile as in [`super::MicroKernel`].
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn kernel_avx512_8x32(kc: usize, a: *const f32, b: *const f32, out: *mut f32) {
+    pub unsafe fn kernel_avx512_8x32(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        add: bool,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-        // SAFETY: a holds kc·8 and b kc·32 elements; out holds 8·32.
+        // SAFETY: a holds kc·8 and b kc·32 elements; c has 8 rows (stride
+        // rsc) of 32 elements.
         unsafe {
             for p in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
@@ -245,8 +334,14 @@ mod x86 {
                 }
             }
             for (i, row) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out.add(i * 32), row[0]);
-                _mm512_storeu_ps(out.add(i * 32 + 16), row[1]);
+                let (c0, c1) = (c.add(i * rsc), c.add(i * rsc + 16));
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if add {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(c0));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(c1));
+                }
+                _mm512_storeu_ps(c0, v0);
+                _mm512_storeu_ps(c1, v1);
             }
         }
     }
@@ -257,9 +352,17 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; panels and tile as in [`super::MicroKernel`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_avx2_6x16(kc: usize, a: *const f32, b: *const f32, out: *mut f32) {
+    pub unsafe fn kernel_avx2_6x16(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        add: bool,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-        // SAFETY: a holds kc·6 and b kc·16 elements; out holds 6·16.
+        // SAFETY: a holds kc·6 and b kc·16 elements; c has 6 rows (stride
+        // rsc) of 16 elements.
         unsafe {
             for p in 0..kc {
                 let b0 = _mm256_loadu_ps(b.add(p * 16));
@@ -272,8 +375,14 @@ mod x86 {
                 }
             }
             for (i, row) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.add(i * 16), row[0]);
-                _mm256_storeu_ps(out.add(i * 16 + 8), row[1]);
+                let (c0, c1) = (c.add(i * rsc), c.add(i * rsc + 8));
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if add {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c0));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c1));
+                }
+                _mm256_storeu_ps(c0, v0);
+                _mm256_storeu_ps(c1, v1);
             }
         }
     }
@@ -322,11 +431,15 @@ pub fn pack_b_into<T: Float>(b: Mat<T>, k: usize, n: usize, nr: usize, dst: &mut
     for (panel, out) in dst.chunks_exact_mut(k * nr).enumerate() {
         let j0 = panel * nr;
         let cols = nr.min(n - j0);
-        if b.cs == 1 {
-            for (p, o) in out.chunks_exact_mut(nr).enumerate() {
-                o[..cols].copy_from_slice(&b.data[p * b.rs + j0..][..cols]);
-                o[cols..].fill(T::ZERO);
+        if b.cs == 1 && cols == nr {
+            match nr {
+                32 => pack_b_panel::<T, 32>(b, j0, out),
+                16 => pack_b_panel::<T, 16>(b, j0, out),
+                8 => pack_b_panel::<T, 8>(b, j0, out),
+                _ => pack_b_panel_any(b, j0, cols, nr, out),
             }
+        } else if b.cs == 1 {
+            pack_b_panel_any(b, j0, cols, nr, out);
         } else {
             // Transposed source: each column of B is contiguous.
             for j in 0..cols {
@@ -344,10 +457,30 @@ pub fn pack_b_into<T: Float>(b: Mat<T>, k: usize, n: usize, nr: usize, dst: &mut
     }
 }
 
+/// One full NR-wide panel of a row-major B; a fixed NR turns each row into
+/// a few vector moves instead of a `memcpy` call.
+fn pack_b_panel<T: Float, const NR: usize>(b: Mat<T>, j0: usize, out: &mut [T]) {
+    for (p, o) in out.chunks_exact_mut(NR).enumerate() {
+        let src: &[T; NR] = b.data[p * b.rs + j0..][..NR]
+            .try_into()
+            .expect("NR elements");
+        let dst: &mut [T; NR] = o.try_into().expect("NR elements");
+        *dst = *src;
+    }
+}
+
+/// A (possibly partial, zero-padded) panel of a row-major B.
+fn pack_b_panel_any<T: Float>(b: Mat<T>, j0: usize, cols: usize, nr: usize, out: &mut [T]) {
+    for (p, o) in out.chunks_exact_mut(nr).enumerate() {
+        o[..cols].copy_from_slice(&b.data[p * b.rs + j0..][..cols]);
+        o[cols..].fill(T::ZERO);
+    }
+}
+
 /// A matrix packed once as the left operand of many products (the
 /// convolution weights, shared by every task of one call).
-pub struct PackedA<T> {
-    data: Vec<T>,
+pub struct PackedA<T: GemmFloat> {
+    data: Buffer<T>,
     m: usize,
     k: usize,
     kernel: MicroKernel<T>,
@@ -359,17 +492,40 @@ impl<T: GemmFloat> PackedA<T> {
     }
 
     pub fn with_kernel(kernel: MicroKernel<T>, a: Mat<T>, m: usize, k: usize) -> Self {
-        let mut data = vec![T::ZERO; m.div_ceil(kernel.mr) * k * kernel.mr];
+        let mut data = Buffer::new(m.div_ceil(kernel.mr) * k * kernel.mr);
         pack_a_into(a, m, k, kernel.mr, &mut data);
         PackedA { data, m, k, kernel }
     }
 
-    pub fn rows(&self) -> usize {
-        self.m
+    /// An m×k operand whose packed elements the caller writes itself
+    /// through [`PackedA::packed_index`] (every element, padding rows
+    /// included: the buffer is reused, not zeroed).
+    pub fn for_filling(m: usize, k: usize) -> Self {
+        let kernel = T::micro_kernel();
+        let data = Buffer::new(m.div_ceil(kernel.mr) * k * kernel.mr);
+        PackedA { data, m, k, kernel }
     }
 
-    pub fn depth(&self) -> usize {
-        self.k
+    /// Where element (i, p) lives in the packed buffer; rows m..ceil(m/mr)·mr
+    /// are padding (must be zero).
+    #[inline(always)]
+    pub fn packed_index(&self, i: usize, p: usize) -> usize {
+        let mr = self.kernel.mr;
+        (i / mr) * self.k * mr + p * mr + i % mr
+    }
+
+    pub fn packed_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+
+    /// Rows per A panel of the micro-kernel in use.
+    pub fn mr(&self) -> usize {
+        self.kernel.mr
+    }
+
+    /// Columns per B panel the micro-kernel expects (see [`pack_b_into`]).
+    pub fn nr(&self) -> usize {
+        self.kernel.nr
     }
 
     /// `C[m×n] = A·B` (or `C += A·B` with `accumulate`), B packed here
@@ -427,11 +583,21 @@ impl<T: GemmFloat> PackedA<T> {
                 for (ip, i0) in (0..m).step_by(mr).enumerate() {
                     let rows = mr.min(m - i0);
                     let a_panel = &self.data[ip * k * mr + p0 * mr..][..kc * mr];
-                    // SAFETY: the panels hold kc·mr and kc·nr elements and
-                    // the tile mr·nr ≤ MAX_TILE; the kernel suits this CPU.
-                    unsafe { run(kc, a_panel.as_ptr(), b_panel.as_ptr(), tile.as_mut_ptr()) };
-                    // SAFETY: rows × cols at (i0, j0) lie inside C.
-                    unsafe { merge_tile(&tile, nr, rows, cols, c.at(i0, j0), add) };
+                    let (ap, bpp) = (a_panel.as_ptr(), b_panel.as_ptr());
+                    // SAFETY: the panels hold kc·mr and kc·nr elements; the
+                    // kernel suits this CPU. A full tile with unit column
+                    // stride is updated in place; an edge tile goes through
+                    // `tile` (mr·nr ≤ MAX_TILE) and only its inside part is
+                    // merged into C (rows × cols at (i0, j0) lie inside C).
+                    unsafe {
+                        let ct = c.at(i0, j0);
+                        if rows == mr && cols == nr && c.cs == 1 {
+                            run(kc, ap, bpp, ct.ptr, c.rs, add);
+                        } else {
+                            run(kc, ap, bpp, tile.as_mut_ptr(), nr, false);
+                            merge_tile(&tile, nr, rows, cols, ct, add);
+                        }
+                    }
                 }
             }
         }
