@@ -32,7 +32,16 @@ const CASES: &[(&str, [usize; 8])] = &[
 ];
 
 fn geometry(d: [usize; 8]) -> Conv2dGeometry {
-    let [batch, in_channels, in_h, in_w, out_channels, k, stride, padding] = d;
+    let [
+        batch,
+        in_channels,
+        in_h,
+        in_w,
+        out_channels,
+        k,
+        stride,
+        padding,
+    ] = d;
     Conv2dGeometry {
         batch,
         in_channels,

@@ -3,6 +3,7 @@
 //! backward with [`crate::autograd::record`]; backward formulas are written
 //! with other tensor ops, so they run on whatever device the forward did.
 
+mod conv;
 mod elementwise;
 mod index;
 mod matmul;

@@ -267,7 +267,13 @@ fn im2col_group<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], n0: usize, count: usi
 
 /// The column matrix of image `i` of a group: `col` itself, or the input
 /// for a pointwise convolution.
-fn column_matrix<'a, T>(g: &Conv2dGeometry, col: &'a [T], x: &'a [T], n: usize, i: usize) -> &'a [T] {
+fn column_matrix<'a, T>(
+    g: &Conv2dGeometry,
+    col: &'a [T],
+    x: &'a [T],
+    n: usize,
+    i: usize,
+) -> &'a [T] {
     let len = g.col_rows() * g.out_pixels();
     if g.is_pointwise() {
         &x[n * len..][..len]
@@ -276,6 +282,8 @@ fn column_matrix<'a, T>(g: &Conv2dGeometry, col: &'a [T], x: &'a [T], n: usize, 
     }
 }
 
+/// Per image, `Y_n = W · col(X_n)` (+ bias), split over (image, column
+/// block); each task packs its block of patches straight from the image.
 fn gemm_forward<T: ConvFloat>(
     g: &Conv2dGeometry,
     x: &[T],
@@ -284,42 +292,43 @@ fn gemm_forward<T: ConvFloat>(
     y: &mut [T],
 ) {
     let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
+    let chw = g.in_channels * g.in_h * g.in_w;
     let wa = PackedA::new(Mat::row_major(w, k), o, k);
-    let group = images_per_group(g);
-    let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
     if let Some(b) = bias {
         y.par_chunks_mut(p)
             .enumerate()
             .for_each(|(i, row)| row.fill(b[i % o]));
     }
     let y_ptr = SendPtr(y.as_mut_ptr());
-    let block = column_block(p, group, 32);
-    for n0 in (0..g.batch).step_by(group) {
-        let count = group.min(g.batch - n0);
-        if !g.is_pointwise() {
-            im2col_group(g, x, n0, count, &mut col);
+    let block = column_block(p, g.batch, wa.nr());
+    let blocks = p.div_ceil(block);
+    (0..g.batch * blocks).into_par_iter().for_each(|task| {
+        let y_ptr = y_ptr;
+        let (n, j0) = (task / blocks, (task % blocks) * block);
+        let cols = block.min(p - j0);
+        let image = &x[n * chw..][..chw];
+        let c = MatPtr {
+            // SAFETY: columns [j0, j0 + cols) of image n.
+            ptr: unsafe { y_ptr.0.add(n * o * p + j0) },
+            rs: p,
+            cs: 1,
+        };
+        let add = bias.is_some();
+        // SAFETY: each task writes its own column block of one image.
+        unsafe {
+            if g.is_pointwise() {
+                let b = Mat {
+                    data: &image[j0..],
+                    rs: p,
+                    cs: 1,
+                };
+                wa.gemm(b, cols, c, add);
+            } else {
+                let pack = |bp: &mut [T]| im2col::pack_patches(g, image, j0, cols, wa.nr(), bp);
+                wa.gemm_packing_b(cols, pack, c, add);
+            }
         }
-        let blocks = p.div_ceil(block);
-        (0..count * blocks).into_par_iter().for_each(|task| {
-            let y_ptr = y_ptr;
-            let (i, j0) = (task / blocks, (task % blocks) * block);
-            let cols = block.min(p - j0);
-            let b = column_matrix(g, &col, x, n0 + i, i);
-            let b = Mat {
-                data: &b[j0..],
-                rs: p,
-                cs: 1,
-            };
-            let c = MatPtr {
-                // SAFETY: columns [j0, j0 + cols) of image n0 + i.
-                ptr: unsafe { y_ptr.0.add((n0 + i) * o * p + j0) },
-                rs: p,
-                cs: 1,
-            };
-            // SAFETY: each task writes its own column block of one image.
-            unsafe { wa.gemm(b, cols, c, bias.is_some()) };
-        });
-    }
+    });
 }
 
 fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
@@ -431,9 +440,11 @@ mod tests {
                                 for j in 0..kw {
                                     let ih = (oh * g.stride + i) as isize - g.padding as isize;
                                     let iw = (ow * g.stride + j) as isize - g.padding as isize;
-                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
+                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd
+                                    {
                                         s += w[((o * c + ci) * kh + i) * kw + j]
-                                            * x[((n * c + ci) * h + ih as usize) * wd + iw as usize];
+                                            * x[((n * c + ci) * h + ih as usize) * wd
+                                                + iw as usize];
                                     }
                                 }
                             }
@@ -447,10 +458,14 @@ mod tests {
     }
 
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
             })
             .collect()
@@ -515,21 +530,33 @@ mod tests {
                 }
                 let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
                 let yr = dot(&want, &r);
-                assert!((dot(&x, &dx) - yr).abs() < 1e-10, "{algo:?} {g:?}: dx adjoint");
-                assert!((dot(&w, &dw) - yr).abs() < 1e-10, "{algo:?} {g:?}: dw adjoint");
+                assert!(
+                    (dot(&x, &dx) - yr).abs() < 1e-10,
+                    "{algo:?} {g:?}: dx adjoint"
+                );
+                assert!(
+                    (dot(&w, &dw) - yr).abs() < 1e-10,
+                    "{algo:?} {g:?}: dw adjoint"
+                );
                 // Each element of dw and dx, not just the inner product:
                 // perturbing one coordinate of w changes ⟨y, r⟩ by dw.
                 for (idx, &d) in dw.iter().enumerate().step_by(7) {
                     let mut w2 = w.clone();
                     w2[idx] += 1.0;
                     let diff = dot(&naive_forward(&g, &x, &w2), &r) - yr;
-                    assert!((diff - d).abs() < 1e-9, "{algo:?} {g:?}: dw[{idx}] {d} vs {diff}");
+                    assert!(
+                        (diff - d).abs() < 1e-9,
+                        "{algo:?} {g:?}: dw[{idx}] {d} vs {diff}"
+                    );
                 }
                 for (idx, &d) in dx.iter().enumerate().step_by(11) {
                     let mut x2 = x.clone();
                     x2[idx] += 1.0;
                     let diff = dot(&naive_forward(&g, &x2, &w), &r) - yr;
-                    assert!((diff - d).abs() < 1e-9, "{algo:?} {g:?}: dx[{idx}] {d} vs {diff}");
+                    assert!(
+                        (diff - d).abs() < 1e-9,
+                        "{algo:?} {g:?}: dx[{idx}] {d} vs {diff}"
+                    );
                 }
             }
         }

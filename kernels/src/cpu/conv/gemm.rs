@@ -536,6 +536,26 @@ impl<T: GemmFloat> PackedA<T> {
     /// thread reads or writes during the call.
     pub unsafe fn gemm(&self, b: Mat<T>, n: usize, c: MatPtr<T>, accumulate: bool) {
         let (k, nr) = (self.k, self.kernel.nr);
+        b.assert_fits(k, n, "B");
+        // SAFETY: forwarded contract.
+        unsafe { self.gemm_packing_b(n, |bp| pack_b_into(b, k, n, nr, bp), c, accumulate) }
+    }
+
+    /// `C (+)= A·B` where `pack` writes B (k×n) itself in the packed layout
+    /// `[panel][k][nr]`, every element including the zero padding of the
+    /// last panel (the convolution packs image patches this way without an
+    /// im2col buffer).
+    ///
+    /// # Safety
+    /// As [`PackedA::gemm`].
+    pub unsafe fn gemm_packing_b(
+        &self,
+        n: usize,
+        pack: impl FnOnce(&mut [T]),
+        c: MatPtr<T>,
+        accumulate: bool,
+    ) {
+        let (k, nr) = (self.k, self.kernel.nr);
         if self.m == 0 || n == 0 {
             return;
         }
@@ -545,7 +565,7 @@ impl<T: GemmFloat> PackedA<T> {
                 scratch.resize(len, T::ZERO);
             }
             let bp = &mut scratch[..len];
-            pack_b_into(b, k, n, nr, bp);
+            pack(bp);
             // SAFETY: forwarded contract; bp is packed for this kernel.
             unsafe { self.gemm_packed(bp, n, c, accumulate) };
         })
@@ -558,7 +578,10 @@ impl<T: GemmFloat> PackedA<T> {
     pub unsafe fn gemm_packed(&self, bp: &[T], n: usize, c: MatPtr<T>, accumulate: bool) {
         let MicroKernel { mr, nr, run, .. } = self.kernel;
         let (m, k) = (self.m, self.k);
-        assert!(bp.len() >= n.div_ceil(nr) * k * nr, "conv gemm: packed B too short");
+        assert!(
+            bp.len() >= n.div_ceil(nr) * k * nr,
+            "conv gemm: packed B too short"
+        );
         if m == 0 || n == 0 {
             return;
         }
@@ -699,7 +722,13 @@ mod tests {
     /// transposed operands and accumulation.
     #[test]
     fn every_kernel_matches_naive_product() {
-        for &(m, k, n) in &[(1, 1, 1), (5, 3, 7), (13, 300, 37), (33, 513, 65), (8, 0, 4)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (5, 3, 7),
+            (13, 300, 37),
+            (33, 513, 65),
+            (8, 0, 4),
+        ] {
             let a64 = values(m * k, 1);
             let b64 = values(k * n, 2);
             let c0 = values(m * n, 3);

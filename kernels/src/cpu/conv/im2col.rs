@@ -40,14 +40,82 @@ pub fn im2col<T: Float>(g: &Conv2dGeometry, x_channels: &[T], col: &mut [T]) {
             let x_row = &x[(oh * s + i - pad) * w..][..w];
             out[..ow_lo].fill(T::ZERO);
             out[ow_hi..].fill(T::ZERO);
-            let first = ow_lo * s + j - pad;
-            if s == 1 {
-                out[ow_lo..ow_hi].copy_from_slice(&x_row[first..first + ow_hi - ow_lo]);
-            } else {
-                for (o, v) in out[ow_lo..ow_hi].iter_mut().zip(x_row[first..].iter().step_by(s)) {
-                    *o = *v;
+            copy_strided(&mut out[ow_lo..ow_hi], &x_row[ow_lo * s + j - pad..], s);
+        }
+    }
+}
+
+/// Copies `dst.len()` elements `src[0], src[s], src[2s], ...`; strides 1
+/// and 2 get their own loops (a constant stride vectorises, a variable one
+/// does not).
+#[inline(always)]
+fn copy_strided<T: Float>(dst: &mut [T], src: &[T], s: usize) {
+    match s {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 => {
+            for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
+                *d = pair[0];
+            }
+        }
+        _ => {
+            for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                *d = *v;
+            }
+        }
+    }
+}
+
+/// Columns `[j0, j0 + n)` of one image's im2col matrix (K = C·kh·kw rows),
+/// written directly in the GEMM's packed-B layout `[panel][K][nr]` (last
+/// panel zero-padded): the patches go from the image to the micro-kernel's
+/// operand in one pass, without an im2col buffer.
+pub fn pack_patches<T: Float>(
+    g: &Conv2dGeometry,
+    x_image: &[T],
+    j0: usize,
+    n: usize,
+    nr: usize,
+    dst: &mut [T],
+) {
+    let (h, w, ho, wo) = (g.in_h, g.in_w, g.out_h(), g.out_w());
+    let (s, pad, kh, kw) = (g.stride, g.padding, g.kernel_h, g.kernel_w);
+    let k = g.in_channels * kh * kw;
+    let ow_valid: Vec<(usize, usize)> = (0..kw).map(|j| valid_range(wo, w, s, pad, j)).collect();
+    let oh_valid: Vec<(usize, usize)> = (0..kh).map(|i| valid_range(ho, h, s, pad, i)).collect();
+    for (panel, out) in dst.chunks_exact_mut(k * nr).enumerate() {
+        let start = j0 + panel * nr;
+        let cols = nr.min(j0 + n - start);
+        // The panel's output positions as runs along output rows:
+        // (offset in the panel, oh, first ow, length).
+        let mut runs = Vec::with_capacity(nr / wo.max(1) + 2);
+        let mut q = 0;
+        while q < cols {
+            let (oh, ow) = ((start + q) / wo, (start + q) % wo);
+            let len = (wo - ow).min(cols - q);
+            runs.push((q, oh, ow, len));
+            q += len;
+        }
+        for (row, dst_row) in out.chunks_exact_mut(nr).enumerate() {
+            let c = row / (kh * kw);
+            let (i, j) = ((row / kw) % kh, row % kw);
+            let plane = &x_image[c * h * w..][..h * w];
+            let (lo, hi) = ow_valid[j];
+            for &(at, oh, ow0, len) in &runs {
+                let seg = &mut dst_row[at..at + len];
+                if oh < oh_valid[i].0 || oh >= oh_valid[i].1 {
+                    seg.fill(T::ZERO);
+                    continue;
+                }
+                let x_row = &plane[(oh * s + i - pad) * w..][..w];
+                // ow in [ow0, ow0 + len): zero before lo and from hi on.
+                let (a, b) = (lo.clamp(ow0, ow0 + len), hi.clamp(ow0, ow0 + len));
+                seg[..a - ow0].fill(T::ZERO);
+                seg[b - ow0..].fill(T::ZERO);
+                if a < b {
+                    copy_strided(&mut seg[a - ow0..b - ow0], &x_row[a * s + j - pad..], s);
                 }
             }
+            dst_row[cols..].fill(T::ZERO);
         }
     }
 }
@@ -107,7 +175,11 @@ mod tests {
                             };
                             let (lo, hi) = valid_range(out, len, s, pad, j);
                             for o in 0..out {
-                                assert_eq!(inside(o), o >= lo && o < hi, "{len} {s} {pad} {k} {j} {o}");
+                                assert_eq!(
+                                    inside(o),
+                                    o >= lo && o < hi,
+                                    "{len} {s} {pad} {k} {j} {o}"
+                                );
                             }
                         }
                     }

@@ -161,10 +161,10 @@ struct VDest<T> {
 /// version: padded column j = iw + pad goes to `even[j/2]` (j even) or
 /// `odd[j/2]` (j odd). The loop reads interleaved pairs, which compiles to
 /// vector shuffles; every later step then runs on unit-stride vectors.
+/// Only the positions of input columns are written: the padding positions
+/// are the same for every row and stay zero.
 #[inline(always)]
 fn split_padded_row<T: GemmFloat>(row: &[T], pad: usize, even: &mut [T], odd: &mut [T]) {
-    even.fill(T::ZERO);
-    odd.fill(T::ZERO);
     // Input columns 2m and 2m + 1 land in padded columns 2m + pad and
     // 2m + 1 + pad: the same parity as pad, then the other.
     let (first, second, at0, at1) = if pad % 2 == 0 {
@@ -207,6 +207,7 @@ unsafe fn input_transform_body<'a, T: GemmFloat>(
     let (h, w, p, tw) = (g.in_h, g.in_w, g.padding, tl.tw);
     // Padded columns 0 .. 2tw + 2: k even and k odd ones (≥ W + 2p in all).
     let k = tw + 1;
+    scratch.clear();
     scratch.resize(16 * k, T::ZERO);
     let (split, d) = scratch.split_at_mut(8 * k);
     for r in 0..rows {
@@ -217,6 +218,8 @@ unsafe fn input_transform_body<'a, T: GemmFloat>(
             let (even, odd) = eo.split_at_mut(k);
             match (2 * ty + q).checked_sub(p).filter(|&ih| ih < h) {
                 Some(ih) => split_padded_row(&x[ih * w..][..w], p, even, odd),
+                // A row of padding: zero everything (input rows overwrite
+                // only their own positions afterwards).
                 None => {
                     even.fill(T::ZERO);
                     odd.fill(T::ZERO);
@@ -358,8 +361,30 @@ fn output_grad_transform_body<'a, T: GemmFloat>(
         let mut it = dm[..16 * t_len].chunks_exact_mut(t_len);
         std::array::from_fn(|_| it.next().expect("16 rows"))
     };
-    let [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15] = rows4;
-    let out_rows = [[m0, m1, m2, m3], [m4, m5, m6, m7], [m8, m9, m10, m11], [m12, m13, m14, m15]];
+    let [
+        m0,
+        m1,
+        m2,
+        m3,
+        m4,
+        m5,
+        m6,
+        m7,
+        m8,
+        m9,
+        m10,
+        m11,
+        m12,
+        m13,
+        m14,
+        m15,
+    ] = rows4;
+    let out_rows = [
+        [m0, m1, m2, m3],
+        [m4, m5, m6, m7],
+        [m8, m9, m10, m11],
+        [m12, m13, m14, m15],
+    ];
     for (a, [d0, d1, d2, d3]) in out_rows.into_iter().enumerate() {
         // Row a of A·dY: (y0, y0 + y1, y0 − y1, −y1), even and odd column ...
         let f: fn(T, T) -> T = match a {
@@ -507,26 +532,28 @@ pub fn forward<T: GemmFloat>(
         let tp = t.next_multiple_of(nr);
         // V_ξ goes straight into the GEMM's packed-B layout [t / nr][c][nr].
         let v_ptr = SendPtr(v.as_mut_ptr());
-        (0..c).into_par_iter().for_each_init(Vec::new, |scratch, ci| {
-            let v_ptr = v_ptr;
-            let dest = VDest {
-                // SAFETY: channel ci's row within every panel.
-                ptr: unsafe { v_ptr.0.add(ci * nr) },
-                xi_stride: c * tp,
-                run: nr,
-                run_stride: c * nr,
-            };
-            let plane = |n: usize| &x[(n * c + ci) * hw..][..hw];
-            // SAFETY: task ci alone writes channel ci's rows of the panels.
-            unsafe { input_transform(g, &tl, chunk, plane, scratch, dest) };
-            for xi in 0..16 {
-                for tile in t..tp {
-                    let at = xi * c * tp + (tile / nr) * c * nr + tile % nr;
-                    // SAFETY: as above, the zero padding of the last panel.
-                    unsafe { *dest.ptr.add(at) = T::ZERO };
+        (0..c)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch, ci| {
+                let v_ptr = v_ptr;
+                let dest = VDest {
+                    // SAFETY: channel ci's row within every panel.
+                    ptr: unsafe { v_ptr.0.add(ci * nr) },
+                    xi_stride: c * tp,
+                    run: nr,
+                    run_stride: c * nr,
+                };
+                let plane = |n: usize| &x[(n * c + ci) * hw..][..hw];
+                // SAFETY: task ci alone writes channel ci's rows of the panels.
+                unsafe { input_transform(g, &tl, chunk, plane, scratch, dest) };
+                for xi in 0..16 {
+                    for tile in t..tp {
+                        let at = xi * c * tp + (tile / nr) * c * nr + tile % nr;
+                        // SAFETY: as above, the zero padding of the last panel.
+                        unsafe { *dest.ptr.add(at) = T::ZERO };
+                    }
                 }
-            }
-        });
+            });
         let m_ptr = SendPtr(m.as_mut_ptr());
         (0..16).into_par_iter().for_each(|xi| {
             let m_ptr = m_ptr;
