@@ -283,7 +283,10 @@ fn column_matrix<'a, T>(
 }
 
 /// Per image, `Y_n = W · col(X_n)` (+ bias), split over (image, column
-/// block); each task packs its block of patches straight from the image.
+/// block). Each task packs its patches straight from the image: for each
+/// k-slice of the GEMM it splits the slice's input channels into
+/// [`im2col::Phases`] (a small buffer that stays in cache) and copies the
+/// patches from there, so no im2col matrix is ever stored.
 fn gemm_forward<T: ConvFloat>(
     g: &Conv2dGeometry,
     x: &[T],
@@ -292,13 +295,15 @@ fn gemm_forward<T: ConvFloat>(
     y: &mut [T],
 ) {
     let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
-    let chw = g.in_channels * g.in_h * g.in_w;
+    let (chw, hw) = (g.in_channels * g.in_h * g.in_w, g.in_h * g.in_w);
+    let taps = g.kernel_h * g.kernel_w;
     let wa = PackedA::new(Mat::row_major(w, k), o, k);
     if let Some(b) = bias {
         y.par_chunks_mut(p)
             .enumerate()
             .for_each(|(i, row)| row.fill(b[i % o]));
     }
+    let ph = im2col::Phases::new(g);
     let y_ptr = SendPtr(y.as_mut_ptr());
     let block = column_block(p, g.batch, wa.nr());
     let blocks = p.div_ceil(block);
@@ -314,20 +319,35 @@ fn gemm_forward<T: ConvFloat>(
             cs: 1,
         };
         let add = bias.is_some();
-        // SAFETY: each task writes its own column block of one image.
-        unsafe {
-            if g.is_pointwise() {
-                let b = Mat {
-                    data: &image[j0..],
-                    rs: p,
-                    cs: 1,
-                };
-                wa.gemm(b, cols, c, add);
-            } else {
-                let pack = |bp: &mut [T]| im2col::pack_patches(g, image, j0, cols, wa.nr(), bp);
-                wa.gemm_packing_b(cols, pack, c, add);
-            }
+        if g.is_pointwise() {
+            let b = Mat {
+                data: &image[j0..],
+                rs: p,
+                cs: 1,
+            };
+            // SAFETY: each task writes its own column block of one image.
+            unsafe { wa.gemm(b, cols, c, add) };
+            return;
         }
+        // Phases of the channels under the current k-slice, rebuilt when
+        // the GEMM moves to the next slice.
+        let mut phases: Vec<T> = Vec::new();
+        let mut split = (usize::MAX, 0);
+        let pack = |p0: usize, kc: usize, jb: usize, cols: usize, out: &mut [T]| {
+            let channels = (p0 / taps, (p0 + kc).div_ceil(taps));
+            if split != channels {
+                let len = ph.channel_len(g);
+                phases.resize((channels.1 - channels.0) * len, T::ZERO);
+                for (ci, dst) in (channels.0..channels.1).zip(phases.chunks_exact_mut(len)) {
+                    ph.split_channel(g, &image[ci * hw..][..hw], dst);
+                }
+                split = channels;
+            }
+            let row0 = p0 - channels.0 * taps;
+            im2col::pack_patch_slice(g, &ph, &phases, row0, j0 + jb, cols, wa.nr(), out);
+        };
+        // SAFETY: each task writes its own column block of one image.
+        unsafe { wa.gemm_packing(cols, pack, c, add) };
     });
 }
 

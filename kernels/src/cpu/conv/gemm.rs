@@ -535,23 +535,32 @@ impl<T: GemmFloat> PackedA<T> {
     /// `c` must address an m×n matrix inside one allocation that no other
     /// thread reads or writes during the call.
     pub unsafe fn gemm(&self, b: Mat<T>, n: usize, c: MatPtr<T>, accumulate: bool) {
-        let (k, nr) = (self.k, self.kernel.nr);
-        b.assert_fits(k, n, "B");
+        let nr = self.kernel.nr;
+        b.assert_fits(self.k, n, "B");
+        let pack = |p0: usize, kc: usize, j0: usize, cols: usize, out: &mut [T]| {
+            let sub = Mat {
+                data: &b.data[p0 * b.rs + j0 * b.cs..],
+                ..b
+            };
+            pack_b_into(sub, kc, cols, nr, out);
+        };
         // SAFETY: forwarded contract.
-        unsafe { self.gemm_packing_b(n, |bp| pack_b_into(b, k, n, nr, bp), c, accumulate) }
+        unsafe { self.gemm_packing(n, pack, c, accumulate) }
     }
 
-    /// `C (+)= A·B` where `pack` writes B (k×n) itself in the packed layout
-    /// `[panel][k][nr]`, every element including the zero padding of the
-    /// last panel (the convolution packs image patches this way without an
-    /// im2col buffer).
+    /// `C (+)= A·B` where B (k×n) is packed on demand, one slice at a time:
+    /// `pack(p0, kc, j0, cols, out)` writes rows `[p0, p0 + kc)` × columns
+    /// `[j0, j0 + cols)` of B into `out` (kc×nr, row-major, columns past
+    /// `cols` zero). Packing a slice right before it is used keeps it in
+    /// L1 (the convolution packs image patches this way, without an im2col
+    /// buffer).
     ///
     /// # Safety
     /// As [`PackedA::gemm`].
-    pub unsafe fn gemm_packing_b(
+    pub unsafe fn gemm_packing(
         &self,
         n: usize,
-        pack: impl FnOnce(&mut [T]),
+        mut pack: impl FnMut(usize, usize, usize, usize, &mut [T]),
         c: MatPtr<T>,
         accumulate: bool,
     ) {
@@ -559,15 +568,26 @@ impl<T: GemmFloat> PackedA<T> {
         if self.m == 0 || n == 0 {
             return;
         }
+        if k == 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { self.fill_zero_unless(accumulate, n, c) };
+        }
         T::with_scratch(|scratch| {
-            let len = n.div_ceil(nr) * k * nr;
-            if scratch.len() < len {
-                scratch.resize(len, T::ZERO);
+            if scratch.len() < KC * nr {
+                scratch.resize(KC * nr, T::ZERO);
             }
-            let bp = &mut scratch[..len];
-            pack(bp);
-            // SAFETY: forwarded contract; bp is packed for this kernel.
-            unsafe { self.gemm_packed(bp, n, c, accumulate) };
+            let mut tile = [T::ZERO; MAX_TILE];
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                for j0 in (0..n).step_by(nr) {
+                    let cols = nr.min(n - j0);
+                    let b_slice = &mut scratch[..kc * nr];
+                    pack(p0, kc, j0, cols, b_slice);
+                    let add = accumulate || p0 > 0;
+                    // SAFETY: forwarded contract.
+                    unsafe { self.slice_pass(p0, kc, b_slice, j0, cols, c, add, &mut tile) };
+                }
+            }
         })
     }
 
@@ -576,51 +596,83 @@ impl<T: GemmFloat> PackedA<T> {
     /// # Safety
     /// As [`PackedA::gemm`]; `bp` holds `ceil(n/nr)·k·nr` elements.
     pub unsafe fn gemm_packed(&self, bp: &[T], n: usize, c: MatPtr<T>, accumulate: bool) {
-        let MicroKernel { mr, nr, run, .. } = self.kernel;
-        let (m, k) = (self.m, self.k);
+        let (k, nr) = (self.k, self.kernel.nr);
         assert!(
             bp.len() >= n.div_ceil(nr) * k * nr,
             "conv gemm: packed B too short"
         );
-        if m == 0 || n == 0 {
+        if self.m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            if !accumulate {
-                for i in 0..m {
-                    for j in 0..n {
-                        // SAFETY: (i, j) is inside the m×n matrix.
-                        unsafe { *c.ptr.add(i * c.rs + j * c.cs) = T::ZERO };
-                    }
-                }
-            }
-            return;
+            // SAFETY: forwarded contract.
+            return unsafe { self.fill_zero_unless(accumulate, n, c) };
         }
         let mut tile = [T::ZERO; MAX_TILE];
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            let add = accumulate || p0 > 0;
             for (jp, j0) in (0..n).step_by(nr).enumerate() {
                 let cols = nr.min(n - j0);
-                let b_panel = &bp[jp * k * nr + p0 * nr..][..kc * nr];
-                for (ip, i0) in (0..m).step_by(mr).enumerate() {
-                    let rows = mr.min(m - i0);
-                    let a_panel = &self.data[ip * k * mr + p0 * mr..][..kc * mr];
-                    let (ap, bpp) = (a_panel.as_ptr(), b_panel.as_ptr());
-                    // SAFETY: the panels hold kc·mr and kc·nr elements; the
-                    // kernel suits this CPU. A full tile with unit column
-                    // stride is updated in place; an edge tile goes through
-                    // `tile` (mr·nr ≤ MAX_TILE) and only its inside part is
-                    // merged into C (rows × cols at (i0, j0) lie inside C).
-                    unsafe {
-                        let ct = c.at(i0, j0);
-                        if rows == mr && cols == nr && c.cs == 1 {
-                            run(kc, ap, bpp, ct.ptr, c.rs, add);
-                        } else {
-                            run(kc, ap, bpp, tile.as_mut_ptr(), nr, false);
-                            merge_tile(&tile, nr, rows, cols, ct, add);
-                        }
-                    }
+                let b_slice = &bp[jp * k * nr + p0 * nr..][..kc * nr];
+                let add = accumulate || p0 > 0;
+                // SAFETY: forwarded contract.
+                unsafe { self.slice_pass(p0, kc, b_slice, j0, cols, c, add, &mut tile) };
+            }
+        }
+    }
+
+    /// C = 0 for an empty inner dimension (a no-op when accumulating).
+    ///
+    /// # Safety
+    /// As [`PackedA::gemm`].
+    unsafe fn fill_zero_unless(&self, accumulate: bool, n: usize, c: MatPtr<T>) {
+        if accumulate {
+            return;
+        }
+        for i in 0..self.m {
+            for j in 0..n {
+                // SAFETY: (i, j) is inside the m×n matrix.
+                unsafe { *c.ptr.add(i * c.rs + j * c.cs) = T::ZERO };
+            }
+        }
+    }
+
+    /// Columns `[j0, j0 + cols)` of C (+)= A[:, p0..p0+kc] · B slice, for
+    /// every row panel of A.
+    ///
+    /// # Safety
+    /// As [`PackedA::gemm`]; `b_slice` holds kc·nr packed elements.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn slice_pass(
+        &self,
+        p0: usize,
+        kc: usize,
+        b_slice: &[T],
+        j0: usize,
+        cols: usize,
+        c: MatPtr<T>,
+        add: bool,
+        tile: &mut [T; MAX_TILE],
+    ) {
+        let MicroKernel { mr, nr, run, .. } = self.kernel;
+        let (m, k) = (self.m, self.k);
+        for (ip, i0) in (0..m).step_by(mr).enumerate() {
+            let rows = mr.min(m - i0);
+            let a_panel = &self.data[ip * k * mr + p0 * mr..][..kc * mr];
+            let (ap, bp) = (a_panel.as_ptr(), b_slice.as_ptr());
+            // SAFETY: the panels hold kc·mr and kc·nr elements; the kernel
+            // suits this CPU. A full tile with unit column stride is
+            // updated in place; an edge tile goes through `tile` (mr·nr ≤
+            // MAX_TILE) and only its inside part is merged into C (rows ×
+            // cols at (i0, j0) lie inside C).
+            unsafe {
+                let ct = c.at(i0, j0);
+                if rows == mr && cols == nr && c.cs == 1 {
+                    run(kc, ap, bp, ct.ptr, c.rs, add);
+                } else {
+                    run(kc, ap, bp, tile.as_mut_ptr(), nr, false);
+                    merge_tile(tile, nr, rows, cols, ct, add);
                 }
             }
         }

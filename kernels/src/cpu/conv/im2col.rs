@@ -53,8 +53,9 @@ fn copy_strided<T: Float>(dst: &mut [T], src: &[T], s: usize) {
     match s {
         1 => dst.copy_from_slice(&src[..dst.len()]),
         2 => {
-            for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
-                *d = pair[0];
+            let src = &src[..2 * dst.len() - 1];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[2 * i];
             }
         }
         _ => {
@@ -65,58 +66,165 @@ fn copy_strided<T: Float>(dst: &mut [T], src: &[T], s: usize) {
     }
 }
 
-/// Columns `[j0, j0 + n)` of one image's im2col matrix (K = C·kh·kw rows),
-/// written directly in the GEMM's packed-B layout `[panel][K][nr]` (last
-/// panel zero-padded): the patches go from the image to the micro-kernel's
-/// operand in one pass, without an im2col buffer.
-pub fn pack_patches<T: Float>(
-    g: &Conv2dGeometry,
-    x_image: &[T],
-    j0: usize,
-    n: usize,
-    nr: usize,
-    dst: &mut [T],
-) {
-    let (h, w, ho, wo) = (g.in_h, g.in_w, g.out_h(), g.out_w());
-    let (s, pad, kh, kw) = (g.stride, g.padding, g.kernel_h, g.kernel_w);
-    let k = g.in_channels * kh * kw;
-    let ow_valid: Vec<(usize, usize)> = (0..kw).map(|j| valid_range(wo, w, s, pad, j)).collect();
-    let oh_valid: Vec<(usize, usize)> = (0..kh).map(|i| valid_range(ho, h, s, pad, i)).collect();
-    for (panel, out) in dst.chunks_exact_mut(k * nr).enumerate() {
-        let start = j0 + panel * nr;
-        let cols = nr.min(j0 + n - start);
-        // The panel's output positions as runs along output rows:
-        // (offset in the panel, oh, first ow, length).
-        let mut runs = Vec::with_capacity(nr / wo.max(1) + 2);
-        let mut q = 0;
-        while q < cols {
-            let (oh, ow) = ((start + q) / wo, (start + q) % wo);
-            let len = (wo - ow).min(cols - q);
-            runs.push((q, oh, ow, len));
-            q += len;
+/// The zero-padded input of one image split into stride² phases: phase
+/// (a, b) of channel c holds padded rows a, a + s, … and columns b, b + s, …
+/// so the input under kernel offset (i, j) at output (oh, ow) is
+/// `phase(i % s, j % s)[oh + i/s][ow + j/s]`: every run of output positions
+/// along a row reads a contiguous run of one phase, with no bounds checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Phases {
+    /// Rows and columns of each phase plane.
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Phases {
+    pub fn new(g: &Conv2dGeometry) -> Self {
+        let s = g.stride;
+        Phases {
+            h: (g.in_h + 2 * g.padding).div_ceil(s),
+            w: (g.in_w + 2 * g.padding).div_ceil(s),
         }
-        for (row, dst_row) in out.chunks_exact_mut(nr).enumerate() {
-            let c = row / (kh * kw);
-            let (i, j) = ((row / kw) % kh, row % kw);
-            let plane = &x_image[c * h * w..][..h * w];
-            let (lo, hi) = ow_valid[j];
-            for &(at, oh, ow0, len) in &runs {
-                let seg = &mut dst_row[at..at + len];
-                if oh < oh_valid[i].0 || oh >= oh_valid[i].1 {
-                    seg.fill(T::ZERO);
+    }
+
+    /// Elements per image: C · s² planes.
+    pub fn image_len(&self, g: &Conv2dGeometry) -> usize {
+        g.in_channels * g.stride * g.stride * self.h * self.w
+    }
+
+    /// Elements per input channel: s² planes.
+    pub fn channel_len(&self, g: &Conv2dGeometry) -> usize {
+        g.stride * g.stride * self.h * self.w
+    }
+
+    /// Writes the phases of one input channel (`plane`, H×W) into `out`
+    /// (s² planes of h×w, including every padding element).
+    pub fn split_channel<T: Float>(&self, g: &Conv2dGeometry, plane: &[T], out: &mut [T]) {
+        let (s, pad, w) = (g.stride, g.padding, g.in_w);
+        let len = self.h * self.w;
+        out.fill(T::ZERO);
+        for (ih, row) in plane.chunks_exact(w).enumerate() {
+            let r = ih + pad;
+            let row_at = |b: usize| ((r % s) * s + b) * len + (r / s) * self.w;
+            if s == 2 {
+                // Input columns 2m, 2m + 1 go to padded columns 2m + pad,
+                // 2m + 1 + pad: split the pairs in one pass.
+                let (b0, b1) = (pad % 2, (pad + 1) % 2);
+                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + (pad + 1) / 2);
+                let pairs = w / 2;
+                let (lo, hi) = if at0 < at1 { (at0, at1) } else { (at1, at0) };
+                let (head, tail) = out.split_at_mut(hi);
+                let (first, second) = (&mut head[lo..lo + pairs], &mut tail[..pairs]);
+                let (even, odd) = if at0 < at1 {
+                    (first, second)
+                } else {
+                    (second, first)
+                };
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if w % 2 == 1 {
+                    out[at0 + pairs] = row[w - 1];
+                }
+                continue;
+            }
+            for b in 0..s {
+                // Padded columns q ≡ b (mod s): input columns q − pad.
+                let first = (b + s - pad % s) % s;
+                if first >= w {
                     continue;
                 }
-                let x_row = &plane[(oh * s + i - pad) * w..][..w];
-                // ow in [ow0, ow0 + len): zero before lo and from hi on.
-                let (a, b) = (lo.clamp(ow0, ow0 + len), hi.clamp(ow0, ow0 + len));
-                seg[..a - ow0].fill(T::ZERO);
-                seg[b - ow0..].fill(T::ZERO);
-                if a < b {
-                    copy_strided(&mut seg[a - ow0..b - ow0], &x_row[a * s + j - pad..], s);
-                }
+                let at = row_at(b) + (first + pad) / s;
+                copy_strided(&mut out[at..at + (w - first).div_ceil(s)], &row[first..], s);
             }
-            dst_row[cols..].fill(T::ZERO);
         }
+    }
+}
+
+/// Rows `[p0, p0 + kc)` × columns `[j0, j0 + cols)` (cols ≤ nr) of one
+/// image's im2col matrix (rows (c, i, j), columns (oh, ow)), written as one
+/// packed-B slice `out[row][nr]` (columns past `cols` zero) from the
+/// image's [`Phases`]: each output row's run of positions is a contiguous
+/// copy, and no im2col buffer exists.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_patch_slice<T: Float>(
+    g: &Conv2dGeometry,
+    ph: &Phases,
+    phases: &[T],
+    p0: usize,
+    j0: usize,
+    cols: usize,
+    nr: usize,
+    out: &mut [T],
+) {
+    let (wo, s, kh, kw) = (g.out_w(), g.stride, g.kernel_h, g.kernel_w);
+    let plane_len = ph.h * ph.w;
+    // The positions as runs along output rows: (offset, oh, first ow, length).
+    let mut runs = [(0, 0, 0, 0); 8];
+    let mut count = 0;
+    let mut q = 0;
+    while q < cols {
+        let (oh, ow) = ((j0 + q) / wo, (j0 + q) % wo);
+        let len = (wo - ow).min(cols - q);
+        if count == runs.len() {
+            // Very narrow images: more runs than fit; take the slow path.
+            return pack_patch_slice_by_element(g, ph, phases, p0, j0, cols, nr, out);
+        }
+        runs[count] = (q, oh, ow, len);
+        count += 1;
+        q += len;
+    }
+    for (r, dst_row) in out.chunks_exact_mut(nr).enumerate() {
+        let row = p0 + r;
+        let (c, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        let phase = c * s * s + (i % s) * s + j % s;
+        let plane = &phases[phase * plane_len..][..plane_len];
+        for &(at, oh, ow0, len) in &runs[..count] {
+            let src = &plane[(oh + i / s) * ph.w + ow0 + j / s..][..len];
+            copy_run(&mut dst_row[at..at + len], src);
+        }
+        dst_row[cols..].fill(T::ZERO);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack_patch_slice_by_element<T: Float>(
+    g: &Conv2dGeometry,
+    ph: &Phases,
+    phases: &[T],
+    p0: usize,
+    j0: usize,
+    cols: usize,
+    nr: usize,
+    out: &mut [T],
+) {
+    let (wo, s, kh, kw) = (g.out_w(), g.stride, g.kernel_h, g.kernel_w);
+    let plane_len = ph.h * ph.w;
+    for (r, dst_row) in out.chunks_exact_mut(nr).enumerate() {
+        let row = p0 + r;
+        let (c, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        let plane = &phases[(c * s * s + (i % s) * s + j % s) * plane_len..][..plane_len];
+        for (q, d) in dst_row[..cols].iter_mut().enumerate() {
+            let (oh, ow) = ((j0 + q) / wo, (j0 + q) % wo);
+            *d = plane[(oh + i / s) * ph.w + ow + j / s];
+        }
+        dst_row[cols..].fill(T::ZERO);
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of patch packing, in
+/// blocks of 8 so that it compiles to vector moves, not a `memcpy` call.
+#[inline(always)]
+fn copy_run<T: Float>(dst: &mut [T], src: &[T]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (a, b) in (&mut d).zip(&mut s) {
+        let a: &mut [T; 8] = a.try_into().expect("8");
+        *a = *<&[T; 8]>::try_from(b).expect("8");
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
     }
 }
 
