@@ -4,6 +4,7 @@
 //! with other tensor ops, so they run on whatever device the forward did.
 
 mod attention;
+mod conv;
 mod elementwise;
 mod group_norm;
 mod index;

@@ -9,6 +9,7 @@
 //!   always there and tests run both (see [`simd::force_scalar`]).
 
 pub mod attention;
+pub mod conv;
 pub mod copy;
 pub mod elementwise;
 pub mod gemm;

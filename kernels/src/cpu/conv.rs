@@ -1,0 +1,608 @@
+//! 2-D convolution (NCHW), forward and backward.
+//!
+//! `y[n,o,oh,ow] = b[o] + Σ_{c,i,j} w[o,c,i,j] · x[n, c, oh·s + i − p, ow·s + j − p]`
+//! (cross-correlation, zero padding p on every side, stride s).
+//!
+//! Two algorithms, chosen per call by [`Algorithm::for_geometry`]:
+//!
+//! - **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels with stride 1
+//!   and padding ≤ 2: forward, input gradient and weight gradient;
+//! - **GEMM** ([`im2col`] + the packed [`gemm`]) for everything else: per
+//!   image `Y_n = W · col(X_n)`, `dX_n = col2im(Wᵀ · dY_n)`,
+//!   `dW = Σ_n dY_n · col(X_n)ᵀ`. A 1×1 kernel with stride 1 and no padding
+//!   uses `X_n` itself as the column matrix (no copy).
+//!
+//! The bias gradient is `db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow]` in every case.
+//!
+//! Work is split over rayon inside each call (channels, ξ positions,
+//! images × column blocks, weight columns); the GEMMs themselves are
+//! single-threaded. The image batch is processed in groups whose column
+//! buffer stays under [`COL_BUDGET`] elements, so memory does not grow with
+//! the batch.
+
+pub mod gemm;
+pub mod im2col;
+pub mod winograd;
+
+use crate::Float;
+use crate::cpu::SendPtr;
+use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA};
+use rayon::prelude::*;
+
+/// Largest im2col buffer (elements) one group of images may use: 4 MiB of
+/// f32, which keeps the buffer in the shared L3 while the GEMMs read it.
+const COL_BUDGET: usize = 1 << 20;
+
+/// The sizes of one convolution. Stride and padding apply to both axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2dGeometry {
+    /// Ho = ⌊(H + 2p − kh) / s⌋ + 1.
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.padding - self.kernel_h) / self.stride + 1
+    }
+
+    /// Wo = ⌊(W + 2p − kw) / s⌋ + 1.
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.padding - self.kernel_w) / self.stride + 1
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_h * self.in_w
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.in_channels * self.kernel_h * self.kernel_w
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_h() * self.out_w()
+    }
+
+    /// Why these sizes cannot describe a convolution, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.stride == 0 {
+            return Err("stride must be ≥ 1".into());
+        }
+        if self.kernel_h == 0 || self.kernel_w == 0 {
+            return Err("kernel sizes must be ≥ 1".into());
+        }
+        if self.in_h + 2 * self.padding < self.kernel_h
+            || self.in_w + 2 * self.padding < self.kernel_w
+        {
+            return Err(format!(
+                "the {}×{} kernel is larger than the padded {}×{} input",
+                self.kernel_h,
+                self.kernel_w,
+                self.in_h + 2 * self.padding,
+                self.in_w + 2 * self.padding
+            ));
+        }
+        Ok(())
+    }
+
+    fn assert_valid(&self) {
+        if let Err(e) = self.check() {
+            panic!("conv2d: {e}");
+        }
+    }
+
+    /// Rows of the im2col matrix: C·kh·kw.
+    fn col_rows(&self) -> usize {
+        self.in_channels * self.kernel_h * self.kernel_w
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+
+    /// A 1×1 kernel, stride 1, no padding: the input is its own im2col.
+    fn is_pointwise(&self) -> bool {
+        self.kernel_h == 1 && self.kernel_w == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// How a convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    Winograd,
+    Gemm,
+}
+
+impl Algorithm {
+    pub fn for_geometry(g: &Conv2dGeometry) -> Algorithm {
+        let three = g.kernel_h == 3 && g.kernel_w == 3;
+        if three && g.stride == 1 && g.padding <= 2 {
+            Algorithm::Winograd
+        } else {
+            Algorithm::Gemm
+        }
+    }
+}
+
+/// Element types the convolution runs in (f32, f64).
+pub trait ConvFloat: GemmFloat {}
+impl<T: GemmFloat> ConvFloat for T {}
+
+fn check_lengths<T>(g: &Conv2dGeometry, pairs: &[(&str, usize, usize)]) {
+    g.assert_valid();
+    for &(what, got, want) in pairs {
+        assert_eq!(got, want, "conv2d: {what} length does not match {g:?}");
+    }
+}
+
+/// `y = conv(x, w) + bias` with x `[N,C,H,W]`, w `[O,C,kh,kw]`, bias `[O]`,
+/// y `[N,O,Ho,Wo]` (written in full).
+pub fn conv2d_forward<T: ConvFloat>(
+    g: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    check_lengths::<T>(
+        g,
+        &[
+            ("input", x.len(), g.input_len()),
+            ("weight", w.len(), g.weight_len()),
+            ("output", y.len(), g.output_len()),
+        ],
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), g.out_channels, "conv2d: bias length");
+    }
+    if y.is_empty() {
+        return;
+    }
+    match Algorithm::for_geometry(g) {
+        Algorithm::Winograd => winograd::forward(g, x, w, bias, y),
+        Algorithm::Gemm => gemm_forward(g, x, w, bias, y),
+    }
+}
+
+/// dx = ∂L/∂x given dy = ∂L/∂y (dx written in full).
+pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+    check_lengths::<T>(
+        g,
+        &[
+            ("output grad", dy.len(), g.output_len()),
+            ("weight", w.len(), g.weight_len()),
+            ("input grad", dx.len(), g.input_len()),
+        ],
+    );
+    if dx.is_empty() {
+        return;
+    }
+    if dy.is_empty() || g.out_channels == 0 {
+        dx.fill(T::ZERO);
+        return;
+    }
+    match Algorithm::for_geometry(g) {
+        Algorithm::Winograd => winograd::backward_input(g, dy, w, dx),
+        Algorithm::Gemm => gemm_backward_input(g, dy, w, dx),
+    }
+}
+
+/// dw = ∂L/∂w = Σ over the batch (dw written in full).
+pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
+    check_lengths::<T>(
+        g,
+        &[
+            ("input", x.len(), g.input_len()),
+            ("output grad", dy.len(), g.output_len()),
+            ("weight grad", dw.len(), g.weight_len()),
+        ],
+    );
+    if dw.is_empty() {
+        return;
+    }
+    if dy.is_empty() {
+        dw.fill(T::ZERO);
+        return;
+    }
+    match Algorithm::for_geometry(g) {
+        Algorithm::Winograd => winograd::backward_weight(g, x, dy, dw),
+        Algorithm::Gemm => gemm_backward_weight(g, x, dy, dw),
+    }
+}
+
+/// db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow].
+pub fn conv2d_backward_bias<T: Float>(g: &Conv2dGeometry, dy: &[T], db: &mut [T]) {
+    check_lengths::<T>(
+        g,
+        &[
+            ("output grad", dy.len(), g.output_len()),
+            ("bias grad", db.len(), g.out_channels),
+        ],
+    );
+    let (o, p) = (g.out_channels, g.out_pixels());
+    db.par_iter_mut().enumerate().for_each(|(oi, d)| {
+        let mut s = T::ZERO;
+        for n in 0..g.batch {
+            for &v in &dy[(n * o + oi) * p..][..p] {
+                s += v;
+            }
+        }
+        *d = s;
+    });
+}
+
+/// Images per group so the group's column buffer stays within the budget.
+fn images_per_group(g: &Conv2dGeometry) -> usize {
+    (COL_BUDGET / (g.col_rows() * g.out_pixels()).max(1)).clamp(1, g.batch.max(1))
+}
+
+/// Splits `len` columns into blocks (multiples of `align`) so that
+/// `count · blocks` tasks keep every thread busy.
+fn column_block(len: usize, count: usize, align: usize) -> usize {
+    let tasks_wanted = 4 * rayon::current_num_threads();
+    let per_item = tasks_wanted.div_ceil(count.max(1));
+    len.div_ceil(per_item).next_multiple_of(align).max(align)
+}
+
+/// im2col of the images `[n0, n0 + count)` into `col` (`[count][K][P]`),
+/// split over (image, channel).
+fn im2col_group<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], n0: usize, count: usize, col: &mut [T]) {
+    let (c, hw) = (g.in_channels, g.in_h * g.in_w);
+    let rows_per_channel = g.kernel_h * g.kernel_w * g.out_pixels();
+    col[..count * c * rows_per_channel]
+        .par_chunks_mut(rows_per_channel)
+        .enumerate()
+        .for_each(|(i, rows)| {
+            let (n, ci) = (n0 + i / c, i % c);
+            im2col::im2col(g, &x[(n * c + ci) * hw..][..hw], rows);
+        });
+}
+
+/// The column matrix of image `i` of a group: `col` itself, or the input
+/// for a pointwise convolution.
+fn column_matrix<'a, T>(
+    g: &Conv2dGeometry,
+    col: &'a [T],
+    x: &'a [T],
+    n: usize,
+    i: usize,
+) -> &'a [T] {
+    let len = g.col_rows() * g.out_pixels();
+    if g.is_pointwise() {
+        &x[n * len..][..len]
+    } else {
+        &col[i * len..][..len]
+    }
+}
+
+/// Per image, `Y_n = W · col(X_n)` (+ bias), split over (image, column
+/// block). Each task packs its patches straight from the image: for each
+/// k-slice of the GEMM it splits the slice's input channels into
+/// [`im2col::Phases`] (a small buffer that stays in cache) and copies the
+/// patches from there, so no im2col matrix is ever stored.
+fn gemm_forward<T: ConvFloat>(
+    g: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
+    let (chw, hw) = (g.in_channels * g.in_h * g.in_w, g.in_h * g.in_w);
+    let taps = g.kernel_h * g.kernel_w;
+    let wa = PackedA::new(Mat::row_major(w, k), o, k);
+    if let Some(b) = bias {
+        y.par_chunks_mut(p)
+            .enumerate()
+            .for_each(|(i, row)| row.fill(b[i % o]));
+    }
+    let ph = im2col::Phases::new(g);
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    let block = column_block(p, g.batch, wa.nr());
+    let blocks = p.div_ceil(block);
+    (0..g.batch * blocks).into_par_iter().for_each(|task| {
+        let y_ptr = y_ptr;
+        let (n, j0) = (task / blocks, (task % blocks) * block);
+        let cols = block.min(p - j0);
+        let image = &x[n * chw..][..chw];
+        let c = MatPtr {
+            // SAFETY: columns [j0, j0 + cols) of image n.
+            ptr: unsafe { y_ptr.0.add(n * o * p + j0) },
+            rs: p,
+            cs: 1,
+        };
+        let add = bias.is_some();
+        if g.is_pointwise() {
+            let b = Mat {
+                data: &image[j0..],
+                rs: p,
+                cs: 1,
+            };
+            // SAFETY: each task writes its own column block of one image.
+            unsafe { wa.gemm(b, cols, c, add) };
+            return;
+        }
+        // Phases of the channels under the current k-slice, rebuilt when
+        // the GEMM moves to the next slice.
+        let mut phases: Vec<T> = Vec::new();
+        let mut split = (usize::MAX, 0);
+        let pack = |p0: usize, kc: usize, jb: usize, cols: usize, out: &mut [T]| {
+            let channels = (p0 / taps, (p0 + kc).div_ceil(taps));
+            if split != channels {
+                let len = ph.channel_len(g);
+                phases.resize((channels.1 - channels.0) * len, T::ZERO);
+                for (ci, dst) in (channels.0..channels.1).zip(phases.chunks_exact_mut(len)) {
+                    ph.split_channel(g, &image[ci * hw..][..hw], dst);
+                }
+                split = channels;
+            }
+            let row0 = p0 - channels.0 * taps;
+            im2col::pack_patch_slice(g, &ph, &phases, row0, j0 + jb, cols, wa.nr(), out);
+        };
+        // SAFETY: each task writes its own column block of one image.
+        unsafe { wa.gemm_packing(cols, pack, c, add) };
+    });
+}
+
+fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+    let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
+    let chw = g.in_channels * g.in_h * g.in_w;
+    // Wᵀ: K×O, read in place from the O×K weights.
+    let wt = PackedA::new(Mat::transposed(w, k), k, o);
+    let group = images_per_group(g);
+    let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
+    let block = column_block(p, group, 32);
+    for n0 in (0..g.batch).step_by(group) {
+        let count = group.min(g.batch - n0);
+        // dcol_n = Wᵀ · dY_n (straight into dx for a pointwise kernel).
+        let (out_ptr, out_stride) = if g.is_pointwise() {
+            (SendPtr(dx[n0 * chw..].as_mut_ptr()), chw)
+        } else {
+            (SendPtr(col.as_mut_ptr()), k * p)
+        };
+        let blocks = p.div_ceil(block);
+        (0..count * blocks).into_par_iter().for_each(|task| {
+            let out_ptr = out_ptr;
+            let (i, j0) = (task / blocks, (task % blocks) * block);
+            let cols = block.min(p - j0);
+            let b = Mat {
+                data: &dy[(n0 + i) * o * p + j0..],
+                rs: p,
+                cs: 1,
+            };
+            let c = MatPtr {
+                // SAFETY: columns [j0, j0 + cols) of image i's K×P matrix.
+                ptr: unsafe { out_ptr.0.add(i * out_stride + j0) },
+                rs: p,
+                cs: 1,
+            };
+            // SAFETY: each task writes its own column block of one image.
+            unsafe { wt.gemm(b, cols, c, false) };
+        });
+        if !g.is_pointwise() {
+            let (c, hw) = (g.in_channels, g.in_h * g.in_w);
+            let rows = g.kernel_h * g.kernel_w * p;
+            dx[n0 * chw..(n0 + count) * chw]
+                .par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(i, dx_plane)| {
+                    let src = &col[(i / c) * k * p + (i % c) * rows..][..rows];
+                    im2col::col2im(g, src, dx_plane);
+                });
+        }
+    }
+}
+
+fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
+    let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
+    let group = images_per_group(g);
+    let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
+    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    let block = column_block(k, 1, 32);
+    for n0 in (0..g.batch).step_by(group) {
+        let count = group.min(g.batch - n0);
+        if !g.is_pointwise() {
+            im2col_group(g, x, n0, count, &mut col);
+        }
+        // dY_n (O×P) is the left operand for every weight-column block.
+        let dys: Vec<PackedA<T>> = (0..count)
+            .into_par_iter()
+            .map(|i| PackedA::new(Mat::row_major(&dy[(n0 + i) * o * p..][..o * p], p), o, p))
+            .collect();
+        (0..k.div_ceil(block)).into_par_iter().for_each(|bi| {
+            let dw_ptr = dw_ptr;
+            let j0 = bi * block;
+            let cols = block.min(k - j0);
+            let c = MatPtr {
+                // SAFETY: columns [j0, j0 + cols) of dW.
+                ptr: unsafe { dw_ptr.0.add(j0) },
+                rs: k,
+                cs: 1,
+            };
+            for (i, dya) in dys.iter().enumerate() {
+                // B = col_nᵀ restricted to columns [j0, j0 + cols): P×cols.
+                let colm = column_matrix(g, &col, x, n0 + i, i);
+                let b = Mat {
+                    data: &colm[j0 * p..],
+                    rs: 1,
+                    cs: p,
+                };
+                // SAFETY: this task alone writes dW's columns [j0, j0 + cols).
+                unsafe { dya.gemm(b, cols, c, n0 + i > 0) };
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct loops over the definition, in f64.
+    fn naive_forward(g: &Conv2dGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let (c, h, wd, kh, kw) = (g.in_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w);
+        let mut y = vec![0.0; g.output_len()];
+        for n in 0..g.batch {
+            for o in 0..g.out_channels {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut s = 0.0;
+                        for ci in 0..c {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let ih = (oh * g.stride + i) as isize - g.padding as isize;
+                                    let iw = (ow * g.stride + j) as isize - g.padding as isize;
+                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd
+                                    {
+                                        s += w[((o * c + ci) * kh + i) * kw + j]
+                                            * x[((n * c + ci) * h + ih as usize) * wd
+                                                + iw as usize];
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * g.out_channels + o) * ho + oh) * wo + ow] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn geometries() -> Vec<Conv2dGeometry> {
+        let g = |batch, in_channels, in_h, in_w, out_channels, k, stride, padding| Conv2dGeometry {
+            batch,
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            kernel_h: k,
+            kernel_w: k,
+            stride,
+            padding,
+        };
+        vec![
+            g(2, 3, 5, 7, 5, 3, 1, 1),
+            g(2, 4, 6, 6, 3, 3, 1, 0),
+            g(1, 3, 5, 4, 2, 3, 1, 2),
+            g(2, 3, 7, 5, 4, 3, 2, 1),
+            g(2, 5, 4, 6, 7, 1, 1, 0),
+            g(1, 2, 6, 5, 3, 5, 1, 2),
+            g(3, 2, 9, 8, 3, 2, 3, 1),
+            g(1, 9, 3, 3, 40, 3, 1, 1),
+        ]
+    }
+
+    /// ⟨y, r⟩ = ⟨x, dx⟩ = ⟨w, dw⟩-style adjoint identities pin down the
+    /// backward passes against the forward one: for y = conv(x, w),
+    /// ⟨conv(x, w), r⟩ = ⟨x, dX(r, w)⟩ = ⟨w, dW(x, r)⟩.
+    #[test]
+    fn both_algorithms_match_the_definition_and_their_adjoints() {
+        for g in geometries() {
+            let x = values(g.input_len(), 1);
+            let w = values(g.weight_len(), 2);
+            let r = values(g.output_len(), 3);
+            let want = naive_forward(&g, &x, &w);
+            let mut algos = vec![Algorithm::Gemm];
+            if Algorithm::for_geometry(&g) == Algorithm::Winograd {
+                algos.push(Algorithm::Winograd);
+            }
+            for algo in algos {
+                let mut y = vec![0.0; g.output_len()];
+                let mut dx = vec![0.0; g.input_len()];
+                let mut dw = vec![0.0; g.weight_len()];
+                match algo {
+                    Algorithm::Gemm => {
+                        gemm_forward(&g, &x, &w, None, &mut y);
+                        gemm_backward_input(&g, &r, &w, &mut dx);
+                        gemm_backward_weight(&g, &x, &r, &mut dw);
+                    }
+                    Algorithm::Winograd => {
+                        winograd::forward(&g, &x, &w, None, &mut y);
+                        winograd::backward_input(&g, &r, &w, &mut dx);
+                        winograd::backward_weight(&g, &x, &r, &mut dw);
+                    }
+                }
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-12, "{algo:?} {g:?}: y {a} vs {b}");
+                }
+                let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+                let yr = dot(&want, &r);
+                assert!(
+                    (dot(&x, &dx) - yr).abs() < 1e-10,
+                    "{algo:?} {g:?}: dx adjoint"
+                );
+                assert!(
+                    (dot(&w, &dw) - yr).abs() < 1e-10,
+                    "{algo:?} {g:?}: dw adjoint"
+                );
+                // Each element of dw and dx, not just the inner product:
+                // perturbing one coordinate of w changes ⟨y, r⟩ by dw.
+                for (idx, &d) in dw.iter().enumerate().step_by(7) {
+                    let mut w2 = w.clone();
+                    w2[idx] += 1.0;
+                    let diff = dot(&naive_forward(&g, &x, &w2), &r) - yr;
+                    assert!(
+                        (diff - d).abs() < 1e-9,
+                        "{algo:?} {g:?}: dw[{idx}] {d} vs {diff}"
+                    );
+                }
+                for (idx, &d) in dx.iter().enumerate().step_by(11) {
+                    let mut x2 = x.clone();
+                    x2[idx] += 1.0;
+                    let diff = dot(&naive_forward(&g, &x2, &w), &r) - yr;
+                    assert!(
+                        (diff - d).abs() < 1e-9,
+                        "{algo:?} {g:?}: dx[{idx}] {d} vs {diff}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bias_is_added_and_summed() {
+        let g = geometries()[0];
+        let x = values(g.input_len(), 4);
+        let w = values(g.weight_len(), 5);
+        let b = values(g.out_channels, 6);
+        let mut y0 = vec![0.0; g.output_len()];
+        let mut y1 = vec![0.0; g.output_len()];
+        conv2d_forward(&g, &x, &w, None, &mut y0);
+        conv2d_forward(&g, &x, &w, Some(&b), &mut y1);
+        let p = g.out_h() * g.out_w();
+        for (i, (a, c)) in y0.iter().zip(&y1).enumerate() {
+            assert!((c - a - b[(i / p) % g.out_channels]).abs() < 1e-12);
+        }
+        let mut db = vec![0.0; g.out_channels];
+        conv2d_backward_bias(&g, &y0, &mut db);
+        for (o, d) in db.iter().enumerate() {
+            let s: f64 = (0..g.batch)
+                .flat_map(|n| y0[(n * g.out_channels + o) * p..][..p].iter())
+                .sum();
+            assert!((d - s).abs() < 1e-12);
+        }
+    }
+}
