@@ -9,4 +9,6 @@ pub mod image;
 pub mod process;
 pub mod sample;
 pub mod schedule;
+pub mod train;
+pub mod unet;
 pub mod vlb;

@@ -1,0 +1,273 @@
+//! Training with L_simple (DDPM Alg. 1): sample t ~ U{0..T−1}, ε ~ N(0, I),
+//! minimise ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² with Adam, learning-rate
+//! warmup, global grad-norm clipping and an EMA of the weights.
+//!
+//! A run is reproducible from its seed and resumable exactly: a checkpoint
+//! holds the weights, the EMA, Adam's moments, the step, the trainer's
+//! random stream and the data order, so a resumed run's next losses equal
+//! those of an uninterrupted run bit for bit (on the CPU).
+
+use crate::data::{Batcher, BatcherState, ImageDataset};
+use crate::process::extract;
+use crate::schedule::{BetaSchedule, Schedule};
+use crate::unet::{UNet, UNetConfig};
+use noisegrad_engine::nn::ParamStore;
+use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WarmupSchedule};
+use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub model: UNetConfig,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    pub random_flip: bool,
+    pub schedule: BetaSchedule,
+    pub diffusion_steps: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl TrainConfig {
+    /// The DDPM CIFAR-10 recipe for `model`.
+    pub fn ddpm(model: UNetConfig) -> Self {
+        Self {
+            model,
+            batch_size: 128,
+            lr: 2e-4,
+            warmup_steps: 5000,
+            grad_clip: 1.0,
+            ema_decay: 0.9999,
+            random_flip: true,
+            schedule: BetaSchedule::DDPM,
+            diffusion_steps: 1000,
+            seed: 0,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// What one optimisation step reports.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub store: ParamStore,
+    pub model: UNet,
+    pub schedule: Schedule,
+    opt: Adam,
+    ema: Ema,
+    warmup: WarmupSchedule,
+    batcher: Batcher,
+    rng: Philox,
+    step: u64,
+}
+
+impl Trainer {
+    pub fn new(config: TrainConfig, data: Arc<ImageDataset>) -> Result<Trainer> {
+        let m = &config.model;
+        if (data.channels, data.height, data.width) != (m.in_channels, m.image_size, m.image_size) {
+            return Err(Error::Msg(format!(
+                "dataset {} has {}×{}×{} images but the model expects {}×{}×{}",
+                data.source,
+                data.channels,
+                data.height,
+                data.width,
+                m.in_channels,
+                m.image_size,
+                m.image_size
+            )));
+        }
+        if config.device != Device::Cpu {
+            return Err(Error::Msg(format!(
+                "device {} is not available in this build: train on cpu",
+                config.device
+            )));
+        }
+        if data.is_empty() {
+            return Err(Error::Msg(format!("dataset {} is empty", data.source)));
+        }
+        let store = ParamStore::new(DType::F32, config.device, config.seed);
+        let model = UNet::new(config.model.clone(), &store)?;
+        let opt = Adam::new(store.params(), AdamConfig::adam(config.lr))?;
+        let ema = Ema::new(store.params(), config.ema_decay)?;
+        let batcher = Batcher::new(
+            data,
+            config.batch_size,
+            config.random_flip,
+            config.seed ^ 0x6461_7461,
+        );
+        Ok(Trainer {
+            schedule: Schedule::new(config.schedule, config.diffusion_steps),
+            warmup: WarmupSchedule::new(config.lr, config.warmup_steps),
+            rng: Philox::new(config.seed ^ 0x7472_6169),
+            config,
+            store,
+            model,
+            opt,
+            ema,
+            batcher,
+            step: 0,
+        })
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// t ~ U{0, …, T−1} per sample, from one 32-bit word each (Lemire's
+    /// multiply-shift: bias < T/2³², negligible).
+    fn sample_timesteps(&mut self, n: usize) -> Vec<usize> {
+        use rand::Rng;
+        let t = self.schedule.steps() as u64;
+        (0..n)
+            .map(|_| ((self.rng.next_u32() as u64 * t) >> 32) as usize)
+            .collect()
+    }
+
+    /// L_simple for a batch, with the graph recorded for backward.
+    pub fn loss(&mut self, x0: &Tensor) -> Result<Tensor> {
+        let n = x0.dim(0)?;
+        let t = self.sample_timesteps(n);
+        let eps = Tensor::randn(x0.shape(), x0.dtype(), x0.device(), &mut self.rng)?;
+        let xt = x0
+            .mul(&extract(&self.schedule.sqrt_alphas_cumprod, &t, x0)?)?
+            .add(&eps.mul(&extract(
+                &self.schedule.sqrt_one_minus_alphas_cumprod,
+                &t,
+                x0,
+            )?)?)?;
+        let pred = self.model.forward(&xt, &t, true, &mut self.rng)?;
+        pred.l_simple_loss(&eps)
+    }
+
+    /// One optimisation step on the next batch.
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        // Start each step on a fresh Philox block, so the saved stream
+        // position is exact at every step boundary.
+        self.rng.reserve_blocks(0);
+        let x0 = self.batcher.next_batch()?;
+        let loss = self.loss(&x0)?;
+        let loss_value = loss.item()?;
+        if !loss_value.is_finite() {
+            return Err(Error::Msg(format!(
+                "training diverged at step {}: loss is {loss_value} (lower the learning rate or check the data)",
+                self.step
+            )));
+        }
+        self.opt.zero_grad();
+        loss.backward()?;
+        drop(loss);
+        let lr = self.warmup.lr(self.step + 1);
+        self.opt.set_lr(lr);
+        let grad_norm = self.opt.step_clipped(self.config.grad_clip)?;
+        self.ema.update()?;
+        self.step += 1;
+        Ok(StepStats {
+            step: self.step,
+            loss: loss_value,
+            grad_norm,
+            lr,
+        })
+    }
+
+    /// Runs `f` with the EMA weights in the model (sampling uses them),
+    /// restoring the training weights afterwards.
+    pub fn with_ema<R>(&mut self, f: impl FnOnce(&UNet) -> Result<R>) -> Result<R> {
+        self.ema.swap()?;
+        let out = f(&self.model);
+        self.ema.swap()?;
+        out
+    }
+
+    /// Puts the EMA weights into the model for good (sampling/evaluation only).
+    pub fn use_ema_weights(&mut self) -> Result<()> {
+        self.ema.copy_to_params()
+    }
+
+    /// Writes a checkpoint atomically: weights (PyTorch `state_dict` names),
+    /// `ema.*`, the optimizer state, and metadata (step, random streams,
+    /// data position, config).
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut tensors = self.store.state_dict();
+        tensors.extend(
+            self.ema
+                .state_dict()
+                .into_iter()
+                .map(|(n, t)| (format!("ema.{n}"), t)),
+        );
+        tensors.extend(
+            self.opt
+                .state_dict()?
+                .into_iter()
+                .map(|(n, t)| (format!("opt.{n}"), t)),
+        );
+        let (seed, offset) = self.rng.state();
+        let b = self.batcher.state();
+        let meta = HashMap::from([
+            (
+                "format".to_string(),
+                "noisegrad-ddpm-checkpoint-v1".to_string(),
+            ),
+            ("step".to_string(), self.step.to_string()),
+            ("rng_seed".to_string(), seed.to_string()),
+            ("rng_offset".to_string(), offset.to_string()),
+            ("data_epoch".to_string(), b.epoch.to_string()),
+            ("data_position".to_string(), b.position.to_string()),
+            ("model_config".to_string(), self.config.model.to_json()),
+            ("train_config".to_string(), format!("{:?}", self.config)),
+        ]);
+        noisegrad_engine::io::save(path, &tensors, &meta)
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for
+    /// the same configuration.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        let loaded = noisegrad_engine::io::load(path, self.config.device)?;
+        let meta = |k: &str| -> Result<u64> {
+            loaded
+                .metadata
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Io {
+                    path: path.display().to_string(),
+                    msg: format!("checkpoint metadata has no valid '{k}'"),
+                })
+        };
+        let pick = |prefix: &str| -> Vec<(String, Tensor)> {
+            loaded
+                .tensors
+                .iter()
+                .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
+                .collect()
+        };
+        let model: Vec<(String, Tensor)> = loaded
+            .tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with("ema.") && !n.starts_with("opt."))
+            .cloned()
+            .collect();
+        self.store.load_state_dict(&model)?;
+        self.ema.load_state_dict(&pick("ema."))?;
+        self.opt.load_state_dict(&pick("opt."))?;
+        self.step = meta("step")?;
+        self.rng = Philox::from_state(meta("rng_seed")?, meta("rng_offset")?);
+        self.batcher.restore(BatcherState {
+            epoch: meta("data_epoch")?,
+            position: meta("data_position")?,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! The DDPM U-Net (Ho et al. 2020, CIFAR-10 model) and its smaller presets.
+//!
+//! Parameter names follow the PyTorch replica `ref_unet.py` exactly
+//! (`temb.0.weight`, `down.2.1.qkv.weight`, ...), so a `state_dict` saved
+//! from it with `safetensors.torch.save_file` loads here unchanged and
+//! vice versa. Initialisation follows the reference TF code: fan-avg
+//! uniform everywhere, near-zero (scale 1e-10) for the second conv of each
+//! ResBlock, the attention output projection and the final conv.
+
+use noisegrad_engine::nn::{Init, Linear, ParamScope, ParamStore, default_init};
+use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor};
+
+/// Every architectural choice of the model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UNetConfig {
+    pub image_size: usize,
+    pub in_channels: usize,
+    /// Base channel count (128 in DDPM).
+    pub ch: usize,
+    /// Channel multiplier per resolution level.
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    /// Resolutions (image side) that get self-attention.
+    pub attn_resolutions: Vec<usize>,
+    pub dropout: f64,
+    pub groups: usize,
+    pub norm_eps: f64,
+}
+
+impl UNetConfig {
+    /// The DDPM CIFAR-10 model: 35,746,307 parameters.
+    pub fn cifar10() -> Self {
+        Self {
+            image_size: 32,
+            in_channels: 3,
+            ch: 128,
+            ch_mult: vec![1, 2, 2, 2],
+            num_res_blocks: 2,
+            attn_resolutions: vec![16],
+            dropout: 0.1,
+            groups: 32,
+            norm_eps: 1e-6,
+        }
+    }
+
+    /// ch 64, mult (1, 2, 2), one ResBlock per level: 4,437,699 parameters.
+    pub fn small() -> Self {
+        Self {
+            ch: 64,
+            ch_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            ..Self::cifar10()
+        }
+    }
+
+    /// A very small model for tests and quick demos.
+    pub fn tiny() -> Self {
+        Self {
+            ch: 16,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            groups: 8,
+            ..Self::cifar10()
+        }
+    }
+
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "cifar10" => Ok(Self::cifar10()),
+            "small" => Ok(Self::small()),
+            "tiny" => Ok(Self::tiny()),
+            other => Err(Error::Msg(format!(
+                "unknown model preset '{other}' (expected cifar10, small or tiny)"
+            ))),
+        }
+    }
+
+    /// The config as JSON (stored in checkpoint metadata).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a plain struct serialises")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self> {
+        serde_json::from_str(s)
+            .map_err(|e| Error::Msg(format!("invalid U-Net config in checkpoint: {e}")))
+    }
+
+    /// Rejects configurations the architecture cannot build.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Msg(format!("U-Net config: {m}")));
+        if self.ch_mult.is_empty() || self.ch == 0 || self.in_channels == 0 {
+            return bad("ch, in_channels and ch_mult must be non-empty/positive".into());
+        }
+        let down = 1usize << (self.ch_mult.len() - 1);
+        if self.image_size % down != 0 {
+            return bad(format!(
+                "image size {} must be divisible by {down} ({} levels halve it {} times)",
+                self.image_size,
+                self.ch_mult.len(),
+                self.ch_mult.len() - 1
+            ));
+        }
+        for m in &self.ch_mult {
+            if (self.ch * m) % self.groups != 0 || self.ch % self.groups != 0 {
+                return bad(format!(
+                    "channels {} are not divisible by {} groups",
+                    self.ch * m,
+                    self.groups
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+/// GroupNorm γ, β (PyTorch names `weight`, `bias`).
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl Norm {
+    fn new(s: &ParamScope, c: usize) -> Result<Norm> {
+        Ok(Norm {
+            gamma: s.param("weight", &[c], Init::Ones)?,
+            beta: s.param("bias", &[c], Init::Zeros)?,
+        })
+    }
+    fn forward(&self, x: &Tensor, cfg: &UNetConfig, silu: bool) -> Result<Tensor> {
+        x.group_norm(cfg.groups, &self.gamma, &self.beta, cfg.norm_eps, silu)
+    }
+}
+
+/// A 2-D convolution with bias.
+struct Conv {
+    w: Tensor,
+    b: Tensor,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv {
+    fn new(
+        s: &ParamScope,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        init_scale: f64,
+    ) -> Result<Conv> {
+        Ok(Conv {
+            w: s.param("weight", &[cout, cin, k, k], default_init(init_scale))?,
+            b: s.param("bias", &[cout], Init::Zeros)?,
+            stride,
+            pad: k / 2,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(&self.w, Some(&self.b), self.stride, self.pad)
+    }
+}
+
+/// GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU →
+/// dropout → conv3×3, plus a 1×1 skip when the channel count changes.
+struct ResBlock {
+    n1: Norm,
+    c1: Conv,
+    t: Linear,
+    n2: Norm,
+    c2: Conv,
+    skip: Option<Conv>,
+}
+
+impl ResBlock {
+    fn new(s: &ParamScope, cin: usize, cout: usize, temb: usize) -> Result<ResBlock> {
+        Ok(ResBlock {
+            n1: Norm::new(&s.sub("n1"), cin)?,
+            c1: Conv::new(&s.sub("c1"), cin, cout, 3, 1, 1.0)?,
+            t: Linear::with_init(&s.sub("t"), temb, cout, default_init(1.0))?,
+            n2: Norm::new(&s.sub("n2"), cout)?,
+            c2: Conv::new(&s.sub("c2"), cout, cout, 3, 1, 0.0)?,
+            skip: if cin != cout {
+                Some(Conv::new(&s.sub("skip"), cin, cout, 1, 1, 1.0)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let h = self.c1.forward(&self.n1.forward(x, ctx.cfg, true)?)?;
+        let t = self.t.forward(temb_act)?;
+        let h = h.add(&t.reshape(&[t.dim(0)?, t.dim(1)?, 1, 1])?)?;
+        let h = self
+            .n2
+            .forward(&h, ctx.cfg, true)?
+            .dropout(ctx.cfg.dropout, ctx.train, ctx.rng)?;
+        let h = self.c2.forward(&h)?;
+        let skip = match &self.skip {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        skip.add(&h)
+    }
+}
+
+/// Single-head self-attention over the H·W positions with separate q, k, v
+/// (one 1×1 conv to 3C) and a residual 1×1 output projection.
+struct Attn {
+    n: Norm,
+    qkv: Conv,
+    o: Conv,
+}
+
+impl Attn {
+    fn new(s: &ParamScope, c: usize) -> Result<Attn> {
+        Ok(Attn {
+            n: Norm::new(&s.sub("n"), c)?,
+            qkv: Conv::new(&s.sub("qkv"), c, 3 * c, 1, 1, 1.0)?,
+            o: Conv::new(&s.sub("o"), c, c, 1, 1, 0.0)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cfg: &UNetConfig) -> Result<Tensor> {
+        let (b, c, h, w) = dims4(x)?;
+        let qkv = self
+            .qkv
+            .forward(&self.n.forward(x, cfg, false)?)?
+            .reshape(&[b, 3, c, h * w])?;
+        // [B, C, T] → [B, T, C] token layout, as views.
+        let part = |i: usize| {
+            qkv.narrow(1, i, 1)?
+                .reshape(&[b, c, h * w])?
+                .transpose(1, 2)
+        };
+        let out = part(0)?.attention(&part(1)?, &part(2)?, None)?;
+        let out = out.transpose(1, 2)?.reshape(&[b, c, h, w])?;
+        x.add(&self.o.forward(&out)?)
+    }
+}
+
+enum Block {
+    Res(ResBlock, Option<Attn>),
+    Down(Conv),
+    Up(Conv),
+}
+
+/// What a forward pass needs besides the input: config, mode and the
+/// dropout stream.
+struct Ctx<'a> {
+    cfg: &'a UNetConfig,
+    train: bool,
+    rng: &'a mut Philox,
+}
+
+pub struct UNet {
+    pub config: UNetConfig,
+    temb0: Linear,
+    temb2: Linear,
+    cin: Conv,
+    down: Vec<Block>,
+    mid1: ResBlock,
+    mida: Attn,
+    mid2: ResBlock,
+    up: Vec<Block>,
+    nout: Norm,
+    cout: Conv,
+}
+
+impl UNet {
+    /// Builds the model, creating its parameters in `store`.
+    pub fn new(config: UNetConfig, store: &ParamStore) -> Result<UNet> {
+        config.validate()?;
+        let (ch, temb) = (config.ch, config.ch * 4);
+        let root = store.root();
+        let temb0 = Linear::with_init(&root.sub("temb").sub(0), ch, temb, default_init(1.0))?;
+        let temb2 = Linear::with_init(&root.sub("temb").sub(2), temb, temb, default_init(1.0))?;
+        let cin = Conv::new(&root.sub("cin"), config.in_channels, ch, 3, 1, 1.0)?;
+        let (mut down, mut chans, mut c, mut res) = (Vec::new(), vec![ch], ch, config.image_size);
+        let levels = config.ch_mult.len();
+        for (level, &m) in config.ch_mult.iter().enumerate() {
+            for _ in 0..config.num_res_blocks {
+                let s = root.sub("down").sub(down.len());
+                let rb = ResBlock::new(&s.sub(0), c, ch * m, temb)?;
+                c = ch * m;
+                let attn = config
+                    .attn_resolutions
+                    .contains(&res)
+                    .then(|| Attn::new(&s.sub(1), c))
+                    .transpose()?;
+                down.push(Block::Res(rb, attn));
+                chans.push(c);
+            }
+            if level != levels - 1 {
+                let s = root.sub("down").sub(down.len());
+                down.push(Block::Down(Conv::new(&s.sub(0), c, c, 3, 2, 1.0)?));
+                chans.push(c);
+                res /= 2;
+            }
+        }
+        let mid1 = ResBlock::new(&root.sub("mid1"), c, c, temb)?;
+        let mida = Attn::new(&root.sub("mida"), c)?;
+        let mid2 = ResBlock::new(&root.sub("mid2"), c, c, temb)?;
+        let mut up = Vec::new();
+        for (level, &m) in config.ch_mult.iter().enumerate().rev() {
+            for _ in 0..=config.num_res_blocks {
+                let s = root.sub("up").sub(up.len());
+                let skip_c = chans.pop().expect("one skip per down block");
+                let rb = ResBlock::new(&s.sub(0), c + skip_c, ch * m, temb)?;
+                c = ch * m;
+                let attn = config
+                    .attn_resolutions
+                    .contains(&res)
+                    .then(|| Attn::new(&s.sub(1), c))
+                    .transpose()?;
+                up.push(Block::Res(rb, attn));
+            }
+            if level != 0 {
+                let s = root.sub("up").sub(up.len());
+                up.push(Block::Up(Conv::new(&s.sub(1), c, c, 3, 1, 1.0)?));
+                res *= 2;
+            }
+        }
+        let nout = Norm::new(&root.sub("nout"), c)?;
+        let cout = Conv::new(&root.sub("cout"), c, config.in_channels, 3, 1, 0.0)?;
+        Ok(UNet {
+            config,
+            temb0,
+            temb2,
+            cin,
+            down,
+            mid1,
+            mida,
+            mid2,
+            up,
+            nout,
+            cout,
+        })
+    }
+
+    /// ε_θ(x_t, t) for images [B, C, H, W] and per-sample steps `t`.
+    /// `train` enables dropout, drawn from `rng`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &[usize],
+        train: bool,
+        rng: &mut Philox,
+    ) -> Result<Tensor> {
+        let (b, c, h, w) = dims4(x)?;
+        let cfg = &self.config;
+        if c != cfg.in_channels || h != cfg.image_size || w != cfg.image_size || t.len() != b {
+            return Err(Error::Msg(format!(
+                "U-Net: expected input [B, {}, {}, {}] with B steps, got {:?} with {} steps",
+                cfg.in_channels,
+                cfg.image_size,
+                cfg.image_size,
+                x.shape(),
+                t.len()
+            )));
+        }
+        let mut ctx = Ctx { cfg, train, rng };
+        let emb = timestep_embedding(t, cfg.ch, x.dtype(), x.device())?;
+        // SiLU(temb) feeds every ResBlock's projection: computed once.
+        let temb_act = self
+            .temb2
+            .forward(&self.temb0.forward(&emb)?.silu()?)?
+            .silu()?;
+        let mut hs = vec![self.cin.forward(x)?];
+        for blk in &self.down {
+            let prev = hs.last().expect("non-empty");
+            let h = match blk {
+                Block::Res(rb, attn) => {
+                    apply_attn(attn, rb.forward(prev, &temb_act, &mut ctx)?, cfg)?
+                }
+                Block::Down(conv) => conv.forward(prev)?,
+                Block::Up(_) => unreachable!("no upsampling on the way down"),
+            };
+            hs.push(h);
+        }
+        let h = hs.last().expect("non-empty").clone();
+        let h = self.mid1.forward(&h, &temb_act, &mut ctx)?;
+        let h = self.mida.forward(&h, cfg)?;
+        let mut h = self.mid2.forward(&h, &temb_act, &mut ctx)?;
+        for blk in &self.up {
+            h = match blk {
+                Block::Res(rb, attn) => {
+                    let skip = hs.pop().expect("one skip per up ResBlock");
+                    let cat = Tensor::concat(&[&h, &skip], 1)?;
+                    apply_attn(attn, rb.forward(&cat, &temb_act, &mut ctx)?, cfg)?
+                }
+                Block::Up(conv) => conv.forward(&h.upsample_nearest2x()?)?,
+                Block::Down(_) => unreachable!("no downsampling on the way up"),
+            };
+        }
+        self.cout.forward(&self.nout.forward(&h, cfg, true)?)
+    }
+}
+
+fn apply_attn(attn: &Option<Attn>, h: Tensor, cfg: &UNetConfig) -> Result<Tensor> {
+    match attn {
+        Some(a) => a.forward(&h, cfg),
+        None => Ok(h),
+    }
+}
+
+fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    match x.shape() {
+        &[b, c, h, w] => Ok((b, c, h, w)),
+        s => Err(Error::Msg(format!(
+            "U-Net: expected a 4-D [B, C, H, W] tensor, got shape {s:?}"
+        ))),
+    }
+}
+
+/// Sinusoidal embedding of the step t (Vaswani et al., as in DDPM):
+/// e_i = sin(t·ω_i) for i < d/2 and cos(t·ω_{i−d/2}) after, with
+/// ω_i = exp(−ln(10⁴)·i/(d/2 − 1)) and raw t ∈ 0..T−1.
+pub fn timestep_embedding(t: &[usize], dim: usize, dtype: DType, device: Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let denom = (half.max(2) - 1) as f64;
+    let mut v = Vec::with_capacity(t.len() * dim);
+    for &step in t {
+        let freqs = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / denom).exp() * step as f64);
+        let args: Vec<f64> = freqs.collect();
+        v.extend(args.iter().map(|a| a.sin()));
+        v.extend(args.iter().map(|a| a.cos()));
+        v.extend(std::iter::repeat_n(0.0, dim - 2 * half));
+    }
+    Tensor::from_vec(&v, &[t.len(), dim], dtype, device)
+}
