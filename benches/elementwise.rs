@@ -118,6 +118,12 @@ fn copy_baselines(g: &mut Group, data: &Lazy) {
     bench(g, "alloc_copy", 2, data, |d| {
         black_box(black_box(&d.xv).to_vec());
     });
+    // NCHW → NHWC, as attention reads [batch, h·w, channels]: a strided
+    // (transposing) copy into a fresh tensor.
+    bench(g, "permute_nchw_to_nhwc", 2, data, |d| {
+        let view = d.x.permute(&[0, 2, 3, 1]).expect("permute");
+        black_box(view.contiguous().expect("contiguous"));
+    });
 }
 
 fn binary_ops(g: &mut Group, data: &Lazy) {

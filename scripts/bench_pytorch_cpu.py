@@ -56,6 +56,7 @@ ELEMENTWISE_OPS = [
     ("memcpy_1thread", "copy_from_slice, preallocated (1 thread)"),
     ("copy_2threads", "parallel copy, preallocated"),
     ("alloc_copy", "allocate + copy (`to_vec` / `clone`)"),
+    ("permute_nchw_to_nhwc", "NCHW → NHWC, `contiguous()` of a permuted view"),
     ("add", "x + y, same shape"),
     ("mul", "x * y, same shape"),
     ("add_bias_nchw", "x + b, b: [1,C,1,1]"),
@@ -64,6 +65,7 @@ ELEMENTWISE_OPS = [
     ("exp", "eˣ"),
     ("sum_axes_0_2_3", "Σ over N,H,W (bias grad)"),
     ("sum_axes_2_3", "Σ over H,W"),
+    ("sum_axes_2_3_kernel", "Σ over H,W, kernel only, preallocated output"),
     ("softmax_rows_256", "softmax over rows of 256"),
 ]
 
@@ -117,6 +119,7 @@ def elementwise_benches(torch):
         cases = {
             "copy_2threads": (lambda: dst.copy_(flat), 2),
             "alloc_copy": (lambda: flat.clone(), 2),
+            "permute_nchw_to_nhwc": (lambda: x.permute(0, 2, 3, 1).contiguous(), 2),
             "add": (lambda: torch.add(x, y), 3),
             "mul": (lambda: torch.mul(x, y), 3),
             "add_bias_nchw": (lambda: torch.add(x, bias), 2),
@@ -237,7 +240,14 @@ def report():
 
 
 def bytes_of(name, numel):
-    passes = {"add": 3, "mul": 3, "add_kernel_prealloc": 3, "sum_axes_0_2_3": 1, "sum_axes_2_3": 1}
+    passes = {
+        "add": 3,
+        "mul": 3,
+        "add_kernel_prealloc": 3,
+        "sum_axes_0_2_3": 1,
+        "sum_axes_2_3": 1,
+        "sum_axes_2_3_kernel": 1,
+    }
     return passes.get(name, 2) * numel * F32
 
 
