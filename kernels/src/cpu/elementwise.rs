@@ -225,13 +225,13 @@ pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
 
 fn unary_chunk<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(xf), Some(of)) = (as_f32(x), as_f32_mut(out)) {
-        if simd::level() == SimdLevel::Avx2Fma {
-            // SAFETY: AVX2+FMA checked just above.
-            let done = unsafe { unary_f32_avx2(op, xf, of) };
-            if done {
-                return;
-            }
+    if let (Some(xf), Some(of)) = (as_f32(x), as_f32_mut(out))
+        && simd::level() == SimdLevel::Avx2Fma
+    {
+        // SAFETY: AVX2+FMA checked just above.
+        let done = unsafe { unary_f32_avx2(op, xf, of) };
+        if done {
+            return;
         }
     }
     simd::with_avx2(|| {
@@ -326,16 +326,18 @@ fn binary_run<T: Float>(
 ) {
     let n = out.len();
     #[cfg(target_arch = "x86_64")]
-    if sa == 1 && sb == 1 && simd::level() == SimdLevel::Avx2Fma {
-        if let (Some(af), Some(bf), Some(of)) = (
+    if sa == 1
+        && sb == 1
+        && simd::level() == SimdLevel::Avx2Fma
+        && let (Some(af), Some(bf), Some(of)) = (
             as_f32(&a[ao..ao + n]),
             as_f32(&b[bo..bo + n]),
             as_f32_mut(out),
-        ) {
-            // SAFETY: AVX2+FMA checked above.
-            if unsafe { binary_f32_avx2(op, af, bf, of) } {
-                return;
-            }
+        )
+    {
+        // SAFETY: AVX2+FMA checked above.
+        if unsafe { binary_f32_avx2(op, af, bf, of) } {
+            return;
         }
     }
     for_each_binary!(op, f => simd::with_avx2(|| strided_loop(f, a, ao, sa, b, bo, sb, out)))

@@ -48,6 +48,7 @@ pub fn adam<T: Float>(
     );
     let (ib1, ib2) = (c(1.0 / s.bias1), c(1.0 / s.bias2));
     let (one_b1, one_b2) = (c(1.0 - s.beta1), c(1.0 - s.beta2));
+    #[allow(clippy::type_complexity)]
     let step = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
         super::simd::with_avx2(|| {
             for i in 0..p.len() {

@@ -62,6 +62,8 @@ pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 pub mod avx2 {
     //! 8-wide f32 kernels. Every function requires AVX2+FMA (callers check
     //! [`super::level`]).
+    // The safety contract of every function here is the one stated above.
+    #![allow(clippy::missing_safety_doc)]
     use std::arch::x86_64::*;
 
     /// e^x for 8 lanes: range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a
