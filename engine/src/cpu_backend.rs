@@ -87,7 +87,7 @@ impl CpuData {
 
 /// A zero-filled Vec (zero-filled allocation is cheap: fresh pages are zero).
 pub(crate) fn zeroed<T: Clone + Default>(n: usize) -> Vec<T> {
-    vec![T::default(); n]
+    noisegrad_kernels::cpu::zeroed_output(n)
 }
 
 /// The elements of `layout` in row-major order, contiguous.
@@ -316,7 +316,7 @@ impl CpuStorage {
     pub fn reduce(&self, layout: &Layout, op: ReduceOp, axes: &[usize]) -> Self {
         Self::new(map_data!(&self.data, v => {
             let mut shape = layout.shape().to_vec();
-            let mut cur = gather_contiguous(v, layout);
+            let mut cur = contiguous_slice(v, layout);
             let mut i = axes.len();
             while i > 0 {
                 let end = axes[i - 1];
@@ -334,9 +334,9 @@ impl CpuStorage {
                 for s in &mut shape[start..=end] {
                     *s = 1;
                 }
-                cur = out;
+                cur = std::borrow::Cow::Owned(out);
             }
-            cur
+            cur.into_owned()
         }))
     }
 

@@ -93,11 +93,17 @@ fn bool01<T: Float>(b: bool) -> T {
     if b { T::ONE } else { T::ZERO }
 }
 
+/// [`unary_eval`] as a closure (tests compare against it).
+#[cfg(test)]
+fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
+    move |x: T| unary_eval(op, x)
+}
+
 /// The scalar definition of each unary op: the specification every SIMD
 /// path must agree with.
 #[inline(always)]
-fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
-    move |x: T| match op {
+fn unary_eval<T: Float>(op: UnaryOp, x: T) -> T {
+    match op {
         UnaryOp::Neg => -x,
         UnaryOp::Exp => x.exp(),
         UnaryOp::Log => x.ln(),
@@ -126,9 +132,10 @@ fn unary_scalar<T: Float>(op: UnaryOp) -> impl Fn(T) -> T {
     }
 }
 
+/// The scalar definition of each binary op.
 #[inline(always)]
-fn binary_scalar<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T {
-    move |a: T, b: T| match op {
+fn binary_eval<T: Float>(op: BinaryOp, a: T, b: T) -> T {
+    match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
         BinaryOp::Mul => a * b,
@@ -164,43 +171,55 @@ fn binary_scalar<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T {
     }
 }
 
-/// Monomorphises the op-matching closure per op so each loop body is
-/// branch-free (the `match` is hoisted out of the loop by the compiler).
+/// Runs `$body` with `$f` bound to the scalar function of `$op`, once per
+/// variant. Each arm's closure names its op as a literal in its own body
+/// (only parameters such as `mul` are captured data), so wherever the
+/// closure is inlined the `match` in [`unary_eval`] folds away and the loop
+/// in `$body` is compiled, and vectorised, for that one op. A loop over a
+/// runtime `op` would branch on it for every element and never vectorise.
 macro_rules! for_each_unary {
     ($op:expr, $f:ident => $body:expr) => {
         match $op {
-            UnaryOp::Neg => {
-                let $f = unary_scalar(UnaryOp::Neg);
-                $body
+            UnaryOp::Neg => for_each_unary!(@arm UnaryOp::Neg, $f => $body),
+            UnaryOp::Exp => for_each_unary!(@arm UnaryOp::Exp, $f => $body),
+            UnaryOp::Log => for_each_unary!(@arm UnaryOp::Log, $f => $body),
+            UnaryOp::Sqrt => for_each_unary!(@arm UnaryOp::Sqrt, $f => $body),
+            UnaryOp::Sqr => for_each_unary!(@arm UnaryOp::Sqr, $f => $body),
+            UnaryOp::Abs => for_each_unary!(@arm UnaryOp::Abs, $f => $body),
+            UnaryOp::Recip => for_each_unary!(@arm UnaryOp::Recip, $f => $body),
+            UnaryOp::Sigmoid => for_each_unary!(@arm UnaryOp::Sigmoid, $f => $body),
+            UnaryOp::Silu => for_each_unary!(@arm UnaryOp::Silu, $f => $body),
+            UnaryOp::Tanh => for_each_unary!(@arm UnaryOp::Tanh, $f => $body),
+            UnaryOp::Relu => for_each_unary!(@arm UnaryOp::Relu, $f => $body),
+            UnaryOp::Sign => for_each_unary!(@arm UnaryOp::Sign, $f => $body),
+            UnaryOp::Affine { mul, add } => {
+                for_each_unary!(@arm UnaryOp::Affine { mul, add }, $f => $body)
             }
-            UnaryOp::Sqr => {
-                let $f = unary_scalar(UnaryOp::Sqr);
+            UnaryOp::Powf(e) => for_each_unary!(@arm UnaryOp::Powf(e), $f => $body),
+            UnaryOp::MaxScalar(c) => for_each_unary!(@arm UnaryOp::MaxScalar(c), $f => $body),
+            UnaryOp::MinScalar(c) => for_each_unary!(@arm UnaryOp::MinScalar(c), $f => $body),
+            UnaryOp::GeScalar(c) => for_each_unary!(@arm UnaryOp::GeScalar(c), $f => $body),
+        }
+    };
+    (@arm $lit:expr, $f:ident => $body:expr) => {{
+        let $f = move |x| unary_eval($lit, x);
+        $body
+    }};
+}
+
+/// [`for_each_unary`] for [`BinaryOp`]: one compiled loop per op.
+macro_rules! for_each_binary {
+    ($op:expr, $f:ident => $body:expr) => {
+        for_each_binary!(@match $op, $f => $body;
+            Add Sub Mul Div Maximum Minimum Pow Eq Ne Lt Le Gt Ge
+            SiluBackward SigmoidBackward TanhBackward ReluBackward)
+    };
+    (@match $op:expr, $f:ident => $body:expr; $($v:ident)*) => {
+        match $op {
+            $(BinaryOp::$v => {
+                let $f = |a, b| binary_eval(BinaryOp::$v, a, b);
                 $body
-            }
-            UnaryOp::Abs => {
-                let $f = unary_scalar(UnaryOp::Abs);
-                $body
-            }
-            UnaryOp::Relu => {
-                let $f = unary_scalar(UnaryOp::Relu);
-                $body
-            }
-            UnaryOp::Recip => {
-                let $f = unary_scalar(UnaryOp::Recip);
-                $body
-            }
-            UnaryOp::Sqrt => {
-                let $f = unary_scalar(UnaryOp::Sqrt);
-                $body
-            }
-            op @ UnaryOp::Affine { .. } => {
-                let $f = unary_scalar(op);
-                $body
-            }
-            op => {
-                let $f = unary_scalar(op);
-                $body
-            }
+            })*
         }
     };
 }
@@ -309,7 +328,6 @@ pub fn binary<T: Float>(
 
 /// One innermost run: `out[i] = op(a[ao + i·sa], b[bo + i·sb])`.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn binary_run<T: Float>(
     op: BinaryOp,
     a: &[T],
@@ -336,8 +354,26 @@ fn binary_run<T: Float>(
             return;
         }
     }
-    let f = binary_scalar::<T>(op);
-    simd::with_avx2(|| match (sa, sb) {
+    for_each_binary!(op, f => simd::with_avx2(|| strided_loop(f, a, ao, sa, b, bo, sb, out)))
+}
+
+/// `out[i] = f(a[ao + i·sa], b[bo + i·sb])`, with the stride patterns that
+/// occur (both contiguous, one broadcast) as separate loops so each is a
+/// plain vectorisable loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn strided_loop<T: Float>(
+    f: impl Fn(T, T) -> T,
+    a: &[T],
+    ao: usize,
+    sa: usize,
+    b: &[T],
+    bo: usize,
+    sb: usize,
+    out: &mut [T],
+) {
+    let n = out.len();
+    match (sa, sb) {
         (1, 1) => {
             for ((o, &x), &y) in out.iter_mut().zip(&a[ao..ao + n]).zip(&b[bo..bo + n]) {
                 *o = f(x, y);
@@ -360,7 +396,7 @@ fn binary_run<T: Float>(
                 *o = f(a[ao + i * sa], b[bo + i * sb]);
             }
         }
-    })
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -556,6 +592,131 @@ mod tests {
         simd::force_scalar(false);
         for (f, s) in fast.iter().zip(&slow) {
             assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0));
+        }
+    }
+
+    const ALL_UNARY: [UnaryOp; 17] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Sqr,
+        UnaryOp::Abs,
+        UnaryOp::Recip,
+        UnaryOp::Sigmoid,
+        UnaryOp::Silu,
+        UnaryOp::Tanh,
+        UnaryOp::Relu,
+        UnaryOp::Sign,
+        UnaryOp::Affine {
+            mul: 1.5,
+            add: -0.25,
+        },
+        UnaryOp::Powf(1.7),
+        UnaryOp::MaxScalar(0.3),
+        UnaryOp::MinScalar(-0.2),
+        UnaryOp::GeScalar(0.1),
+    ];
+
+    const ALL_BINARY: [BinaryOp; 17] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+        BinaryOp::Eq,
+        BinaryOp::Ne,
+        BinaryOp::Lt,
+        BinaryOp::Le,
+        BinaryOp::Gt,
+        BinaryOp::Ge,
+        BinaryOp::SiluBackward,
+        BinaryOp::SigmoidBackward,
+        BinaryOp::TanhBackward,
+        BinaryOp::ReluBackward,
+    ];
+
+    /// Positive values with repeats (so comparisons hit equality), long
+    /// enough to take the parallel path and leave a ragged SIMD tail.
+    fn test_values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| 0.05 + ((i * 7 + seed * 13) % 41) as f32 * 0.07)
+            .collect()
+    }
+
+    /// Ops computed by hand-written AVX2 approximations rather than by the
+    /// scalar definition compiled for the vector unit.
+    fn approximated(op: BinaryOp) -> bool {
+        matches!(op, BinaryOp::SiluBackward | BinaryOp::SigmoidBackward)
+    }
+
+    #[test]
+    fn every_unary_op_matches_its_scalar_definition() {
+        let x = test_values(PAR_CHUNK + 37, 1);
+        for op in ALL_UNARY {
+            both_paths(|| {
+                let mut got = vec![0f32; x.len()];
+                unary(op, &x, &mut got);
+                for (&v, &g) in x.iter().zip(&got) {
+                    let want = unary_eval(op, v);
+                    let tol = 2e-6 * want.abs().max(1.0);
+                    assert!((g - want).abs() <= tol, "{op:?}({v}) = {g}, want {want}");
+                }
+            });
+        }
+    }
+
+    /// Every op under every stride pattern the loops specialise: both
+    /// contiguous, either side broadcast along the inner axis, and a
+    /// transposed (strided) operand.
+    #[test]
+    fn every_binary_op_matches_its_scalar_definition_for_each_stride_pattern() {
+        let (rows, cols) = (301, 129); // > PAR_CHUNK elements in all
+        let a = test_values(rows * cols, 2);
+        let b = test_values(rows * cols, 3);
+        let patterns: [(&[usize], &[usize]); 4] = [
+            (&[cols, 1], &[cols, 1]),
+            (&[cols, 1], &[1, 0]),
+            (&[0, 1], &[cols, 1]),
+            (&[1, rows], &[cols, 1]),
+        ];
+        for op in ALL_BINARY {
+            for (sa, sb) in patterns {
+                both_paths(|| {
+                    let mut got = vec![0f32; rows * cols];
+                    let strided = |data, strides| Strided {
+                        data,
+                        offset: 0,
+                        strides,
+                    };
+                    binary(
+                        op,
+                        &[rows, cols],
+                        strided(&a, sa),
+                        strided(&b, sb),
+                        &mut got,
+                    );
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let x = a[r * sa[0] + c * sa[1]];
+                            let y = b[r * sb[0] + c * sb[1]];
+                            let want = binary_eval(op, x, y);
+                            let g = got[r * cols + c];
+                            let tol = if approximated(op) {
+                                2e-6 * want.abs().max(1.0)
+                            } else {
+                                0.0
+                            };
+                            assert!(
+                                (g - want).abs() <= tol || (g.is_nan() && want.is_nan()),
+                                "{op:?}({x}, {y}) = {g}, want {want} (strides {sa:?}, {sb:?})"
+                            );
+                        }
+                    }
+                });
+            }
         }
     }
 }
