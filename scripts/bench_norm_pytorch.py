@@ -4,6 +4,10 @@ benches/noise.rs and prints a ratio table against criterion's results.
     cargo bench --bench norm && cargo bench --bench noise
     PYTHONPATH=/opt/pt/site python3 scripts/bench_norm_pytorch.py
 
+PyTorch uses 2 threads (rayon's default on the 2-core machine this was
+written for); set NG_BENCH_THREADS=1 here and RAYON_NUM_THREADS=1 for the
+cargo runs to compare single-threaded (steadier on a shared machine).
+
 ratio = PyTorch time / noisegrad time (> 1: noisegrad is faster), from the
 fastest sample on each side ("min": least disturbed by other processes on a
 shared machine) and from the medians. Cases missing from target/criterion
@@ -20,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("NG_BENCH_THREADS", "2")))
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 GROUPS, EPS = 32, 1e-6
 NORM_CASES = [("32x32x128", [8, 128, 32, 32]), ("16x16x256", [8, 256, 16, 16]),

@@ -150,7 +150,7 @@ fn for_each_sample_piece<T: Send>(
 /// Elements per sample, checking that the rows divide evenly.
 fn per_sample(op: &str, len: usize, samples: usize) -> usize {
     assert!(
-        samples > 0 && len % samples == 0,
+        samples > 0 && len.is_multiple_of(samples),
         "{op}: {len} elements do not split into {samples} samples"
     );
     len / samples

@@ -42,7 +42,13 @@ pub fn available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    //! Every function requires AVX-512F (callers check [`super::available`]).
+    //! 16-lane kernels.
+    //!
+    //! # Safety
+    //!
+    //! Every function here needs AVX-512F: call them only where
+    //! [`super::available`] is true (or from code compiled with that feature).
+    #![allow(clippy::missing_safety_doc)] // the module-level section above covers them
     use std::arch::x86_64::*;
 
     /// e^x for 16 lanes: the same algorithm and coefficients as
