@@ -205,7 +205,7 @@ impl Tensor {
             ));
         }
         let channels = self.shape()[1];
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(bad_arg(
                 op,
                 format!(

@@ -186,7 +186,8 @@ impl Tensor {
     /// The DDPM training loss L_simple = mean((ε_θ − ε)²) over all elements
     /// (self = ε_θ, the prediction), a 0-d tensor. When a tape is recorded
     /// the gradient 2(ε_θ − ε)/numel is computed in the same pass and saved;
-    /// backward only scales it by the upstream scalar (and negates it for ε).
+    /// backward only scales it by the upstream scalar (no work when that is
+    /// 1, as for `loss.backward()`) and negates it for ε.
     pub fn l_simple_loss(&self, eps: &Tensor) -> Result<Tensor> {
         let op = "l_simple_loss";
         check_same(op, self, eps)?;
@@ -216,7 +217,14 @@ impl Tensor {
         let grad = Tensor::from_contiguous(grad, self.shape());
         Ok(record(out, op, &[self, eps], move || {
             Box::new(move |g, needs| {
-                let d_pred = grad.mul(g)?;
+                // The upstream gradient is one number (usually 1: the loss is
+                // the root), so scaling is a scalar op, skipped when it is 1.
+                let upstream = g.item()?;
+                let d_pred = if upstream == 1.0 {
+                    grad
+                } else {
+                    grad.mul_scalar(upstream)?
+                };
                 let d_eps = needs[1].then(|| d_pred.neg()).transpose()?;
                 Ok(vec![needs[0].then_some(d_pred), d_eps])
             })

@@ -14,8 +14,17 @@
 
 use super::PAR_CHUNK;
 use super::simd::{self, SimdLevel};
+use super::simd_avx512;
 use crate::Float;
 use rayon::prelude::*;
+
+// How the loops are compiled. The per-row work is a handful of small loops
+// (sums, y = a·x + b, SiLU and its derivative). For f32 the ones LLVM does
+// not vectorise well on its own (float reductions, transcendentals) are
+// written with AVX2 / AVX-512 intrinsics in `f32x` below; everything else is
+// generic code that each (n, g) task runs inside a `#[target_feature(avx2)]`
+// wrapper, so it is auto-vectorised 8 wide. f64 (used by gradient checks)
+// and CPUs without AVX2 run the generic code as is.
 
 /// The sizes of a group-norm problem: x is `[n, channels, spatial]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,17 +48,17 @@ impl GroupNormDims {
     }
     fn check(&self, op: &str) {
         assert!(
-            self.groups > 0 && self.channels % self.groups == 0,
+            self.groups > 0 && self.channels.is_multiple_of(self.groups),
             "{op}: {} channels do not split into {} groups",
             self.channels,
             self.groups
         );
     }
-    /// Groups handed to one rayon job, so a job is at least ~PAR_CHUNK/4
-    /// elements (tiny groups, e.g. 4×4 maps, would otherwise cost more in
-    /// scheduling than in arithmetic).
+    /// Groups handed to one rayon job, so a job is at least PAR_CHUNK
+    /// elements: a split costs a cross-thread hand-off (µs), worth it only
+    /// for a job that long (tiny 4×4 maps run on the calling thread).
     fn groups_per_job(&self) -> usize {
-        (PAR_CHUNK / 4 / self.group_len().max(1)).max(1)
+        (PAR_CHUNK / self.group_len().max(1)).max(1)
     }
 }
 
@@ -85,6 +94,7 @@ pub fn group_norm<T: Float>(
         return;
     }
     let cg = dims.channels_per_group();
+    let isa = Isa::detect::<T>();
     let eps = T::from_f64(eps);
     x.par_chunks(m)
         .zip(y.par_chunks_mut(m))
@@ -93,38 +103,70 @@ pub fn group_norm<T: Float>(
         .with_min_len(dims.groups_per_job())
         .for_each(|(task, ((xg, yg), (mu, r)))| {
             let c0 = (task % dims.groups) * cg;
-            let (gam, bet) = (&gamma[c0..c0 + cg], &beta[c0..c0 + cg]);
-            (*mu, *r) = forward_group(xg, yg, gam, bet, dims.spatial, eps, silu);
+            let group = GroupForward {
+                gamma: &gamma[c0..c0 + cg],
+                beta: &beta[c0..c0 + cg],
+                spatial: dims.spatial,
+                eps,
+                silu,
+                isa,
+            };
+            (*mu, *r) = match isa {
+                Isa::Generic => group.run(xg, yg),
+                // SAFETY: `Isa::detect` found AVX2+FMA.
+                _ => unsafe { group.run_avx2(xg, yg) },
+            };
         });
 }
 
-/// One (n, g) group: statistics, then y = a_c·x + b_c per channel with
-/// a_c = γ_c·r and b_c = β_c − μ·a_c (then SiLU). Returns (μ, r).
-fn forward_group<T: Float>(
-    xg: &[T],
-    yg: &mut [T],
-    gamma: &[T],
-    beta: &[T],
+/// The constants of one (n, g) group in forward.
+struct GroupForward<'a, T> {
+    gamma: &'a [T],
+    beta: &'a [T],
     spatial: usize,
     eps: T,
     silu: bool,
-) -> (T, T) {
-    let inv_m = T::ONE / T::from_f64(xg.len() as f64);
-    let (mu, var) = simd::with_avx2(|| {
-        let mu = lane_sum(xg) * inv_m;
-        (mu, lane_sum_sq_dev(xg, mu) * inv_m)
-    });
-    let r = T::ONE / (var + eps).sqrt();
-    for (c, (xc, yc)) in xg
-        .chunks_exact(spatial)
-        .zip(yg.chunks_exact_mut(spatial))
-        .enumerate()
-    {
-        let a = gamma[c] * r;
-        let b = beta[c] - mu * a;
-        affine_row(xc, a, b, silu, yc);
+    isa: Isa,
+}
+
+impl<T: Float> GroupForward<'_, T> {
+    /// [`Self::run`] compiled with AVX2+FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, xg: &[T], yg: &mut [T]) -> (T, T) {
+        self.run(xg, yg)
     }
-    (mu, r)
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn run_avx2(&self, xg: &[T], yg: &mut [T]) -> (T, T) {
+        self.run(xg, yg)
+    }
+
+    /// Statistics, then y = a_c·x + b_c per channel with a_c = γ_c·r and
+    /// b_c = β_c − μ·a_c (then SiLU). Returns (μ, r). `#[inline(always)]`,
+    /// as every row function below, so that it takes the target features
+    /// of the wrapper it is called from.
+    #[inline(always)]
+    fn run(&self, xg: &[T], yg: &mut [T]) -> (T, T) {
+        let inv_m = T::ONE / T::from_f64(xg.len() as f64);
+        let mu = row_sum(self.isa, xg) * inv_m;
+        let var = row_sum_sq_dev(self.isa, xg, mu) * inv_m;
+        let r = T::ONE / (var + self.eps).sqrt();
+        for (c, (xc, yc)) in xg
+            .chunks_exact(self.spatial)
+            .zip(yg.chunks_exact_mut(self.spatial))
+            .enumerate()
+        {
+            let a = self.gamma[c] * r;
+            let b = self.beta[c] - mu * a;
+            if self.silu {
+                row_affine_silu(self.isa, xc, a, b, yc);
+            } else {
+                row_affine(xc, a, b, yc);
+            }
+        }
+        (mu, r)
+    }
 }
 
 /// Backward of [`group_norm`]. Given x, ∂L/∂y, γ, β and the saved μ, r:
@@ -163,6 +205,7 @@ pub fn group_norm_backward<T: Float>(
         return;
     }
     let cg = dims.channels_per_group();
+    let isa = Isa::detect::<T>();
     // Per-(n, c) partial sums, reduced over n below (tasks write disjoint rows).
     let mut s1 = vec![T::ZERO; dims.n * dims.channels];
     let mut s2 = vec![T::ZERO; dims.n * dims.channels];
@@ -174,15 +217,21 @@ pub fn group_norm_backward<T: Float>(
         .with_min_len(dims.groups_per_job())
         .for_each(|(task, (((xg, dyg), dxg), (s1g, s2g)))| {
             let c0 = (task % dims.groups) * cg;
-            let group = GroupGrad {
+            let group = GroupBackward {
                 gamma: &gamma[c0..c0 + cg],
                 beta: &beta[c0..c0 + cg],
                 mu: mean[task],
                 r: rstd[task],
                 spatial: dims.spatial,
                 silu,
+                isa,
             };
-            group.backward(xg, dyg, dxg, s1g, s2g);
+            let args = (xg, dyg, dxg, s1g, s2g);
+            match isa {
+                Isa::Generic => group.run(args),
+                // SAFETY: `Isa::detect` found AVX2+FMA.
+                _ => unsafe { group.run_avx2(args) },
+            }
         });
     for (s1n, s2n) in s1
         .chunks_exact(dims.channels)
@@ -196,17 +245,34 @@ pub fn group_norm_backward<T: Float>(
 }
 
 /// The constants of one (n, g) group in backward.
-struct GroupGrad<'a, T> {
+struct GroupBackward<'a, T> {
     gamma: &'a [T],
     beta: &'a [T],
     mu: T,
     r: T,
     spatial: usize,
     silu: bool,
+    isa: Isa,
 }
 
-impl<T: Float> GroupGrad<'_, T> {
-    fn backward(&self, xg: &[T], dyg: &[T], dxg: &mut [T], s1: &mut [T], s2: &mut [T]) {
+/// A backward task's slices: x, dy, dx of the group; s1, s2 of its channels.
+type BackwardArgs<'a, T> = (&'a [T], &'a [T], &'a mut [T], &'a mut [T], &'a mut [T]);
+
+impl<T: Float> GroupBackward<'_, T> {
+    /// [`Self::run`] compiled with AVX2+FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, args: BackwardArgs<'_, T>) {
+        self.run(args)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn run_avx2(&self, args: BackwardArgs<'_, T>) {
+        self.run(args)
+    }
+
+    #[inline(always)]
+    fn run(&self, (xg, dyg, dxg, s1, s2): BackwardArgs<'_, T>) {
         let s = self.spatial;
         // Sweep 1: dh (parked in dx when it differs from dy) and the sums.
         for c in 0..self.gamma.len() {
@@ -215,9 +281,9 @@ impl<T: Float> GroupGrad<'_, T> {
             let (sum_dh, sum_dh_xc) = if self.silu {
                 let a = self.gamma[c] * self.r;
                 let b = self.beta[c] - self.mu * a;
-                silu_grad_row(xc, dyc, a, b, self.mu, &mut dxg[rows])
+                row_silu_grad(self.isa, xc, dyc, a, b, self.mu, &mut dxg[rows])
             } else {
-                simd::with_avx2(|| lane_sum_dot_dev(dyc, xc, self.mu))
+                row_sum_dot_dev(self.isa, dyc, xc, self.mu)
             };
             s1[c] = sum_dh;
             s2[c] = sum_dh_xc * self.r;
@@ -231,36 +297,55 @@ impl<T: Float> GroupGrad<'_, T> {
         let inv_m = T::ONE / T::from_f64(xg.len() as f64);
         let q = -(self.r * self.r * b_sum * inv_m);
         let k = -(self.r * a_sum * inv_m) - q * self.mu;
-        simd::with_avx2(|| {
-            for c in 0..self.gamma.len() {
-                let rows = c * s..(c + 1) * s;
-                let p = self.r * self.gamma[c];
-                let xc = &xg[rows.clone()];
-                if self.silu {
-                    for (d, &xv) in dxg[rows].iter_mut().zip(xc) {
-                        *d = p * *d + (q * xv + k);
-                    }
-                } else {
-                    for ((d, &g), &xv) in dxg[rows.clone()].iter_mut().zip(&dyg[rows]).zip(xc) {
-                        *d = p * g + (q * xv + k);
-                    }
-                }
+        for c in 0..self.gamma.len() {
+            let rows = c * s..(c + 1) * s;
+            let p = self.r * self.gamma[c];
+            let xc = &xg[rows.clone()];
+            if self.silu {
+                row_input_grad_in_place(p, q, k, xc, &mut dxg[rows]);
+            } else {
+                row_input_grad(p, q, k, &dyg[rows.clone()], xc, &mut dxg[rows]);
             }
-        });
+        }
     }
 }
 
-/// Partial sums kept in this many independent lanes, so the compiler can
-/// vectorise a reduction without reassociating one serial chain (which it
-/// may not do for floats). 16 = two AVX2 registers of f32.
-const LANES: usize = 16;
+/// Which explicit f32 kernels run, decided once per call. f64 and CPUs
+/// without AVX2 take the generic loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Generic,
+    Avx2,
+    /// AVX2 code plus the AVX-512 SiLU kernels (see `simd_avx512`).
+    Avx512,
+}
 
-/// Σ x, summed lane-wise.
+impl Isa {
+    fn detect<T: Float>() -> Self {
+        let f32_type = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+        if !f32_type || simd::level() != SimdLevel::Avx2Fma {
+            Isa::Generic
+        } else if simd_avx512::available() {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        }
+    }
+}
+
+// ---- row functions: explicit f32 kernels where chosen, generic loops otherwise.
+
+/// Σ x.
 #[inline(always)]
-fn lane_sum<T: Float>(x: &[T]) -> T {
+fn row_sum<T: Float>(isa: Isa, x: &[T]) -> T {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(xf)) = (isa != Isa::Generic, as_f32(x)) {
+        // SAFETY: a non-generic `Isa` means AVX2+FMA are present.
+        return T::from_f64(unsafe { f32x::sum(xf) } as f64);
+    }
+    let _ = isa;
     let mut acc = [T::ZERO; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
+    let (chunks, tail) = x.as_chunks::<LANES>();
     for ch in chunks {
         for k in 0..LANES {
             acc[k] += ch[k];
@@ -271,10 +356,15 @@ fn lane_sum<T: Float>(x: &[T]) -> T {
 
 /// Σ (x − μ)².
 #[inline(always)]
-fn lane_sum_sq_dev<T: Float>(x: &[T], mu: T) -> T {
+fn row_sum_sq_dev<T: Float>(isa: Isa, x: &[T], mu: T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(xf)) = (isa != Isa::Generic, as_f32(x)) {
+        // SAFETY: a non-generic `Isa` means AVX2+FMA are present.
+        return T::from_f64(unsafe { f32x::sum_sq_dev(xf, to_f32(mu)) } as f64);
+    }
+    let _ = isa;
     let mut acc = [T::ZERO; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
+    let (chunks, tail) = x.as_chunks::<LANES>();
     for ch in chunks {
         for k in 0..LANES {
             let d = ch[k] - mu;
@@ -285,14 +375,20 @@ fn lane_sum_sq_dev<T: Float>(x: &[T], mu: T) -> T {
     fold_lanes(acc, t)
 }
 
-/// (Σ g, Σ g·(x − μ)) in one sweep.
+/// (Σ g, Σ g·(x − μ)).
 #[inline(always)]
-fn lane_sum_dot_dev<T: Float>(g: &[T], x: &[T], mu: T) -> (T, T) {
+fn row_sum_dot_dev<T: Float>(isa: Isa, g: &[T], x: &[T], mu: T) -> (T, T) {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(gf), Some(xf)) = (isa != Isa::Generic, as_f32(g), as_f32(x)) {
+        // SAFETY: a non-generic `Isa` means AVX2+FMA are present.
+        let (s, sx) = unsafe { f32x::sum_dot_dev(gf, xf, to_f32(mu)) };
+        return (T::from_f64(s as f64), T::from_f64(sx as f64));
+    }
+    let _ = isa;
     let (mut sg, mut sgx) = ([T::ZERO; LANES], [T::ZERO; LANES]);
-    let gc = g.chunks_exact(LANES);
-    let xc = x.chunks_exact(LANES);
-    let (gt, xt) = (gc.remainder(), xc.remainder());
-    for (gch, xch) in gc.zip(xc) {
+    let (gc, gt) = g.as_chunks::<LANES>();
+    let (xc, xt) = x[..g.len()].as_chunks::<LANES>();
+    for (gch, xch) in gc.iter().zip(xc) {
         for k in 0..LANES {
             sg[k] += gch[k];
             sgx[k] += gch[k] * (xch[k] - mu);
@@ -306,9 +402,45 @@ fn lane_sum_dot_dev<T: Float>(g: &[T], x: &[T], mu: T) -> (T, T) {
     (fold_lanes(sg, tg), fold_lanes(sgx, tgx))
 }
 
+/// Independent partial sums of the generic reductions, so that the result
+/// does not hinge on one serial chain of additions.
+const LANES: usize = 16;
+
+/// Σ of the lanes plus the tail, added pairwise.
 #[inline(always)]
-fn fold_lanes<T: Float>(acc: [T; LANES], tail: T) -> T {
-    acc.iter().fold(tail, |s, &v| s + v)
+fn fold_lanes<T: Float>(mut acc: [T; LANES], tail: T) -> T {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for k in 0..width {
+            acc[k] += acc[k + width];
+        }
+    }
+    acc[0] + tail
+}
+
+/// y = a·x + b (auto-vectorised).
+#[inline(always)]
+fn row_affine<T: Float>(x: &[T], a: T, b: T, y: &mut [T]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = a * v + b;
+    }
+}
+
+/// dx = p·dy + q·x + k (auto-vectorised).
+#[inline(always)]
+fn row_input_grad<T: Float>(p: T, q: T, k: T, dy: &[T], x: &[T], dx: &mut [T]) {
+    for ((d, &g), &xv) in dx.iter_mut().zip(dy).zip(x) {
+        *d = p * g + (q * xv + k);
+    }
+}
+
+/// dx = p·dx + q·x + k, with dh parked in dx (auto-vectorised).
+#[inline(always)]
+fn row_input_grad_in_place<T: Float>(p: T, q: T, k: T, x: &[T], dx: &mut [T]) {
+    for (d, &xv) in dx.iter_mut().zip(x) {
+        *d = p * *d + (q * xv + k);
+    }
 }
 
 #[inline(always)]
@@ -316,39 +448,39 @@ fn sigmoid<T: Float>(v: T) -> T {
     T::ONE / (T::ONE + (-v).exp())
 }
 
-/// y = a·x + b, then SiLU when asked.
-fn affine_row<T: Float>(x: &[T], a: T, b: T, silu: bool, y: &mut [T]) {
-    if silu {
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(xf), Some(yf)) = (as_f32(x), as_f32_mut(y)) {
-            if simd::level() == SimdLevel::Avx2Fma {
-                // SAFETY: AVX2+FMA checked just above; T is f32.
-                unsafe { affine_silu_f32_avx2(xf, a.to_f64() as f32, b.to_f64() as f32, yf) };
-                return;
-            }
+/// y = silu(a·x + b).
+#[inline(always)]
+fn row_affine_silu<T: Float>(isa: Isa, x: &[T], a: T, b: T, y: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(xf), Some(yf)) = (as_f32(x), as_f32_mut(y)) {
+        let (a, b) = (to_f32(a), to_f32(b));
+        match isa {
+            // SAFETY: `Isa::detect` chose these only where the CPU has them.
+            Isa::Avx512 => return unsafe { f32x::affine_silu_avx512(xf, a, b, yf) },
+            Isa::Avx2 => return unsafe { f32x::affine_silu(xf, a, b, yf) },
+            Isa::Generic => {}
         }
-        for (o, &v) in y.iter_mut().zip(x) {
-            let h = a * v + b;
-            *o = h * sigmoid(h);
-        }
-    } else {
-        simd::with_avx2(|| {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = a * v + b;
-            }
-        })
+    }
+    for (o, &v) in y.iter_mut().zip(x) {
+        let h = a * v + b;
+        *o = h * sigmoid(h);
     }
 }
 
-/// For one channel row with SiLU: writes dh = dy·silu'(a·x + b) into `dh`
-/// and returns (Σ dh, Σ dh·(x − μ)).
-fn silu_grad_row<T: Float>(x: &[T], dy: &[T], a: T, b: T, mu: T, dh: &mut [T]) -> (T, T) {
+/// With SiLU, one channel row of backward sweep 1: writes
+/// dh = dy·silu'(a·x + b) into `dh` and returns (Σ dh, Σ dh·(x − μ)).
+#[inline(always)]
+fn row_silu_grad<T: Float>(isa: Isa, x: &[T], dy: &[T], a: T, b: T, mu: T, dh: &mut [T]) -> (T, T) {
     #[cfg(target_arch = "x86_64")]
     if let (Some(xf), Some(gf), Some(of)) = (as_f32(x), as_f32(dy), as_f32_mut(dh)) {
-        if simd::level() == SimdLevel::Avx2Fma {
-            let f = |v: T| v.to_f64() as f32;
-            // SAFETY: AVX2+FMA checked just above; T is f32.
-            let (s, sx) = unsafe { silu_grad_f32_avx2(xf, gf, f(a), f(b), f(mu), of) };
+        let (a, b, mu) = (to_f32(a), to_f32(b), to_f32(mu));
+        let sums = match isa {
+            // SAFETY: `Isa::detect` chose these only where the CPU has them.
+            Isa::Avx512 => Some(unsafe { f32x::silu_grad_avx512(xf, gf, a, b, mu, of) }),
+            Isa::Avx2 => Some(unsafe { f32x::silu_grad(xf, gf, a, b, mu, of) }),
+            Isa::Generic => None,
+        };
+        if let Some((s, sx)) = sums {
             return (T::from_f64(s as f64), T::from_f64(sx as f64));
         }
     }
@@ -364,90 +496,12 @@ fn silu_grad_row<T: Float>(x: &[T], dy: &[T], a: T, b: T, mu: T, dh: &mut [T]) -
     (s, sx)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn affine_silu_f32_avx2(x: &[f32], a: f32, b: f32, y: &mut [f32]) {
-    use simd::avx2::{map8, sigmoid_ps};
-    use std::arch::x86_64::*;
-    let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
-    map8(x, y, |v| {
-        let h = _mm256_fmadd_ps(v, va, vb);
-        _mm256_mul_ps(h, sigmoid_ps(h))
-    });
+#[inline(always)]
+fn to_f32<T: Float>(v: T) -> f32 {
+    v.to_f64() as f32
 }
 
-/// AVX2 version of the SiLU row of [`silu_grad_row`]. The tail goes through
-/// a zero-padded vector: padded lanes have dy = 0, so dh = 0 there and they
-/// add nothing to the sums.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_grad_f32_avx2(
-    x: &[f32],
-    dy: &[f32],
-    a: f32,
-    b: f32,
-    mu: f32,
-    dh: &mut [f32],
-) -> (f32, f32) {
-    use simd::avx2::sigmoid_ps;
-    use std::arch::x86_64::*;
-    let n = x.len();
-    assert!(dy.len() == n && dh.len() == n);
-    let (va, vb, vmu, one) = (
-        _mm256_set1_ps(a),
-        _mm256_set1_ps(b),
-        _mm256_set1_ps(mu),
-        _mm256_set1_ps(1.0),
-    );
-    let (mut s, mut sx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut step = |xv: __m256, gv: __m256| -> __m256 {
-        let h = _mm256_fmadd_ps(xv, va, vb);
-        let sg = sigmoid_ps(h);
-        let d = _mm256_mul_ps(
-            gv,
-            _mm256_mul_ps(sg, _mm256_fmadd_ps(h, _mm256_sub_ps(one, sg), one)),
-        );
-        s = _mm256_add_ps(s, d);
-        sx = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, vmu), sx);
-        d
-    };
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n and all three slices hold n elements.
-        unsafe {
-            let d = step(
-                _mm256_loadu_ps(x.as_ptr().add(i)),
-                _mm256_loadu_ps(dy.as_ptr().add(i)),
-            );
-            _mm256_storeu_ps(dh.as_mut_ptr().add(i), d);
-        }
-        i += 8;
-    }
-    if i < n {
-        let (mut tx, mut tg, mut td) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-        tx[..n - i].copy_from_slice(&x[i..]);
-        tg[..n - i].copy_from_slice(&dy[i..]);
-        // SAFETY: the temporaries are 8 elements long.
-        unsafe {
-            let d = step(_mm256_loadu_ps(tx.as_ptr()), _mm256_loadu_ps(tg.as_ptr()));
-            _mm256_storeu_ps(td.as_mut_ptr(), d);
-        }
-        dh[i..].copy_from_slice(&td[..n - i]);
-    }
-    (hsum(s), hsum(sx))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: std::arch::x86_64::__m256) -> f32 {
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` is 8 f32 long.
-    unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-    lanes.iter().sum()
-}
-
-// The same f32 views as elementwise.rs (kept private there): the explicit
-// AVX2 code is f32-only, the generic code serves f64.
+/// Views a generic slice as f32 when `T` is f32 (for the explicit kernels).
 #[inline(always)]
 fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
@@ -460,6 +514,226 @@ fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
         // SAFETY: T is f32, same layout.
         .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod f32x {
+    //! Explicit f32 row kernels. The AVX2 ones need AVX2+FMA, the `_avx512`
+    //! ones AVX-512F. Reductions finish their short tail in scalar code.
+    use crate::cpu::simd::avx2::{exp_ps, map8, sigmoid_ps};
+    use crate::cpu::simd_avx512::avx512;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` is 8 f32 long.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        (lanes[0] + lanes[4])
+            + (lanes[1] + lanes[5])
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+    }
+
+    /// Loads 8 lanes at `x[i..]` (the caller guarantees i + 8 ≤ len).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn load(x: &[f32], i: usize) -> __m256 {
+        debug_assert!(i + 8 <= x.len());
+        // SAFETY: i + 8 <= x.len() at every call site.
+        unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }
+    }
+
+    /// Four 8-lane accumulators: an add or FMA takes 3–4 cycles, so four
+    /// independent chains keep the core issuing one per cycle per port.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum4(a: [__m256; 4]) -> f32 {
+        hsum(_mm256_add_ps(
+            _mm256_add_ps(a[0], a[1]),
+            _mm256_add_ps(a[2], a[3]),
+        ))
+    }
+
+    /// Σ x.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn sum(x: &[f32]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= x.len() {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, load(x, i + 8 * k));
+            }
+            i += 32;
+        }
+        while i + 8 <= x.len() {
+            acc[0] = _mm256_add_ps(acc[0], load(x, i));
+            i += 8;
+        }
+        hsum4(acc) + x[i..].iter().sum::<f32>()
+    }
+
+    /// Σ (x − μ)².
+    #[target_feature(enable = "avx2,fma")]
+    pub fn sum_sq_dev(x: &[f32], mu: f32) -> f32 {
+        let vmu = _mm256_set1_ps(mu);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= x.len() {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let d = _mm256_sub_ps(load(x, i + 8 * k), vmu);
+                *a = _mm256_fmadd_ps(d, d, *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= x.len() {
+            let d = _mm256_sub_ps(load(x, i), vmu);
+            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+            i += 8;
+        }
+        let tail: f32 = x[i..].iter().map(|v| (v - mu) * (v - mu)).sum();
+        hsum4(acc) + tail
+    }
+
+    /// (Σ g, Σ g·(x − μ)).
+    #[target_feature(enable = "avx2,fma")]
+    pub fn sum_dot_dev(g: &[f32], x: &[f32], mu: f32) -> (f32, f32) {
+        assert_eq!(g.len(), x.len());
+        let vmu = _mm256_set1_ps(mu);
+        let (mut s, mut d) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        let mut i = 0;
+        while i + 32 <= g.len() {
+            for k in 0..4 {
+                let gv = load(g, i + 8 * k);
+                s[k] = _mm256_add_ps(s[k], gv);
+                d[k] = _mm256_fmadd_ps(gv, _mm256_sub_ps(load(x, i + 8 * k), vmu), d[k]);
+            }
+            i += 32;
+        }
+        while i + 8 <= g.len() {
+            let gv = load(g, i);
+            s[0] = _mm256_add_ps(s[0], gv);
+            d[0] = _mm256_fmadd_ps(gv, _mm256_sub_ps(load(x, i), vmu), d[0]);
+            i += 8;
+        }
+        let (mut ts, mut td) = (0f32, 0f32);
+        for (&gv, &xv) in g[i..].iter().zip(&x[i..]) {
+            ts += gv;
+            td += gv * (xv - mu);
+        }
+        (hsum4(s) + ts, hsum4(d) + td)
+    }
+
+    /// y = silu(a·x + b).
+    #[target_feature(enable = "avx2,fma")]
+    pub fn affine_silu(x: &[f32], a: f32, b: f32, y: &mut [f32]) {
+        let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+        let one = _mm256_set1_ps(1.0);
+        map8(x, y, |v| {
+            // h·σ(h) = h / (1 + e^{−h}): one division, no extra multiply.
+            let h = _mm256_fmadd_ps(v, va, vb);
+            let e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), h));
+            _mm256_div_ps(h, _mm256_add_ps(one, e))
+        });
+    }
+
+    /// dh = dy·silu'(a·x + b) and (Σ dh, Σ dh·(x − μ)). The tail goes
+    /// through a zero-padded vector: padded lanes have dy = 0, so dh = 0
+    /// there and they add nothing to the sums.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn silu_grad(x: &[f32], dy: &[f32], a: f32, b: f32, mu: f32, dh: &mut [f32]) -> (f32, f32) {
+        let n = x.len();
+        assert!(dy.len() == n && dh.len() == n);
+        let c = _mm256_set1_ps;
+        let (va, vb, vmu, one) = (c(a), c(b), c(mu), c(1.0));
+        let (mut s, mut sx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut step = |xv: __m256, gv: __m256| -> __m256 {
+            let h = _mm256_fmadd_ps(xv, va, vb);
+            let sg = sigmoid_ps(h);
+            let slope = _mm256_mul_ps(sg, _mm256_fmadd_ps(h, _mm256_sub_ps(one, sg), one));
+            let d = _mm256_mul_ps(gv, slope);
+            s = _mm256_add_ps(s, d);
+            sx = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, vmu), sx);
+            d
+        };
+        let mut i = 0;
+        while i + 8 <= n {
+            let d = step(load(x, i), load(dy, i));
+            // SAFETY: i + 8 <= n = dh.len().
+            unsafe { _mm256_storeu_ps(dh.as_mut_ptr().add(i), d) };
+            i += 8;
+        }
+        if i < n {
+            let (mut tx, mut tg, mut td) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+            tx[..n - i].copy_from_slice(&x[i..]);
+            tg[..n - i].copy_from_slice(&dy[i..]);
+            let d = step(load(&tx, 0), load(&tg, 0));
+            // SAFETY: `td` is 8 f32 long.
+            unsafe { _mm256_storeu_ps(td.as_mut_ptr(), d) };
+            dh[i..].copy_from_slice(&td[..n - i]);
+        }
+        (hsum(s), hsum(sx))
+    }
+
+    /// [`affine_silu`] 16 lanes wide.
+    #[target_feature(enable = "avx512f")]
+    pub fn affine_silu_avx512(x: &[f32], a: f32, b: f32, y: &mut [f32]) {
+        let (va, vb) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
+        let one = _mm512_set1_ps(1.0);
+        avx512::map16(x, y, |v| {
+            let h = _mm512_fmadd_ps(v, va, vb);
+            let e = avx512::exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), h));
+            _mm512_div_ps(h, _mm512_add_ps(one, e))
+        });
+    }
+
+    /// [`silu_grad`] 16 lanes wide; masked-off tail lanes load dy = 0, so
+    /// they add nothing to the sums.
+    #[target_feature(enable = "avx512f")]
+    pub fn silu_grad_avx512(
+        x: &[f32],
+        dy: &[f32],
+        a: f32,
+        b: f32,
+        mu: f32,
+        dh: &mut [f32],
+    ) -> (f32, f32) {
+        let n = x.len();
+        assert!(dy.len() == n && dh.len() == n);
+        let c = _mm512_set1_ps;
+        let (va, vb, vmu, one) = (c(a), c(b), c(mu), c(1.0));
+        let (mut s, mut sx) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut step = |xv: __m512, gv: __m512| -> __m512 {
+            let h = _mm512_fmadd_ps(xv, va, vb);
+            let sg = avx512::sigmoid_ps(h);
+            let slope = _mm512_mul_ps(sg, _mm512_fmadd_ps(h, _mm512_sub_ps(one, sg), one));
+            let d = _mm512_mul_ps(gv, slope);
+            s = _mm512_add_ps(s, d);
+            sx = _mm512_fmadd_ps(d, _mm512_sub_ps(xv, vmu), sx);
+            d
+        };
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n and all three slices hold n elements.
+            unsafe {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(i));
+                let d = step(xv, _mm512_loadu_ps(dy.as_ptr().add(i)));
+                _mm512_storeu_ps(dh.as_mut_ptr().add(i), d);
+            }
+            i += 16;
+        }
+        if i < n {
+            let m = avx512::tail_mask(n - i);
+            // SAFETY: masked-off lanes are not accessed (fault suppression);
+            // the others lie inside the slices.
+            unsafe {
+                let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
+                let d = step(xv, _mm512_maskz_loadu_ps(m, dy.as_ptr().add(i)));
+                _mm512_mask_storeu_ps(dh.as_mut_ptr().add(i), m, d);
+            }
+        }
+        (_mm512_reduce_add_ps(s), _mm512_reduce_add_ps(sx))
+    }
 }
 
 #[cfg(test)]
@@ -531,8 +805,10 @@ mod tests {
         let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         for silu in [false, true] {
             let want = reference(&x, &dy, d, &gamma, &beta, silu);
-            for scalar in [true, false] {
-                simd::force_scalar(scalar);
+            // 0: generic, 1: AVX2 (AVX-512 off), 2: best available.
+            for path in 0..3 {
+                simd::force_scalar(path == 0);
+                simd_avx512::set_enabled(path != 1);
                 let (mut y, mut mu, mut r) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
                 group_norm(
                     &f(&x),
@@ -560,6 +836,7 @@ mod tests {
                     &mut db,
                 );
                 simd::force_scalar(false);
+                simd_avx512::set_enabled(true);
                 for (got, want) in [
                     (&y, &want.0),
                     (&dx, &want.1),
@@ -570,7 +847,7 @@ mod tests {
                     for (g, w) in got.iter().zip(want.iter()) {
                         assert!(
                             (*g as f64 - w).abs() <= 2e-5 * scale,
-                            "silu={silu} scalar={scalar}: {g} vs {w}"
+                            "silu={silu} path={path}: {g} vs {w}"
                         );
                     }
                 }

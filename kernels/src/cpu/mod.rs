@@ -19,6 +19,7 @@ pub mod noise;
 pub mod optim;
 pub mod reduce;
 pub mod simd;
+pub mod simd_avx512;
 pub mod softmax;
 pub mod upsample;
 

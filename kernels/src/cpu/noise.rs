@@ -150,7 +150,7 @@ fn for_each_sample_piece<T: Send>(
 /// Elements per sample, checking that the rows divide evenly.
 fn per_sample(op: &str, len: usize, samples: usize) -> usize {
     assert!(
-        samples > 0 && len % samples == 0,
+        samples > 0 && len.is_multiple_of(samples),
         "{op}: {len} elements do not split into {samples} samples"
     );
     len / samples
@@ -171,12 +171,21 @@ pub fn q_sample<T: Float>(x0: &[T], eps: &[T], coefs: &[QSampleCoef], out: &mut 
         let b = T::from_f64(coefs[n].sqrt_one_minus_alpha_bar);
         let range = start..start + o.len();
         let (x, e) = (&x0[range.clone()], &eps[range]);
-        simd::with_avx2(|| {
-            for ((o, &x), &e) in o.iter_mut().zip(x).zip(e) {
-                *o = a * x + b * e;
-            }
-        });
+        simd::with_avx2(|| axpby(a, x, b, e, o));
     });
+}
+
+// The loops below are `#[inline(always)]` functions taking their scalars by
+// value: inlined into `with_avx2` they are compiled with AVX2, and with the
+// scalars in registers (not behind a closure's captured references, which
+// the compiler must assume the output may alias) they vectorise.
+
+/// out = a·x + b·y
+#[inline(always)]
+fn axpby<T: Float>(a: T, x: &[T], b: T, y: &[T], out: &mut [T]) {
+    for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+        *o = a * x + b * y;
+    }
 }
 
 /// L_simple = mean((ε_θ − ε)²) over all elements, and, in the same pass,
@@ -196,64 +205,63 @@ pub fn l_simple<T: Float>(pred: &[T], eps: &[T], grad: Option<&mut [T]>) -> f64 
             pred.par_chunks(PAR_CHUNK)
                 .zip(eps.par_chunks(PAR_CHUNK))
                 .zip(g.par_chunks_mut(PAR_CHUNK))
-                .map(|((p, e), g)| sq_diff_sum(p, e, Some((g, scale))))
+                .map(|((p, e), g)| simd::with_avx2(|| sq_diff_sum_grad(p, e, scale, g)))
                 .collect()
         }
         None => pred
             .par_chunks(PAR_CHUNK)
             .zip(eps.par_chunks(PAR_CHUNK))
-            .map(|(p, e)| sq_diff_sum(p, e, None))
+            .map(|(p, e)| simd::with_avx2(|| sq_diff_sum(p, e)))
             .collect(),
     };
     parts.iter().sum::<f64>() / pred.len() as f64
 }
 
-/// Σ (p − e)² over one chunk (16 independent lanes, so it vectorises),
-/// writing scale·(p − e) into the gradient when given.
-fn sq_diff_sum<T: Float>(p: &[T], e: &[T], grad: Option<(&mut [T], T)>) -> f64 {
-    const LANES: usize = 16;
-    simd::with_avx2(|| {
-        let mut acc = [T::ZERO; LANES];
-        let mut tail = T::ZERO;
-        match grad {
-            Some((g, scale)) => {
-                let mut it = p
-                    .chunks(LANES)
-                    .zip(e.chunks(LANES))
-                    .zip(g.chunks_mut(LANES));
-                for ((pc, ec), gc) in &mut it {
-                    if pc.len() == LANES {
-                        for k in 0..LANES {
-                            let d = pc[k] - ec[k];
-                            acc[k] += d * d;
-                            gc[k] = scale * d;
-                        }
-                    } else {
-                        for ((&pv, &ev), gv) in pc.iter().zip(ec).zip(gc) {
-                            let d = pv - ev;
-                            tail += d * d;
-                            *gv = scale * d;
-                        }
-                    }
-                }
-            }
-            None => {
-                for (pc, ec) in p.chunks(LANES).zip(e.chunks(LANES)) {
-                    if pc.len() == LANES {
-                        for k in 0..LANES {
-                            let d = pc[k] - ec[k];
-                            acc[k] += d * d;
-                        }
-                    } else {
-                        for (&pv, &ev) in pc.iter().zip(ec) {
-                            tail += (pv - ev) * (pv - ev);
-                        }
-                    }
-                }
-            }
+/// Independent partial sums, so the compiler can vectorise a float
+/// reduction (it may not reassociate one serial chain).
+const LANES: usize = 16;
+
+/// Σ (p − e)² over one chunk.
+#[inline(always)]
+fn sq_diff_sum<T: Float>(p: &[T], e: &[T]) -> f64 {
+    let (pc, pt) = p.as_chunks::<LANES>();
+    let (ec, et) = e[..p.len()].as_chunks::<LANES>();
+    let mut acc = [T::ZERO; LANES];
+    for (pv, ev) in pc.iter().zip(ec) {
+        for k in 0..LANES {
+            let d = pv[k] - ev[k];
+            acc[k] += d * d;
         }
-        acc.iter().fold(tail.to_f64(), |s, v| s + v.to_f64())
-    })
+    }
+    let tail = pt
+        .iter()
+        .zip(et)
+        .fold(T::ZERO, |s, (&a, &b)| s + (a - b) * (a - b));
+    acc.iter().fold(tail.to_f64(), |s, v| s + v.to_f64())
+}
+
+/// Σ (p − e)² over one chunk, writing g = scale·(p − e).
+#[inline(always)]
+fn sq_diff_sum_grad<T: Float>(p: &[T], e: &[T], scale: T, g: &mut [T]) -> f64 {
+    let n = p.len();
+    let (pc, pt) = p.as_chunks::<LANES>();
+    let (ec, et) = e[..n].as_chunks::<LANES>();
+    let (gc, gt) = g[..n].as_chunks_mut::<LANES>();
+    let mut acc = [T::ZERO; LANES];
+    for ((pv, ev), gv) in pc.iter().zip(ec).zip(gc) {
+        for k in 0..LANES {
+            let d = pv[k] - ev[k];
+            acc[k] += d * d;
+            gv[k] = scale * d;
+        }
+    }
+    let mut tail = T::ZERO;
+    for ((&a, &b), gv) in pt.iter().zip(et).zip(gt) {
+        let d = a - b;
+        tail += d * d;
+        *gv = scale * d;
+    }
+    acc.iter().fold(tail.to_f64(), |s, v| s + v.to_f64())
 }
 
 /// One reverse step for every sample (see [`StepCoef`] for the equation):
@@ -262,7 +270,7 @@ fn sq_diff_sum<T: Float>(p: &[T], e: &[T], grad: Option<(&mut [T], T)>) -> f64 {
 ///   x_prev = x0_weight·x̂_0 + xt_weight·x_t + eps_weight·ε_θ + sigma·z
 ///
 /// `z` (standard normal noise) may be absent, which means z = 0 (the last
-/// step, or deterministic DDIM).
+/// step, or deterministic DDIM). A NaN in x̂_0 stays NaN through the clamp.
 pub fn denoise_step<T: Float>(
     x_t: &[T],
     eps: &[T],
@@ -282,36 +290,67 @@ pub fn denoise_step<T: Float>(
     }
     let per = per_sample("denoise_step", out.len(), coefs.len());
     for_each_sample_piece(out, per, |n, start, o| {
-        let c = &coefs[n];
-        let f = T::from_f64;
-        let (kx, ke, w0, wx, we, s) = (
-            f(c.x0_from_xt),
-            f(c.x0_from_eps),
-            f(c.x0_weight),
-            f(c.xt_weight),
-            f(c.eps_weight),
-            f(c.sigma),
-        );
-        let (lo, hi) = (f(-c.x0_clip), f(c.x0_clip));
+        let c = StepScalars::new(&coefs[n]);
         let range = start..start + o.len();
         let (x, e) = (&x_t[range.clone()], &eps[range.clone()]);
-        let mean = |x: T, e: T| {
-            let x0 = (kx * x - ke * e).max(lo).min(hi);
-            w0 * x0 + wx * x + we * e
-        };
-        simd::with_avx2(|| match z {
-            Some(z) => {
-                for (((o, &x), &e), &z) in o.iter_mut().zip(x).zip(e).zip(&z[range]) {
-                    *o = mean(x, e) + s * z;
-                }
-            }
-            None => {
-                for ((o, &x), &e) in o.iter_mut().zip(x).zip(e) {
-                    *o = mean(x, e);
-                }
-            }
-        });
+        match z {
+            Some(z) => simd::with_avx2(|| c.run_with_noise(x, e, &z[range], o)),
+            None => simd::with_avx2(|| c.run(x, e, o)),
+        }
     });
+}
+
+/// A [`StepCoef`] in the element type.
+#[derive(Clone, Copy)]
+struct StepScalars<T> {
+    kx: T,
+    ke: T,
+    lo: T,
+    hi: T,
+    w0: T,
+    wx: T,
+    we: T,
+    sigma: T,
+}
+
+impl<T: Float> StepScalars<T> {
+    fn new(c: &StepCoef) -> Self {
+        let f = T::from_f64;
+        Self {
+            kx: f(c.x0_from_xt),
+            ke: f(c.x0_from_eps),
+            lo: f(-c.x0_clip),
+            hi: f(c.x0_clip),
+            w0: f(c.x0_weight),
+            wx: f(c.xt_weight),
+            we: f(c.eps_weight),
+            sigma: f(c.sigma),
+        }
+    }
+
+    /// The step without the noise term.
+    #[inline(always)]
+    fn mean(self, x: T, e: T) -> T {
+        let x0 = self.kx * x - self.ke * e;
+        // Written as selects (not max/min) so that NaN propagates.
+        let x0 = if x0 < self.lo { self.lo } else { x0 };
+        let x0 = if x0 > self.hi { self.hi } else { x0 };
+        self.w0 * x0 + self.wx * x + self.we * e
+    }
+
+    #[inline(always)]
+    fn run(self, x: &[T], e: &[T], out: &mut [T]) {
+        for ((o, &x), &e) in out.iter_mut().zip(x).zip(e) {
+            *o = self.mean(x, e);
+        }
+    }
+
+    #[inline(always)]
+    fn run_with_noise(self, x: &[T], e: &[T], z: &[T], out: &mut [T]) {
+        for (((o, &x), &e), &z) in out.iter_mut().zip(x).zip(e).zip(z) {
+            *o = self.mean(x, e) + self.sigma * z;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +393,16 @@ mod tests {
         let k = 12_345;
         let want_g = 2.0 * (p[k] - e[k]) as f64 / p.len() as f64;
         assert!((g[k] as f64 - want_g).abs() <= 1e-6 * want_g.abs());
+    }
+
+    #[test]
+    fn clipping_keeps_nan_visible() {
+        let c = [StepCoef::ddpm_clipped(0.5, 0.3, 0.6, 0.0)];
+        let mut out = [0f32; 2];
+        denoise_step(&[f32::NAN, 100.0], &[0.0, 0.0], None, &c, &mut out);
+        assert!(out[0].is_nan());
+        // x̂_0 = 100/√0.5 clips to 1: 0.3·1 + 0.6·100.
+        assert!((out[1] - 60.3).abs() < 1e-4);
     }
 
     #[test]
