@@ -6,7 +6,7 @@
 //! tensor that broadcasts over the image.
 
 use crate::schedule::Schedule;
-use noisegrad_engine::{Result, Tensor};
+use noisegrad_engine::{QSampleCoef, Result, StepCoef, Tensor};
 
 /// Coefficients `table[t_i]` as a tensor of shape [N, 1, …, 1] (rank `rank`)
 /// on the device and dtype of `like`.
@@ -15,6 +15,55 @@ pub fn extract(table: &[f64], t: &[usize], like: &Tensor) -> Result<Tensor> {
     let mut shape = vec![1; like.rank()];
     shape[0] = t.len();
     Tensor::from_vec(&vals, &shape, like.dtype(), like.device())
+}
+
+/// Per-sample coefficients of the fused `q_sample` kernel (same equation as [`q_sample`]).
+pub fn q_sample_coefs(s: &Schedule, t: &[usize]) -> Vec<QSampleCoef> {
+    t.iter()
+        .map(|&i| QSampleCoef::from_alpha_bar(s.alphas_cumprod[i]))
+        .collect()
+}
+
+/// Per-sample coefficients of the fused DDPM step (same equation as
+/// [`ddpm_step`]): σ_t from `var`, no noise at t = 0.
+pub fn ddpm_step_coefs(
+    s: &Schedule,
+    var: ReverseVariance,
+    t: &[usize],
+    clip: bool,
+) -> Vec<StepCoef> {
+    let (_, logv) = var.tables(s);
+    t.iter()
+        .map(|&i| {
+            let sigma = if i == 0 { 0.0 } else { (0.5 * logv[i]).exp() };
+            if clip {
+                StepCoef::ddpm_clipped(
+                    s.alphas_cumprod[i],
+                    s.posterior_mean_coef1[i],
+                    s.posterior_mean_coef2[i],
+                    sigma,
+                )
+            } else {
+                StepCoef::ddpm(s.alphas[i], s.alphas_cumprod[i], sigma)
+            }
+        })
+        .collect()
+}
+
+/// Coefficients of the fused DDIM step from t to `prev` (None: the end).
+pub fn ddim_step_coef(
+    s: &Schedule,
+    t: usize,
+    prev: Option<usize>,
+    eta: f64,
+    clip: bool,
+) -> StepCoef {
+    StepCoef::ddim(
+        s.alphas_cumprod[t],
+        prev.map_or(1.0, |p| s.alphas_cumprod[p]),
+        eta,
+        clip,
+    )
 }
 
 /// q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I): returns (mean, variance).
@@ -232,6 +281,50 @@ mod tests {
             let want = (x - b / (1.0 - ab).sqrt() * e) / a.sqrt();
             assert!((m - want).abs() < 1e-10);
         }
+    }
+
+    /// The fused kernels compute the same equations as the composite ops.
+    #[test]
+    fn fused_steps_match_the_equations() {
+        let s = Schedule::ddpm();
+        let to32 = |t: Tensor| t.to_dtype(noisegrad_engine::DType::F32).unwrap();
+        let (xt, eps, z) = (
+            to32(rand(&[3, 2, 4, 4], 5)),
+            to32(rand(&[3, 2, 4, 4], 6)),
+            to32(rand(&[3, 2, 4, 4], 7)),
+        );
+        let close = |a: &Tensor, b: &Tensor| {
+            let err = a
+                .to_vec_f64()
+                .iter()
+                .zip(b.to_vec_f64())
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err < 1e-4, "max |diff| {err}");
+        };
+        let t = [0, 17, 950];
+        for clip in [false, true] {
+            for var in [ReverseVariance::FixedLarge, ReverseVariance::FixedSmall] {
+                let fused = xt
+                    .denoise_step(&eps, Some(&z), &ddpm_step_coefs(&s, var, &t, clip))
+                    .unwrap();
+                close(
+                    &fused,
+                    &ddpm_step(&s, var, &xt, &t, &eps, &z, clip).unwrap(),
+                );
+            }
+            for (step, prev) in [(950, Some(900)), (17, None)] {
+                let c = ddim_step_coef(&s, step, prev, 0.5, clip);
+                let fused = xt.denoise_step(&eps, Some(&z), &[c, c, c]).unwrap();
+                close(
+                    &fused,
+                    &ddim_step(&s, &xt, step, prev, &eps, &z, 0.5, clip).unwrap(),
+                );
+            }
+        }
+        close(
+            &xt.q_sample(&eps, &q_sample_coefs(&s, &t)).unwrap(),
+            &q_sample(&s, &xt, &t, &eps).unwrap(),
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Samplers: DDPM ancestral sampling and DDIM, both deterministic given a seed.
+//! Samplers: DDPM ancestral sampling and DDIM, both deterministic given a
+//! seed, each step one pass of the fused `denoise_step` kernel (whose
+//! equations `process::{ddpm_step, ddim_step}` state and test).
 
 use crate::process::{
-    DdimSpacing, ReverseVariance, ddim_step, ddim_timesteps, ddpm_step, predict_x0_from_eps,
+    DdimSpacing, ReverseVariance, ddim_step_coef, ddim_timesteps, ddpm_step_coefs,
+    predict_x0_from_eps,
 };
 use crate::schedule::Schedule;
 use crate::vlb::EpsModel;
@@ -55,7 +58,7 @@ pub fn ddpm_sample(
                 progressive.push((t, predict_x0_from_eps(s, &x, &ts, &eps)?.clamp(-1.0, 1.0)?));
             }
             let z = Tensor::randn(shape, DType::F32, device, rng)?;
-            x = ddpm_step(s, var, &x, &ts, &eps, &z, opts.clip)?;
+            x = x.denoise_step(&eps, Some(&z), &ddpm_step_coefs(s, var, &ts, opts.clip))?;
             on_step(t);
         }
         Ok(Samples {
@@ -90,7 +93,8 @@ pub fn ddim_sample(
                 progressive.push((t, predict_x0_from_eps(s, &x, &ts, &eps)?.clamp(-1.0, 1.0)?));
             }
             let z = Tensor::randn(shape, DType::F32, device, rng)?;
-            x = ddim_step(s, &x, t, seq.get(i + 1).copied(), &eps, &z, eta, opts.clip)?;
+            let coef = ddim_step_coef(s, t, seq.get(i + 1).copied(), eta, opts.clip);
+            x = x.denoise_step(&eps, Some(&z), &vec![coef; shape[0]])?;
             on_step(t);
         }
         Ok(Samples {

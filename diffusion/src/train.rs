@@ -8,7 +8,7 @@
 //! those of an uninterrupted run bit for bit (on the CPU).
 
 use crate::data::{Batcher, BatcherState, ImageDataset};
-use crate::process::extract;
+use crate::process::q_sample_coefs;
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::unet::{UNet, UNetConfig};
 use noisegrad_engine::nn::ParamStore;
@@ -142,13 +142,7 @@ impl Trainer {
         let n = x0.dim(0)?;
         let t = self.sample_timesteps(n);
         let eps = Tensor::randn(x0.shape(), x0.dtype(), x0.device(), &mut self.rng)?;
-        let xt = x0
-            .mul(&extract(&self.schedule.sqrt_alphas_cumprod, &t, x0)?)?
-            .add(&eps.mul(&extract(
-                &self.schedule.sqrt_one_minus_alphas_cumprod,
-                &t,
-                x0,
-            )?)?)?;
+        let xt = x0.q_sample(&eps, &q_sample_coefs(&self.schedule, &t))?;
         let pred = self.model.forward(&xt, &t, true, &mut self.rng)?;
         pred.l_simple_loss(&eps)
     }
