@@ -147,7 +147,7 @@ static POOL_F64: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
 
 /// Buffers kept for reuse across calls (the largest a U-Net convolution
 /// needs are a few MiB: transformed inputs/outputs, packed weights, im2col).
-const POOLED_BUFFERS: usize = 8;
+const POOLED_BUFFERS: usize = 32;
 
 /// A large scratch buffer, taken from a process-wide pool and given back on
 /// drop. Fresh allocations of several MiB per call cost page faults and

@@ -70,56 +70,293 @@ impl Tiling {
     }
 }
 
+/// Lanes processed together by the weight transforms: 8 (o, c) pairs at
+/// once, so each step below is one 8-wide vector operation.
+const LANES: usize = 8;
+
+type Lanes<T> = [T; LANES];
+
+/// G·v for 8 lanes at once, G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]]:
+/// `out[r][l] = (G·(v0[l], v1[l], v2[l]))[r]`.
+#[inline(always)]
+fn g_lanes<T: GemmFloat>(v0: &Lanes<T>, v1: &Lanes<T>, v2: &Lanes<T>, out: [&mut Lanes<T>; 4]) {
+    let half = T::from_f64(0.5);
+    let [o0, o1, o2, o3] = out;
+    for l in 0..LANES {
+        o0[l] = v0[l];
+        o1[l] = (v0[l] + v1[l] + v2[l]) * half;
+        o2[l] = (v0[l] - v1[l] + v2[l]) * half;
+        o3[l] = v2[l];
+    }
+}
+
+/// Gᵀ·u for 8 lanes at once: (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3).
+#[inline(always)]
+fn gt_lanes<T: GemmFloat>(u: [&Lanes<T>; 4], out: [&mut Lanes<T>; 3]) {
+    let half = T::from_f64(0.5);
+    let [o0, o1, o2] = out;
+    for l in 0..LANES {
+        let (u0, u1, u2, u3) = (u[0][l], u[1][l], u[2][l], u[3][l]);
+        o0[l] = u0 + (u1 + u2) * half;
+        o1[l] = (u1 - u2) * half;
+        o2[l] = (u1 + u2) * half + u3;
+    }
+}
+
+/// Mutable references to four distinct rows of `rows` (increasing indices).
+#[inline(always)]
+fn rows4<T>(rows: &mut [Lanes<T>], at: [usize; 4]) -> [&mut Lanes<T>; 4] {
+    let [a, b, c, d] = at;
+    let (x, rest) = rows.split_at_mut(b);
+    let (y, rest) = rest.split_at_mut(c - b);
+    let (z, w) = rest.split_at_mut(d - c);
+    [&mut x[a], &mut y[0], &mut z[0], &mut w[0]]
+}
+
+/// U = G g Gᵀ for 8 kernels at once: `k[tap][lane]` (taps row-major) to
+/// `u[ξ][lane]`, ξ = 4a + b.
+#[inline(always)]
+fn transform_kernels<T: GemmFloat>(k: &[Lanes<T>; 9], u: &mut [Lanes<T>; 16]) {
+    // G·g (4×3): column j of g → column j of gg, stored gg[3a + j].
+    let mut gg = [[T::ZERO; LANES]; 12];
+    for j in 0..3 {
+        let out = rows4(&mut gg, [j, 3 + j, 6 + j, 9 + j]);
+        g_lanes(&k[j], &k[3 + j], &k[6 + j], out);
+    }
+    // (G·g)·Gᵀ (4×4): row a of gg → row a of u.
+    for a in 0..4 {
+        let out = rows4(u, [4 * a, 4 * a + 1, 4 * a + 2, 4 * a + 3]);
+        g_lanes(&gg[3 * a], &gg[3 * a + 1], &gg[3 * a + 2], out);
+    }
+}
+
+/// dg = Gᵀ dU G for 8 kernels at once: `du[ξ][lane]` to `dg[tap][lane]`.
+#[inline(always)]
+fn inverse_transform_kernels<T: GemmFloat>(du: &[Lanes<T>; 16], dg: &mut [Lanes<T>; 9]) {
+    // dU·G (4×3): row a of dU → row a of t, stored t[3a + j].
+    let mut t = [[T::ZERO; LANES]; 12];
+    for a in 0..4 {
+        let (x, rest) = t.split_at_mut(3 * a + 1);
+        let (y, z) = rest.split_at_mut(1);
+        let r = [&du[4 * a], &du[4 * a + 1], &du[4 * a + 2], &du[4 * a + 3]];
+        gt_lanes(r, [&mut x[3 * a], &mut y[0], &mut z[0]]);
+    }
+    // Gᵀ·(dU·G) (3×3): column j of t → column j of dg.
+    for j in 0..3 {
+        let (x, rest) = dg.split_at_mut(3 + j);
+        let (y, z) = rest.split_at_mut(3);
+        let c = [&t[j], &t[3 + j], &t[6 + j], &t[9 + j]];
+        gt_lanes(c, [&mut x[j], &mut y[0], &mut z[0]]);
+    }
+}
+
+/// The 8-lane weight transforms for f32 with explicit AVX2 (the compiler
+/// does not vectorise the generic versions well: 8 lanes are exactly one
+/// register, and these run for every (o, c) pair of every 3×3 layer, in
+/// the forward pass and in both gradients).
+#[cfg(target_arch = "x86_64")]
+mod lanes_avx2 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn g(v0: __m256, v1: __m256, v2: __m256, half: __m256) -> [__m256; 4] {
+        // SAFETY: only reached from the AVX2 functions below.
+        unsafe {
+            let s = _mm256_add_ps(v0, v2);
+            [
+                v0,
+                _mm256_mul_ps(_mm256_add_ps(s, v1), half),
+                _mm256_mul_ps(_mm256_sub_ps(s, v1), half),
+                v2,
+            ]
+        }
+    }
+
+    #[inline(always)]
+    fn gt(u: [__m256; 4], half: __m256) -> [__m256; 3] {
+        // SAFETY: only reached from the AVX2 functions below.
+        unsafe {
+            let s = _mm256_mul_ps(_mm256_add_ps(u[1], u[2]), half);
+            [
+                _mm256_add_ps(u[0], s),
+                _mm256_mul_ps(_mm256_sub_ps(u[1], u[2]), half),
+                _mm256_add_ps(s, u[3]),
+            ]
+        }
+    }
+
+    /// See [`super::transform_kernels`].
+    #[target_feature(enable = "avx2,fma")]
+    pub fn transform_kernels(k: &[Lanes<f32>; 9], u: &mut [Lanes<f32>; 16]) {
+        let half = _mm256_set1_ps(0.5);
+        // SAFETY: every array is 8 f32 long.
+        unsafe {
+            let ld = |i: usize| _mm256_loadu_ps(k[i].as_ptr());
+            let cols = [
+                g(ld(0), ld(3), ld(6), half),
+                g(ld(1), ld(4), ld(7), half),
+                g(ld(2), ld(5), ld(8), half),
+            ];
+            for a in 0..4 {
+                let row = g(cols[0][a], cols[1][a], cols[2][a], half);
+                for (b, v) in row.into_iter().enumerate() {
+                    _mm256_storeu_ps(u[4 * a + b].as_mut_ptr(), v);
+                }
+            }
+        }
+    }
+
+    /// See [`super::inverse_transform_kernels`].
+    #[target_feature(enable = "avx2,fma")]
+    pub fn inverse_transform_kernels(du: &[Lanes<f32>; 16], dg: &mut [Lanes<f32>; 9]) {
+        let half = _mm256_set1_ps(0.5);
+        // SAFETY: every array is 8 f32 long.
+        unsafe {
+            let ld = |i: usize| _mm256_loadu_ps(du[i].as_ptr());
+            let rows: [[__m256; 3]; 4] = std::array::from_fn(|a| {
+                gt(
+                    [ld(4 * a), ld(4 * a + 1), ld(4 * a + 2), ld(4 * a + 3)],
+                    half,
+                )
+            });
+            for j in 0..3 {
+                let col = gt([rows[0][j], rows[1][j], rows[2][j], rows[3][j]], half);
+                for (i, v) in col.into_iter().enumerate() {
+                    _mm256_storeu_ps(dg[3 * i + j].as_mut_ptr(), v);
+                }
+            }
+        }
+    }
+}
+
+/// `x` as f32 lanes when T is f32 (for the AVX2 paths above).
+fn f32_lanes<T: 'static, const N: usize>(x: &[Lanes<T>; N]) -> Option<&[Lanes<f32>; N]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &*(x as *const [Lanes<T>; N] as *const [Lanes<f32>; N]) })
+}
+
+fn f32_lanes_mut<T: 'static, const N: usize>(
+    x: &mut [Lanes<T>; N],
+) -> Option<&mut [Lanes<f32>; N]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &mut *(x as *mut [Lanes<T>; N] as *mut [Lanes<f32>; N]) })
+}
+
+/// [`transform_kernels`], with the AVX2 version for f32 when the CPU has it.
+#[inline(always)]
+fn transform_kernels_fast<T: GemmFloat>(avx2: bool, k: &[Lanes<T>; 9], u: &mut [Lanes<T>; 16]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        if let (Some(k), Some(u)) = (f32_lanes(k), f32_lanes_mut(u)) {
+            // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
+            return unsafe { lanes_avx2::transform_kernels(k, u) };
+        }
+    }
+    let _ = avx2;
+    transform_kernels(k, u)
+}
+
+/// [`inverse_transform_kernels`], with the AVX2 version for f32 when the CPU has it.
+#[inline(always)]
+fn inverse_transform_kernels_fast<T: GemmFloat>(
+    avx2: bool,
+    du: &[Lanes<T>; 16],
+    dg: &mut [Lanes<T>; 9],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        if let (Some(du), Some(dg)) = (f32_lanes(du), f32_lanes_mut(dg)) {
+            // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
+            return unsafe { lanes_avx2::inverse_transform_kernels(du, dg) };
+        }
+    }
+    let _ = avx2;
+    inverse_transform_kernels(du, dg)
+}
+
 /// U[ξ][o][c] = (G g[o,c] Gᵀ)[ξ], written straight into one packed GEMM
-/// operand per ξ (padding rows zero), split over panels of output channels.
-fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<PackedA<T>> {
+/// operand per ξ (padding rows zero), split over groups of 8 output
+/// channels (the 8 lanes).
+pub fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<PackedA<T>> {
     let mut u: Vec<PackedA<T>> = (0..16).map(|_| PackedA::for_filling(o, c)).collect();
-    let mr = u[0].mr();
+    let padded_rows = o.next_multiple_of(u[0].mr());
     let bases: [SendPtr<T>; 16] = {
         let mut it = u.iter_mut();
         std::array::from_fn(|_| SendPtr(it.next().expect("16 operands").packed_mut().as_mut_ptr()))
     };
-    (0..o.div_ceil(mr)).into_par_iter().for_each(|panel| {
-        let bases = bases;
-        for ci in 0..c {
-            for lane in 0..mr {
-                let oi = panel * mr + lane;
-                let vals = if oi < o {
-                    transform_kernel(w[(oi * c + ci) * 9..][..9].try_into().expect("3×3"))
-                } else {
-                    [T::ZERO; 16]
-                };
-                // The packed index of (oi, ci), the same in all 16 operands.
-                let at = panel * c * mr + ci * mr + lane;
-                for (base, v) in bases.iter().zip(vals) {
-                    // SAFETY: `at` is inside every packed buffer (all are
-                    // ceil(o/mr)·mr × c) and only this panel's task writes it.
-                    unsafe { *base.0.add(at) = v };
+    let u0 = &u[0];
+    (0..padded_rows.div_ceil(LANES))
+        .into_par_iter()
+        .for_each(|group| {
+            let bases = bases;
+            let o0 = group * LANES;
+            let rows = LANES.min(padded_rows - o0);
+            let real = LANES.min(o.saturating_sub(o0));
+            // With 8-row panels a group's 8 rows are one contiguous run per ξ.
+            let contiguous = rows == LANES
+                && u0.packed_index(o0 + LANES - 1, 0) == u0.packed_index(o0, 0) + LANES - 1;
+            let avx2 = use_avx2();
+            {
+                let mut k = [[T::ZERO; LANES]; 9];
+                let mut vals = [[T::ZERO; LANES]; 16];
+                for ci in 0..c {
+                    for l in 0..real {
+                        let src = &w[((o0 + l) * c + ci) * 9..][..9];
+                        for (tap, &v) in src.iter().enumerate() {
+                            k[tap][l] = v;
+                        }
+                    }
+                    transform_kernels_fast(avx2, &k, &mut vals);
+                    let first = u0.packed_index(o0, ci);
+                    for (base, v) in bases.iter().zip(&vals) {
+                        // SAFETY: every index written is inside every packed
+                        // buffer (all are padded_rows × c) and only this group's
+                        // task writes rows o0 .. o0 + rows.
+                        unsafe {
+                            if contiguous {
+                                std::ptr::copy_nonoverlapping(v.as_ptr(), base.0.add(first), LANES);
+                            } else {
+                                for (l, &x) in v.iter().enumerate().take(rows) {
+                                    *base.0.add(u0.packed_index(o0 + l, ci)) = x;
+                                }
+                            }
+                        }
+                    }
                 }
             }
-        }
-    });
+        });
     u
 }
 
-/// G g Gᵀ for one 3×3 kernel g (row-major), as 16 values ξ = 4a + b, with
-/// G·v = (v0, (v0+v1+v2)/2, (v0−v1+v2)/2, v2).
-#[inline(always)]
-fn transform_kernel<T: GemmFloat>(k: &[T; 9]) -> [T; 16] {
-    let half = T::from_f64(0.5);
-    let g_mul = |v0: T, v1: T, v2: T| [v0, (v0 + v1 + v2) * half, (v0 - v1 + v2) * half, v2];
-    // Columns first (G·g is 4×3), then rows ((G·g)·Gᵀ is 4×4).
-    let cols = [
-        g_mul(k[0], k[3], k[6]),
-        g_mul(k[1], k[4], k[7]),
-        g_mul(k[2], k[5], k[8]),
-    ];
-    let mut out = [T::ZERO; 16];
-    for a in 0..4 {
-        let row = g_mul(cols[0][a], cols[1][a], cols[2][a]);
-        out[4 * a..4 * a + 4].copy_from_slice(&row);
-    }
-    out
+/// dw[o][c] = Gᵀ dU[·][o][c] G for `du` laid out `[16][O][C]`, split over
+/// output channels, 8 input channels (lanes) at a time.
+pub fn inverse_transform_weights<T: GemmFloat>(o: usize, c: usize, du: &[T], dw: &mut [T]) {
+    let avx2 = use_avx2();
+    dw.par_chunks_mut(c * 9)
+        .enumerate()
+        .for_each(|(oi, dw_row)| {
+            let mut u = [[T::ZERO; LANES]; 16];
+            let mut g = [[T::ZERO; LANES]; 9];
+            for c0 in (0..c).step_by(LANES) {
+                let n = LANES.min(c - c0);
+                for (xi, lanes) in u.iter_mut().enumerate() {
+                    let src = &du[xi * o * c + oi * c + c0..][..n];
+                    match <&Lanes<T>>::try_from(src) {
+                        Ok(full) => *lanes = *full,
+                        Err(_) => lanes[..n].copy_from_slice(src),
+                    }
+                }
+                inverse_transform_kernels_fast(avx2, &u, &mut g);
+                for (l, k) in dw_row[c0 * 9..(c0 + n) * 9].chunks_exact_mut(9).enumerate() {
+                    for (tap, v) in k.iter_mut().enumerate() {
+                        *v = g[tap][l];
+                    }
+                }
+            }
+        });
 }
 
 /// Splits `buf` into `N` consecutive slices of `len`.
@@ -653,25 +890,5 @@ pub fn backward_weight<T: GemmFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: 
             unsafe { pa.gemm(b, c, MatPtr::row_major(dux, c), ci > 0) };
         });
     }
-    // dg = Gᵀ dU G, Gᵀ·u = (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3).
-    let half = T::from_f64(0.5);
-    let gt_mul = |u: [T; 4]| {
-        [
-            u[0] + (u[1] + u[2]) * half,
-            (u[1] - u[2]) * half,
-            (u[1] + u[2]) * half + u[3],
-        ]
-    };
-    dw.par_chunks_mut(9).enumerate().for_each(|(oc, k)| {
-        let at = |xi: usize| du[xi * o * c + oc];
-        let rows: [[T; 3]; 4] = std::array::from_fn(|a| {
-            gt_mul([at(a * 4), at(a * 4 + 1), at(a * 4 + 2), at(a * 4 + 3)])
-        });
-        for j in 0..3 {
-            let col = gt_mul([rows[0][j], rows[1][j], rows[2][j], rows[3][j]]);
-            for i in 0..3 {
-                k[i * 3 + j] = col[i];
-            }
-        }
-    });
+    inverse_transform_weights(o, c, &du, dw);
 }
