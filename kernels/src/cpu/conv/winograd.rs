@@ -557,16 +557,20 @@ fn output_transform_body<T: GemmFloat>(
     }
 }
 
-/// dM = A dY Aᵀ for one output channel (A = [[1,0],[1,1],[1,−1],[0,−1]]),
-/// written as `dm[ξ·T + t]`; output pixels outside the image count as 0.
+/// dM = A dY Aᵀ for one output channel (A = [[1,0],[1,1],[1,−1],[0,−1]]):
+/// position ξ of tile t goes to `dm.ptr + ξ·dm.xi_stride + t`; output pixels
+/// outside the image count as 0.
+///
+/// # Safety
+/// `dm` must address 16 rows of T elements that only this call writes.
 #[inline(always)]
-fn output_grad_transform_body<'a, T: GemmFloat>(
+unsafe fn output_grad_transform_body<'a, T: GemmFloat>(
     g: &Conv2dGeometry,
     tl: &Tiling,
     (r0, rows): (usize, usize),
     plane: impl Fn(usize) -> &'a [T],
     scratch: &mut Vec<T>,
-    dm: &mut [T],
+    dm: VDest<T>,
 ) {
     let (ho, wo, tw) = (g.out_h(), g.out_w(), tl.tw);
     let t_len = rows * tw;
@@ -585,58 +589,45 @@ fn output_grad_transform_body<'a, T: GemmFloat>(
             od.fill(T::ZERO);
             if 2 * ty + q < ho {
                 let row = &dy[(2 * ty + q) * wo..][..wo];
-                for (i, pair) in row.chunks(2).enumerate() {
-                    ev[i] = pair[0];
-                    if let Some(&b) = pair.get(1) {
-                        od[i] = b;
-                    }
+                let pairs = wo / 2;
+                for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(row.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if wo % 2 == 1 {
+                    ev[pairs] = row[wo - 1];
                 }
             }
         }
     }
-    let rows4: [&mut [T]; 16] = {
-        let mut it = dm[..16 * t_len].chunks_exact_mut(t_len);
-        std::array::from_fn(|_| it.next().expect("16 rows"))
-    };
-    let [
-        m0,
-        m1,
-        m2,
-        m3,
-        m4,
-        m5,
-        m6,
-        m7,
-        m8,
-        m9,
-        m10,
-        m11,
-        m12,
-        m13,
-        m14,
-        m15,
-    ] = rows4;
-    let out_rows = [
-        [m0, m1, m2, m3],
-        [m4, m5, m6, m7],
-        [m8, m9, m10, m11],
-        [m12, m13, m14, m15],
-    ];
-    for (a, [d0, d1, d2, d3]) in out_rows.into_iter().enumerate() {
+    // SAFETY: the caller's contract: 16 rows of t_len this call owns.
+    let row =
+        |xi: usize| unsafe { std::slice::from_raw_parts_mut(dm.ptr.add(xi * dm.xi_stride), t_len) };
+    for a in 0..4 {
         // Row a of A·dY: (y0, y0 + y1, y0 − y1, −y1), even and odd column ...
-        let f: fn(T, T) -> T = match a {
-            0 => |y0, _| y0,
-            1 => |y0, y1| y0 + y1,
-            2 => |y0, y1| y0 - y1,
-            _ => |_, y1| -y1,
-        };
-        map2(ze, y00, y10, f);
-        map2(zo, y01, y11, f);
+        match a {
+            0 => {
+                ze.copy_from_slice(y00);
+                zo.copy_from_slice(y01);
+            }
+            1 => {
+                map2(ze, y00, y10, |y0, y1| y0 + y1);
+                map2(zo, y01, y11, |y0, y1| y0 + y1);
+            }
+            2 => {
+                map2(ze, y00, y10, |y0, y1| y0 - y1);
+                map2(zo, y01, y11, |y0, y1| y0 - y1);
+            }
+            _ => {
+                map2(ze, y10, y10, |_, y1| -y1);
+                map2(zo, y11, y11, |_, y1| -y1);
+            }
+        }
         // ... times Aᵀ along the row, per tile: (e, e + o, e − o, −o).
-        map2(d0, ze, zo, |e, _| e);
-        map2(d1, ze, zo, |e, o| e + o);
-        map2(d2, ze, zo, |e, o| e - o);
-        map2(d3, ze, zo, |_, o| -o);
+        row(4 * a).copy_from_slice(ze);
+        map2(row(4 * a + 1), ze, zo, |e, o| e + o);
+        map2(row(4 * a + 2), ze, zo, |e, o| e - o);
+        map2(row(4 * a + 3), zo, zo, |_, o| -o);
     }
 }
 
@@ -676,15 +667,16 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn output_grad_transform<'a, T: GemmFloat>(
+    pub(super) unsafe fn output_grad_transform<'a, T: GemmFloat>(
         g: &Conv2dGeometry,
         tl: &Tiling,
         chunk: (usize, usize),
         plane: impl Fn(usize) -> &'a [T],
         scratch: &mut Vec<T>,
-        dm: &mut [T],
+        dm: VDest<T>,
     ) {
-        output_grad_transform_body(g, tl, chunk, plane, scratch, dm)
+        // SAFETY: forwarded contract.
+        unsafe { output_grad_transform_body(g, tl, chunk, plane, scratch, dm) }
     }
 }
 
@@ -732,20 +724,24 @@ fn output_transform<T: GemmFloat>(
 }
 
 /// See [`output_grad_transform_body`].
-fn output_grad_transform<'a, T: GemmFloat>(
+///
+/// # Safety
+/// As [`output_grad_transform_body`].
+unsafe fn output_grad_transform<'a, T: GemmFloat>(
     g: &Conv2dGeometry,
     tl: &Tiling,
     chunk: (usize, usize),
     plane: impl Fn(usize) -> &'a [T],
     scratch: &mut Vec<T>,
-    dm: &mut [T],
+    dm: VDest<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
-        // SAFETY: the CPU has AVX2+FMA.
+        // SAFETY: the CPU has AVX2+FMA; the rest is the caller's contract.
         return unsafe { avx2::output_grad_transform(g, tl, chunk, plane, scratch, dm) };
     }
-    output_grad_transform_body(g, tl, chunk, plane, scratch, dm)
+    // SAFETY: the caller's contract.
+    unsafe { output_grad_transform_body(g, tl, chunk, plane, scratch, dm) }
 }
 
 /// Forward: `y = conv(x, w) + bias` for 3×3, stride 1.
@@ -846,45 +842,49 @@ pub fn backward_weight<T: GemmFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: 
     let (c, o) = (g.in_channels, g.out_channels);
     let (hw, ho_wo) = (g.in_h * g.in_w, g.out_h() * g.out_w());
     let tl = Tiling::new(g);
-    let mut v = Buffer::new(c * 16 * tl.max_tiles());
-    let mut dm = Buffer::new(o * 16 * tl.max_tiles());
-    let mut du = Buffer::new(16 * o * c);
+    let mut v = Buffer::<T>::new(c * 16 * tl.max_tiles());
+    let mut dm = Buffer::<T>::new(o * 16 * tl.max_tiles());
+    let mut du = Buffer::<T>::new(16 * o * c);
     for (ci, chunk) in tl.chunks(g.batch).enumerate() {
         let t = chunk.1 * tl.tw;
-        v[..c * 16 * t]
-            .par_chunks_mut(16 * t)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (ch, vc)| {
+        // V as [ξ][c][t] and dM as [ξ][o][t]: each ξ's operands are
+        // contiguous for its GEMM.
+        let v_ptr = SendPtr(v.as_mut_ptr());
+        (0..c)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch, ch| {
+                let v_ptr = v_ptr;
                 let plane = |n: usize| &x[(n * c + ch) * hw..][..hw];
-                // V of channel ch as plain [16][T] rows: one run per row.
                 let dest = VDest {
-                    ptr: vc.as_mut_ptr(),
-                    xi_stride: t,
+                    // SAFETY: row ch of every ξ block.
+                    ptr: unsafe { v_ptr.0.add(ch * t) },
+                    xi_stride: c * t,
                     run: t,
                     run_stride: 0,
                 };
-                // SAFETY: dest covers exactly this task's own slice vc.
+                // SAFETY: task ch alone writes rows ch of the 16 blocks.
                 unsafe { input_transform(g, &tl, chunk, plane, scratch, dest) }
             });
-        dm[..o * 16 * t]
-            .par_chunks_mut(16 * t)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (oi, dmo)| {
+        let dm_ptr = SendPtr(dm.as_mut_ptr());
+        (0..o)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch, oi| {
+                let dm_ptr = dm_ptr;
                 let plane = |n: usize| &dy[(n * o + oi) * ho_wo..][..ho_wo];
-                output_grad_transform(g, &tl, chunk, plane, scratch, dmo)
+                let dest = VDest {
+                    // SAFETY: row oi of every ξ block.
+                    ptr: unsafe { dm_ptr.0.add(oi * t) },
+                    xi_stride: o * t,
+                    run: t,
+                    run_stride: 0,
+                };
+                // SAFETY: task oi alone writes rows oi of the 16 blocks.
+                unsafe { output_grad_transform(g, &tl, chunk, plane, scratch, dest) }
             });
         du.par_chunks_mut(o * c).enumerate().for_each(|(xi, dux)| {
-            let a = Mat {
-                data: &dm[xi * t..o * 16 * t],
-                rs: 16 * t,
-                cs: 1,
-            };
-            // B = V_ξᵀ: element (t, c) at v[c·16T + ξ·T + t].
-            let b = Mat {
-                data: &v[xi * t..c * 16 * t],
-                rs: 1,
-                cs: 16 * t,
-            };
+            let a = Mat::row_major(&dm[xi * o * t..][..o * t], t);
+            // B = V_ξᵀ (T×C): V_ξ is C×T row-major.
+            let b = Mat::transposed(&v[xi * c * t..][..c * t], t);
             let pa = PackedA::new(a, o, t);
             // SAFETY: dux is this task's own O×C block.
             unsafe { pa.gemm(b, c, MatPtr::row_major(dux, c), ci > 0) };
