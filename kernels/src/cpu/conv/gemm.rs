@@ -329,7 +329,7 @@ unsafe fn kernel_generic<T: Float>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// 8×32 tile in 16 zmm registers: per k step two 16-lane loads of B
@@ -373,6 +373,40 @@ mod x86 {
         }
     }
 
+    /// Transposes 8 rows of 8: `out[q][i] = r[i][q]` (unpack, shuffle, then
+    /// swap 128-bit halves).
+    #[inline(always)]
+    pub fn transpose8x8(r: [__m256; 8]) -> [__m256; 8] {
+        // SAFETY: only called from AVX2 functions.
+        unsafe {
+            let t: [__m256; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            let s = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            std::array::from_fn(|q| {
+                if q < 4 {
+                    _mm256_permute2f128_ps::<0x20>(s[q], s[q + 4])
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(s[q - 4], s[q])
+                }
+            })
+        }
+    }
+
     /// [`super::transpose_into`] for f32 in 8×8 blocks: 8 row loads, the
     /// classic unpack/shuffle/permute register transpose, 8 stores; the
     /// ragged edges go element by element.
@@ -397,29 +431,8 @@ mod x86 {
                 unsafe {
                     let r: [__m256; 8] =
                         std::array::from_fn(|jj| _mm256_loadu_ps(rows[jj].as_ptr().add(p0)));
-                    let t: [__m256; 8] = std::array::from_fn(|i| {
-                        let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
-                        if i % 2 == 0 {
-                            _mm256_unpacklo_ps(a, b)
-                        } else {
-                            _mm256_unpackhi_ps(a, b)
-                        }
-                    });
-                    let s = [
-                        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-                        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-                        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-                        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-                        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-                        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-                        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-                        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-                    ];
-                    for q in 0..4 {
-                        let lo = _mm256_permute2f128_ps::<0x20>(s[q], s[q + 4]);
-                        let hi = _mm256_permute2f128_ps::<0x31>(s[q], s[q + 4]);
-                        _mm256_storeu_ps(out.as_mut_ptr().add((p0 + q) * width + j0), lo);
-                        _mm256_storeu_ps(out.as_mut_ptr().add((p0 + q + 4) * width + j0), hi);
+                    for (q, col) in transpose8x8(r).into_iter().enumerate() {
+                        _mm256_storeu_ps(out.as_mut_ptr().add((p0 + q) * width + j0), col);
                     }
                 }
             }

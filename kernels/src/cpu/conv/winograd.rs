@@ -207,6 +207,94 @@ mod lanes_avx2 {
         }
     }
 
+    /// The forward transform of 8 output channels at once for every input
+    /// channel: `rows[l]` holds the c·9 taps of output channel l, and
+    /// `out[ξ] + ci·step` receives U[ξ] for the 8 channels (8 contiguous
+    /// values: one packed A panel row). Per input channel: 8 row loads, one
+    /// 8×8 register transpose (taps 0..8) and a gather of tap 8.
+    ///
+    /// # Safety
+    /// `out[ξ] + ci·step .. + 8` must be writable for every ci < c, and
+    /// only by this call.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn transform_group(rows: [&[f32]; 8], c: usize, out: &[*mut f32; 16], step: usize) {
+        let half = _mm256_set1_ps(0.5);
+        for row in &rows {
+            assert!(row.len() >= c * 9, "transform_group: short row");
+        }
+        for ci in 0..c {
+            let at = ci * 9;
+            // SAFETY: at + 9 ≤ c·9 ≤ each row's length; out as promised.
+            unsafe {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|l| _mm256_loadu_ps(rows[l].as_ptr().add(at)));
+                let k = crate::cpu::conv::gemm::x86::transpose8x8(r);
+                let k8 = _mm256_setr_ps(
+                    rows[0][at + 8],
+                    rows[1][at + 8],
+                    rows[2][at + 8],
+                    rows[3][at + 8],
+                    rows[4][at + 8],
+                    rows[5][at + 8],
+                    rows[6][at + 8],
+                    rows[7][at + 8],
+                );
+                let cols = [
+                    g(k[0], k[3], k[6], half),
+                    g(k[1], k[4], k[7], half),
+                    g(k[2], k[5], k8, half),
+                ];
+                for a in 0..4 {
+                    let row = g(cols[0][a], cols[1][a], cols[2][a], half);
+                    for (b, v) in row.into_iter().enumerate() {
+                        _mm256_storeu_ps(out[4 * a + b].add(ci * step), v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weight-gradient transform of one output channel for 8 input
+    /// channels at a time: `du[ξ]` holds dU[ξ][o][0..c]; `dw` (c·9) gets
+    /// Gᵀ dU G per input channel. Returns how many channels it did (a
+    /// multiple of 8; the caller finishes the rest).
+    #[target_feature(enable = "avx2,fma")]
+    pub fn inverse_group(du: [&[f32]; 16], c: usize, dw: &mut [f32]) -> usize {
+        let half = _mm256_set1_ps(0.5);
+        let done = c / 8 * 8;
+        assert!(
+            dw.len() >= c * 9 && du.iter().all(|r| r.len() >= c),
+            "inverse_group: short rows"
+        );
+        for c0 in (0..done).step_by(8) {
+            // SAFETY: c0 + 8 ≤ c; dw holds c·9 elements.
+            unsafe {
+                let ld = |xi: usize| _mm256_loadu_ps(du[xi].as_ptr().add(c0));
+                let rows: [[__m256; 3]; 4] = std::array::from_fn(|a| {
+                    gt(
+                        [ld(4 * a), ld(4 * a + 1), ld(4 * a + 2), ld(4 * a + 3)],
+                        half,
+                    )
+                });
+                let cols: [[__m256; 3]; 3] = std::array::from_fn(|j| {
+                    gt([rows[0][j], rows[1][j], rows[2][j], rows[3][j]], half)
+                });
+                // taps[tap] for the 8 channels, tap = 3i + j.
+                let taps: [__m256; 9] = std::array::from_fn(|tap| cols[tap % 3][tap / 3]);
+                let first8 =
+                    crate::cpu::conv::gemm::x86::transpose8x8(std::array::from_fn(|t| taps[t]));
+                let mut last = [0f32; 8];
+                _mm256_storeu_ps(last.as_mut_ptr(), taps[8]);
+                for l in 0..8 {
+                    let k = dw.as_mut_ptr().add((c0 + l) * 9);
+                    _mm256_storeu_ps(k, first8[l]);
+                    *k.add(8) = last[l];
+                }
+            }
+        }
+        done
+    }
+
     /// See [`super::inverse_transform_kernels`].
     #[target_feature(enable = "avx2,fma")]
     pub fn inverse_transform_kernels(du: &[Lanes<f32>; 16], dg: &mut [Lanes<f32>; 9]) {
@@ -243,6 +331,19 @@ fn f32_lanes_mut<T: 'static, const N: usize>(
     // SAFETY: T is f32, so the types are identical.
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
         .then(|| unsafe { &mut *(x as *mut [Lanes<T>; N] as *mut [Lanes<f32>; N]) })
+}
+
+/// `x` as f32 when T is f32.
+fn f32_slice<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+fn f32_slice_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
 /// [`transform_kernels`], with the AVX2 version for f32 when the CPU has it.
@@ -299,6 +400,22 @@ pub fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<Packe
             let contiguous = rows == LANES
                 && u0.packed_index(o0 + LANES - 1, 0) == u0.packed_index(o0, 0) + LANES - 1;
             let avx2 = use_avx2();
+            #[cfg(target_arch = "x86_64")]
+            if avx2 && contiguous && real == LANES {
+                if let Some(w32) = f32_slice(w) {
+                    let rows: [&[f32]; 8] =
+                        std::array::from_fn(|l| &w32[(o0 + l) * c * 9..][..c * 9]);
+                    let first = u0.packed_index(o0, 0);
+                    let out: [*mut f32; 16] = std::array::from_fn(|xi| {
+                        // SAFETY: `first` is inside every packed buffer.
+                        unsafe { bases[xi].0.add(first) as *mut f32 }
+                    });
+                    // SAFETY: AVX2 is available; rows o0..o0+8 of every
+                    // packed buffer (mr apart per input channel) belong to
+                    // this task.
+                    return unsafe { lanes_avx2::transform_group(rows, c, &out, u0.mr()) };
+                }
+            }
             {
                 let mut k = [[T::ZERO; LANES]; 9];
                 let mut vals = [[T::ZERO; LANES]; 16];
@@ -338,9 +455,19 @@ pub fn inverse_transform_weights<T: GemmFloat>(o: usize, c: usize, du: &[T], dw:
     dw.par_chunks_mut(c * 9)
         .enumerate()
         .for_each(|(oi, dw_row)| {
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                if let (Some(du32), Some(dw32)) = (f32_slice(du), f32_slice_mut(dw_row)) {
+                    let rows: [&[f32]; 16] =
+                        std::array::from_fn(|xi| &du32[xi * o * c + oi * c..][..c]);
+                    // SAFETY: AVX2 is available.
+                    done = unsafe { lanes_avx2::inverse_group(rows, c, dw32) };
+                }
+            }
             let mut u = [[T::ZERO; LANES]; 16];
             let mut g = [[T::ZERO; LANES]; 9];
-            for c0 in (0..c).step_by(LANES) {
+            for c0 in (done..c).step_by(LANES) {
                 let n = LANES.min(c - c0);
                 for (xi, lanes) in u.iter_mut().enumerate() {
                     let src = &du[xi * o * c + oi * c + c0..][..n];
