@@ -252,16 +252,20 @@ fn column_block(len: usize, count: usize, align: usize) -> usize {
 }
 
 /// im2col of the images `[n0, n0 + count)` into `col` (`[count][K][P]`),
-/// split over (image, channel).
+/// split over (image, channel); each task goes through the channel's
+/// phases (a few KiB, reused per thread).
 fn im2col_group<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], n0: usize, count: usize, col: &mut [T]) {
     let (c, hw) = (g.in_channels, g.in_h * g.in_w);
     let rows_per_channel = g.kernel_h * g.kernel_w * g.out_pixels();
+    let ph = im2col::Phases::new(g);
     col[..count * c * rows_per_channel]
         .par_chunks_mut(rows_per_channel)
         .enumerate()
-        .for_each(|(i, rows)| {
+        .for_each_init(Vec::new, |phases, (i, rows)| {
             let (n, ci) = (n0 + i / c, i % c);
-            im2col::im2col(g, &x[(n * c + ci) * hw..][..hw], rows);
+            phases.resize(ph.channel_len(g), T::ZERO);
+            ph.split_channel(g, &x[(n * c + ci) * hw..][..hw], phases);
+            im2col::im2col_channel(g, &ph, phases, rows);
         });
 }
 
@@ -389,12 +393,16 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
         if !g.is_pointwise() {
             let (c, hw) = (g.in_channels, g.in_h * g.in_w);
             let rows = g.kernel_h * g.kernel_w * p;
+            let ph = im2col::Phases::new(g);
             dx[n0 * chw..(n0 + count) * chw]
                 .par_chunks_mut(hw)
                 .enumerate()
-                .for_each(|(i, dx_plane)| {
+                .for_each_init(Vec::new, |phases, (i, dx_plane)| {
                     let src = &col[(i / c) * k * p + (i % c) * rows..][..rows];
-                    im2col::col2im(g, src, dx_plane);
+                    phases.clear();
+                    phases.resize(ph.channel_len(g), T::ZERO);
+                    im2col::col2im_channel(g, &ph, src, phases);
+                    ph.merge_channel(g, phases, dx_plane);
                 });
         }
     }
