@@ -25,8 +25,7 @@ pub mod im2col;
 pub mod winograd;
 
 use crate::Float;
-use crate::cpu::SendPtr;
-use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA};
+use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr};
 use rayon::prelude::*;
 
 /// Largest im2col buffer (elements) one group of images may use: 4 MiB of
@@ -78,15 +77,17 @@ impl Conv2dGeometry {
         if self.kernel_h == 0 || self.kernel_w == 0 {
             return Err("kernel sizes must be ≥ 1".into());
         }
-        if self.in_h + 2 * self.padding < self.kernel_h
-            || self.in_w + 2 * self.padding < self.kernel_w
-        {
+        if self.in_h == 0 || self.in_w == 0 {
+            return Err("the input's height and width must be ≥ 1".into());
+        }
+        let padded = |len: usize| self.padding.checked_mul(2).and_then(|p| p.checked_add(len));
+        let (Some(ph), Some(pw)) = (padded(self.in_h), padded(self.in_w)) else {
+            return Err(format!("padding {} is too large", self.padding));
+        };
+        if ph < self.kernel_h || pw < self.kernel_w {
             return Err(format!(
-                "the {}×{} kernel is larger than the padded {}×{} input",
-                self.kernel_h,
-                self.kernel_w,
-                self.in_h + 2 * self.padding,
-                self.in_w + 2 * self.padding
+                "the {}×{} kernel is larger than the padded {ph}×{pw} input",
+                self.kernel_h, self.kernel_w
             ));
         }
         Ok(())
@@ -135,7 +136,7 @@ impl Algorithm {
 pub trait ConvFloat: GemmFloat {}
 impl<T: GemmFloat> ConvFloat for T {}
 
-fn check_lengths<T>(g: &Conv2dGeometry, pairs: &[(&str, usize, usize)]) {
+fn check_lengths(g: &Conv2dGeometry, pairs: &[(&str, usize, usize)]) {
     g.assert_valid();
     for &(what, got, want) in pairs {
         assert_eq!(got, want, "conv2d: {what} length does not match {g:?}");
@@ -151,7 +152,7 @@ pub fn conv2d_forward<T: ConvFloat>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) {
-    check_lengths::<T>(
+    check_lengths(
         g,
         &[
             ("input", x.len(), g.input_len()),
@@ -173,7 +174,7 @@ pub fn conv2d_forward<T: ConvFloat>(
 
 /// dx = ∂L/∂x given dy = ∂L/∂y (dx written in full).
 pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
-    check_lengths::<T>(
+    check_lengths(
         g,
         &[
             ("output grad", dy.len(), g.output_len()),
@@ -196,7 +197,7 @@ pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T]
 
 /// dw = ∂L/∂w = Σ over the batch (dw written in full).
 pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
-    check_lengths::<T>(
+    check_lengths(
         g,
         &[
             ("input", x.len(), g.input_len()),
@@ -219,7 +220,7 @@ pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T
 
 /// db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow].
 pub fn conv2d_backward_bias<T: Float>(g: &Conv2dGeometry, dy: &[T], db: &mut [T]) {
-    check_lengths::<T>(
+    check_lengths(
         g,
         &[
             ("output grad", dy.len(), g.output_len()),
@@ -228,13 +229,23 @@ pub fn conv2d_backward_bias<T: Float>(g: &Conv2dGeometry, dy: &[T], db: &mut [T]
     );
     let (o, p) = (g.out_channels, g.out_pixels());
     db.par_iter_mut().enumerate().for_each(|(oi, d)| {
-        let mut s = T::ZERO;
+        // Eight running sums: one chain of dependent adds would be bound by
+        // the add latency; eight independent lanes vectorise.
+        let mut acc = [T::ZERO; 8];
+        let mut tail = T::ZERO;
         for n in 0..g.batch {
-            for &v in &dy[(n * o + oi) * p..][..p] {
-                s += v;
+            let plane = &dy[(n * o + oi) * p..][..p];
+            let mut chunks = plane.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += v;
+                }
+            }
+            for &v in chunks.remainder() {
+                tail += v;
             }
         }
-        *d = s;
+        *d = acc.iter().fold(tail, |s, &a| s + a);
     });
 }
 
@@ -308,17 +319,16 @@ fn gemm_forward<T: ConvFloat>(
             .for_each(|(i, row)| row.fill(b[i % o]));
     }
     let ph = im2col::Phases::new(g);
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_ptr = SharedPtr(y.as_mut_ptr());
     let block = column_block(p, g.batch, wa.nr());
     let blocks = p.div_ceil(block);
     (0..g.batch * blocks).into_par_iter().for_each(|task| {
-        let y_ptr = y_ptr;
         let (n, j0) = (task / blocks, (task % blocks) * block);
         let cols = block.min(p - j0);
         let image = &x[n * chw..][..chw];
         let c = MatPtr {
             // SAFETY: columns [j0, j0 + cols) of image n.
-            ptr: unsafe { y_ptr.0.add(n * o * p + j0) },
+            ptr: unsafe { y_ptr.at(n * o * p + j0) },
             rs: p,
             cs: 1,
         };
@@ -367,13 +377,12 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
         let count = group.min(g.batch - n0);
         // dcol_n = Wᵀ · dY_n (straight into dx for a pointwise kernel).
         let (out_ptr, out_stride) = if g.is_pointwise() {
-            (SendPtr(dx[n0 * chw..].as_mut_ptr()), chw)
+            (SharedPtr(dx[n0 * chw..].as_mut_ptr()), chw)
         } else {
-            (SendPtr(col.as_mut_ptr()), k * p)
+            (SharedPtr(col.as_mut_ptr()), k * p)
         };
         let blocks = p.div_ceil(block);
         (0..count * blocks).into_par_iter().for_each(|task| {
-            let out_ptr = out_ptr;
             let (i, j0) = (task / blocks, (task % blocks) * block);
             let cols = block.min(p - j0);
             let b = Mat {
@@ -383,7 +392,7 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
             };
             let c = MatPtr {
                 // SAFETY: columns [j0, j0 + cols) of image i's K×P matrix.
-                ptr: unsafe { out_ptr.0.add(i * out_stride + j0) },
+                ptr: unsafe { out_ptr.at(i * out_stride + j0) },
                 rs: p,
                 cs: 1,
             };
@@ -412,7 +421,7 @@ fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw:
     let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
     let group = images_per_group(g);
     let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
-    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    let dw_ptr = SharedPtr(dw.as_mut_ptr());
     let block = column_block(k, 1, 32);
     for n0 in (0..g.batch).step_by(group) {
         let count = group.min(g.batch - n0);
@@ -425,12 +434,11 @@ fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw:
             .map(|i| PackedA::new(Mat::row_major(&dy[(n0 + i) * o * p..][..o * p], p), o, p))
             .collect();
         (0..k.div_ceil(block)).into_par_iter().for_each(|bi| {
-            let dw_ptr = dw_ptr;
             let j0 = bi * block;
             let cols = block.min(k - j0);
             let c = MatPtr {
                 // SAFETY: columns [j0, j0 + cols) of dW.
-                ptr: unsafe { dw_ptr.0.add(j0) },
+                ptr: unsafe { dw_ptr.at(j0) },
                 rs: k,
                 cs: 1,
             };

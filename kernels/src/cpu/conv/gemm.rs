@@ -106,6 +106,29 @@ impl<T> MatPtr<T> {
     }
 }
 
+/// A raw pointer that rayon tasks may share, each writing its own disjoint
+/// elements (every use says why they are disjoint). Access goes through
+/// [`SharedPtr::at`], so closures capture the whole (Send + Sync) wrapper.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedPtr<T>(pub *mut T);
+
+// SAFETY: see the type's documentation; the pointer is only dereferenced
+// where tasks write disjoint elements.
+unsafe impl<T: Send> Send for SharedPtr<T> {}
+unsafe impl<T: Sync> Sync for SharedPtr<T> {}
+
+impl<T> SharedPtr<T> {
+    /// The pointer `i` elements on.
+    ///
+    /// # Safety
+    /// `i` must stay inside the allocation.
+    #[inline(always)]
+    pub unsafe fn at(self, i: usize) -> *mut T {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// One micro-kernel: for the mr×nr tile `C[i, j] = c[i·rsc + j]`,
 /// `C (+)= Σ_{p<kc} a[p·mr + i] · b[p·nr + j]` over packed panels (`+=`
 /// when `add`, `=` otherwise).

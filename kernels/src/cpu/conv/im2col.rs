@@ -73,7 +73,7 @@ impl Phases {
                 // Input columns 2m, 2m + 1 go to padded columns 2m + pad,
                 // 2m + 1 + pad: split the pairs in one pass.
                 let (b0, b1) = (pad % 2, (pad + 1) % 2);
-                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + (pad + 1) / 2);
+                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + pad.div_ceil(2));
                 let pairs = w / 2;
                 let (lo, hi) = if at0 < at1 { (at0, at1) } else { (at1, at0) };
                 let (head, tail) = out.split_at_mut(hi);
@@ -114,7 +114,7 @@ impl Phases {
             let row_at = |b: usize| ((r % s) * s + b) * len + (r / s) * self.w;
             if s == 2 {
                 let (b0, b1) = (pad % 2, (pad + 1) % 2);
-                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + (pad + 1) / 2);
+                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + pad.div_ceil(2));
                 let pairs = w / 2;
                 let (even, odd) = (&phases[at0..at0 + pairs], &phases[at1..at1 + pairs]);
                 for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {

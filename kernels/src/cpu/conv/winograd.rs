@@ -28,8 +28,7 @@
 //! GEMMs (per ξ), output transform (per output channel).
 
 use super::Conv2dGeometry;
-use super::gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA};
-use crate::cpu::SendPtr;
+use super::gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr};
 use crate::cpu::simd::{self, SimdLevel};
 use rayon::prelude::*;
 
@@ -350,11 +349,9 @@ fn f32_slice_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
 #[inline(always)]
 fn transform_kernels_fast<T: GemmFloat>(avx2: bool, k: &[Lanes<T>; 9], u: &mut [Lanes<T>; 16]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        if let (Some(k), Some(u)) = (f32_lanes(k), f32_lanes_mut(u)) {
-            // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
-            return unsafe { lanes_avx2::transform_kernels(k, u) };
-        }
+    if avx2 && let (Some(k), Some(u)) = (f32_lanes(k), f32_lanes_mut(u)) {
+        // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
+        return unsafe { lanes_avx2::transform_kernels(k, u) };
     }
     let _ = avx2;
     transform_kernels(k, u)
@@ -368,11 +365,9 @@ fn inverse_transform_kernels_fast<T: GemmFloat>(
     dg: &mut [Lanes<T>; 9],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        if let (Some(du), Some(dg)) = (f32_lanes(du), f32_lanes_mut(dg)) {
-            // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
-            return unsafe { lanes_avx2::inverse_transform_kernels(du, dg) };
-        }
+    if avx2 && let (Some(du), Some(dg)) = (f32_lanes(du), f32_lanes_mut(dg)) {
+        // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
+        return unsafe { lanes_avx2::inverse_transform_kernels(du, dg) };
     }
     let _ = avx2;
     inverse_transform_kernels(du, dg)
@@ -381,18 +376,19 @@ fn inverse_transform_kernels_fast<T: GemmFloat>(
 /// U[ξ][o][c] = (G g[o,c] Gᵀ)[ξ], written straight into one packed GEMM
 /// operand per ξ (padding rows zero), split over groups of 8 output
 /// channels (the 8 lanes).
-pub fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<PackedA<T>> {
+fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<PackedA<T>> {
     let mut u: Vec<PackedA<T>> = (0..16).map(|_| PackedA::for_filling(o, c)).collect();
     let padded_rows = o.next_multiple_of(u[0].mr());
-    let bases: [SendPtr<T>; 16] = {
+    let bases: [SharedPtr<T>; 16] = {
         let mut it = u.iter_mut();
-        std::array::from_fn(|_| SendPtr(it.next().expect("16 operands").packed_mut().as_mut_ptr()))
+        std::array::from_fn(|_| {
+            SharedPtr(it.next().expect("16 operands").packed_mut().as_mut_ptr())
+        })
     };
     let u0 = &u[0];
     (0..padded_rows.div_ceil(LANES))
         .into_par_iter()
         .for_each(|group| {
-            let bases = bases;
             let o0 = group * LANES;
             let rows = LANES.min(padded_rows - o0);
             let real = LANES.min(o.saturating_sub(o0));
@@ -401,20 +397,21 @@ pub fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<Packe
                 && u0.packed_index(o0 + LANES - 1, 0) == u0.packed_index(o0, 0) + LANES - 1;
             let avx2 = use_avx2();
             #[cfg(target_arch = "x86_64")]
-            if avx2 && contiguous && real == LANES {
-                if let Some(w32) = f32_slice(w) {
-                    let rows: [&[f32]; 8] =
-                        std::array::from_fn(|l| &w32[(o0 + l) * c * 9..][..c * 9]);
-                    let first = u0.packed_index(o0, 0);
-                    let out: [*mut f32; 16] = std::array::from_fn(|xi| {
-                        // SAFETY: `first` is inside every packed buffer.
-                        unsafe { bases[xi].0.add(first) as *mut f32 }
-                    });
-                    // SAFETY: AVX2 is available; rows o0..o0+8 of every
-                    // packed buffer (mr apart per input channel) belong to
-                    // this task.
-                    return unsafe { lanes_avx2::transform_group(rows, c, &out, u0.mr()) };
-                }
+            if avx2
+                && contiguous
+                && real == LANES
+                && let Some(w32) = f32_slice(w)
+            {
+                let rows: [&[f32]; 8] = std::array::from_fn(|l| &w32[(o0 + l) * c * 9..][..c * 9]);
+                let first = u0.packed_index(o0, 0);
+                let out: [*mut f32; 16] = std::array::from_fn(|xi| {
+                    // SAFETY: `first` is inside every packed buffer.
+                    unsafe { bases[xi].at(first) as *mut f32 }
+                });
+                // SAFETY: AVX2 is available; rows o0..o0+8 of every
+                // packed buffer (mr apart per input channel) belong to
+                // this task.
+                return unsafe { lanes_avx2::transform_group(rows, c, &out, u0.mr()) };
             }
             {
                 let mut k = [[T::ZERO; LANES]; 9];
@@ -434,10 +431,10 @@ pub fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<Packe
                         // task writes rows o0 .. o0 + rows.
                         unsafe {
                             if contiguous {
-                                std::ptr::copy_nonoverlapping(v.as_ptr(), base.0.add(first), LANES);
+                                std::ptr::copy_nonoverlapping(v.as_ptr(), base.at(first), LANES);
                             } else {
                                 for (l, &x) in v.iter().enumerate().take(rows) {
-                                    *base.0.add(u0.packed_index(o0 + l, ci)) = x;
+                                    *base.at(u0.packed_index(o0 + l, ci)) = x;
                                 }
                             }
                         }
@@ -450,20 +447,18 @@ pub fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<Packe
 
 /// dw[o][c] = Gᵀ dU[·][o][c] G for `du` laid out `[16][O][C]`, split over
 /// output channels, 8 input channels (lanes) at a time.
-pub fn inverse_transform_weights<T: GemmFloat>(o: usize, c: usize, du: &[T], dw: &mut [T]) {
+fn inverse_transform_weights<T: GemmFloat>(o: usize, c: usize, du: &[T], dw: &mut [T]) {
     let avx2 = use_avx2();
     dw.par_chunks_mut(c * 9)
         .enumerate()
         .for_each(|(oi, dw_row)| {
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                if let (Some(du32), Some(dw32)) = (f32_slice(du), f32_slice_mut(dw_row)) {
-                    let rows: [&[f32]; 16] =
-                        std::array::from_fn(|xi| &du32[xi * o * c + oi * c..][..c]);
-                    // SAFETY: AVX2 is available.
-                    done = unsafe { lanes_avx2::inverse_group(rows, c, dw32) };
-                }
+            if avx2 && let (Some(du32), Some(dw32)) = (f32_slice(du), f32_slice_mut(dw_row)) {
+                let rows: [&[f32]; 16] =
+                    std::array::from_fn(|xi| &du32[xi * o * c + oi * c..][..c]);
+                // SAFETY: AVX2 is available.
+                done = unsafe { lanes_avx2::inverse_group(rows, c, dw32) };
             }
             let mut u = [[T::ZERO; LANES]; 16];
             let mut g = [[T::ZERO; LANES]; 9];
@@ -531,7 +526,7 @@ struct VDest<T> {
 fn split_padded_row<T: GemmFloat>(row: &[T], pad: usize, even: &mut [T], odd: &mut [T]) {
     // Input columns 2m and 2m + 1 land in padded columns 2m + pad and
     // 2m + 1 + pad: the same parity as pad, then the other.
-    let (first, second, at0, at1) = if pad % 2 == 0 {
+    let (first, second, at0, at1) = if pad.is_multiple_of(2) {
         (even, odd, pad / 2, pad / 2)
     } else {
         (odd, even, pad / 2, pad / 2 + 1)
@@ -886,19 +881,18 @@ pub fn forward<T: GemmFloat>(
     let mut v = Buffer::<T>::new(16 * c * tl.max_tiles().next_multiple_of(nr));
     let mut m = Buffer::<T>::new(o * 16 * tl.max_tiles());
     let plane_len = g.out_h() * g.out_w();
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_ptr = SharedPtr(y.as_mut_ptr());
     for chunk in tl.chunks(g.batch) {
         let t = chunk.1 * tl.tw;
         let tp = t.next_multiple_of(nr);
         // V_ξ goes straight into the GEMM's packed-B layout [t / nr][c][nr].
-        let v_ptr = SendPtr(v.as_mut_ptr());
+        let v_ptr = SharedPtr(v.as_mut_ptr());
         (0..c)
             .into_par_iter()
             .for_each_init(Vec::new, |scratch, ci| {
-                let v_ptr = v_ptr;
                 let dest = VDest {
                     // SAFETY: channel ci's row within every panel.
-                    ptr: unsafe { v_ptr.0.add(ci * nr) },
+                    ptr: unsafe { v_ptr.at(ci * nr) },
                     xi_stride: c * tp,
                     run: nr,
                     run_stride: c * nr,
@@ -914,12 +908,11 @@ pub fn forward<T: GemmFloat>(
                     }
                 }
             });
-        let m_ptr = SendPtr(m.as_mut_ptr());
+        let m_ptr = SharedPtr(m.as_mut_ptr());
         (0..16).into_par_iter().for_each(|xi| {
-            let m_ptr = m_ptr;
             let mx = MatPtr {
                 // SAFETY: row block ξ of every output channel's [16][T] slab.
-                ptr: unsafe { m_ptr.0.add(xi * t) },
+                ptr: unsafe { m_ptr.at(xi * t) },
                 rs: 16 * t,
                 cs: 1,
             };
@@ -930,10 +923,9 @@ pub fn forward<T: GemmFloat>(
             .par_chunks(16 * t)
             .enumerate()
             .for_each_init(Vec::new, |scratch, (oi, mo)| {
-                let y_ptr = y_ptr;
                 let b = bias.map_or(T::ZERO, |b| b[oi]);
                 // SAFETY: task oi alone writes the planes (n, oi).
-                let plane = |n: usize| unsafe { y_ptr.0.add((n * o + oi) * plane_len) };
+                let plane = |n: usize| unsafe { y_ptr.at((n * o + oi) * plane_len) };
                 output_transform(g, &tl, chunk, mo, b, scratch, plane);
             });
     }
@@ -976,15 +968,14 @@ pub fn backward_weight<T: GemmFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: 
         let t = chunk.1 * tl.tw;
         // V as [ξ][c][t] and dM as [ξ][o][t]: each ξ's operands are
         // contiguous for its GEMM.
-        let v_ptr = SendPtr(v.as_mut_ptr());
+        let v_ptr = SharedPtr(v.as_mut_ptr());
         (0..c)
             .into_par_iter()
             .for_each_init(Vec::new, |scratch, ch| {
-                let v_ptr = v_ptr;
                 let plane = |n: usize| &x[(n * c + ch) * hw..][..hw];
                 let dest = VDest {
                     // SAFETY: row ch of every ξ block.
-                    ptr: unsafe { v_ptr.0.add(ch * t) },
+                    ptr: unsafe { v_ptr.at(ch * t) },
                     xi_stride: c * t,
                     run: t,
                     run_stride: 0,
@@ -992,15 +983,14 @@ pub fn backward_weight<T: GemmFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: 
                 // SAFETY: task ch alone writes rows ch of the 16 blocks.
                 unsafe { input_transform(g, &tl, chunk, plane, scratch, dest) }
             });
-        let dm_ptr = SendPtr(dm.as_mut_ptr());
+        let dm_ptr = SharedPtr(dm.as_mut_ptr());
         (0..o)
             .into_par_iter()
             .for_each_init(Vec::new, |scratch, oi| {
-                let dm_ptr = dm_ptr;
                 let plane = |n: usize| &dy[(n * o + oi) * ho_wo..][..ho_wo];
                 let dest = VDest {
                     // SAFETY: row oi of every ξ block.
-                    ptr: unsafe { dm_ptr.0.add(oi * t) },
+                    ptr: unsafe { dm_ptr.at(oi * t) },
                     xi_stride: o * t,
                     run: t,
                     run_stride: 0,
