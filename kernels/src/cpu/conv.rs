@@ -122,13 +122,30 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The algorithm [`conv2d_forward`] and the gradients use: Winograd
+    /// wherever it applies (see the module documentation for why).
     pub fn for_geometry(g: &Conv2dGeometry) -> Algorithm {
-        let three = g.kernel_h == 3 && g.kernel_w == 3;
-        if three && g.stride == 1 && g.padding <= 2 {
+        if Algorithm::Winograd.supports(g) {
             Algorithm::Winograd
         } else {
             Algorithm::Gemm
         }
+    }
+
+    /// Whether this algorithm can compute `g` (GEMM always can; Winograd
+    /// F(2×2, 3×3) needs a 3×3 kernel, stride 1, and padding ≤ 2 so that the
+    /// input gradient is again such a convolution).
+    pub fn supports(self, g: &Conv2dGeometry) -> bool {
+        match self {
+            Algorithm::Gemm => true,
+            Algorithm::Winograd => {
+                g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.padding <= 2
+            }
+        }
+    }
+
+    fn assert_supports(self, g: &Conv2dGeometry) {
+        assert!(self.supports(g), "conv2d: {self:?} cannot compute {g:?}");
     }
 }
 
@@ -152,6 +169,20 @@ pub fn conv2d_forward<T: ConvFloat>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) {
+    conv2d_forward_with(Algorithm::for_geometry(g), g, x, w, bias, y)
+}
+
+/// [`conv2d_forward`] with a given algorithm (benchmarks and tests compare
+/// them); panics if the algorithm does not support `g`.
+pub fn conv2d_forward_with<T: ConvFloat>(
+    algorithm: Algorithm,
+    g: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    algorithm.assert_supports(g);
     check_lengths(
         g,
         &[
@@ -166,7 +197,7 @@ pub fn conv2d_forward<T: ConvFloat>(
     if y.is_empty() {
         return;
     }
-    match Algorithm::for_geometry(g) {
+    match algorithm {
         Algorithm::Winograd => winograd::forward(g, x, w, bias, y),
         Algorithm::Gemm => gemm_forward(g, x, w, bias, y),
     }
@@ -174,6 +205,18 @@ pub fn conv2d_forward<T: ConvFloat>(
 
 /// dx = ∂L/∂x given dy = ∂L/∂y (dx written in full).
 pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+    conv2d_backward_input_with(Algorithm::for_geometry(g), g, dy, w, dx)
+}
+
+/// [`conv2d_backward_input`] with a given algorithm.
+pub fn conv2d_backward_input_with<T: ConvFloat>(
+    algorithm: Algorithm,
+    g: &Conv2dGeometry,
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+) {
+    algorithm.assert_supports(g);
     check_lengths(
         g,
         &[
@@ -189,7 +232,7 @@ pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T]
         dx.fill(T::ZERO);
         return;
     }
-    match Algorithm::for_geometry(g) {
+    match algorithm {
         Algorithm::Winograd => winograd::backward_input(g, dy, w, dx),
         Algorithm::Gemm => gemm_backward_input(g, dy, w, dx),
     }
@@ -197,6 +240,18 @@ pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T]
 
 /// dw = ∂L/∂w = Σ over the batch (dw written in full).
 pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
+    conv2d_backward_weight_with(Algorithm::for_geometry(g), g, x, dy, dw)
+}
+
+/// [`conv2d_backward_weight`] with a given algorithm.
+pub fn conv2d_backward_weight_with<T: ConvFloat>(
+    algorithm: Algorithm,
+    g: &Conv2dGeometry,
+    x: &[T],
+    dy: &[T],
+    dw: &mut [T],
+) {
+    algorithm.assert_supports(g);
     check_lengths(
         g,
         &[
@@ -212,7 +267,7 @@ pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T
         dw.fill(T::ZERO);
         return;
     }
-    match Algorithm::for_geometry(g) {
+    match algorithm {
         Algorithm::Winograd => winograd::backward_weight(g, x, dy, dw),
         Algorithm::Gemm => gemm_backward_weight(g, x, dy, dw),
     }
@@ -541,26 +596,16 @@ mod tests {
             let w = values(g.weight_len(), 2);
             let r = values(g.output_len(), 3);
             let want = naive_forward(&g, &x, &w);
-            let mut algos = vec![Algorithm::Gemm];
-            if Algorithm::for_geometry(&g) == Algorithm::Winograd {
-                algos.push(Algorithm::Winograd);
-            }
-            for algo in algos {
+            for algo in [Algorithm::Gemm, Algorithm::Winograd] {
+                if !algo.supports(&g) {
+                    continue;
+                }
                 let mut y = vec![0.0; g.output_len()];
                 let mut dx = vec![0.0; g.input_len()];
                 let mut dw = vec![0.0; g.weight_len()];
-                match algo {
-                    Algorithm::Gemm => {
-                        gemm_forward(&g, &x, &w, None, &mut y);
-                        gemm_backward_input(&g, &r, &w, &mut dx);
-                        gemm_backward_weight(&g, &x, &r, &mut dw);
-                    }
-                    Algorithm::Winograd => {
-                        winograd::forward(&g, &x, &w, None, &mut y);
-                        winograd::backward_input(&g, &r, &w, &mut dx);
-                        winograd::backward_weight(&g, &x, &r, &mut dw);
-                    }
-                }
+                conv2d_forward_with(algo, &g, &x, &w, None, &mut y);
+                conv2d_backward_input_with(algo, &g, &r, &w, &mut dx);
+                conv2d_backward_weight_with(algo, &g, &x, &r, &mut dw);
                 for (a, b) in y.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-12, "{algo:?} {g:?}: y {a} vs {b}");
                 }
