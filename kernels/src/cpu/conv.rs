@@ -7,18 +7,60 @@
 //!
 //! - **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels with stride 1
 //!   and padding ≤ 2: forward, input gradient and weight gradient;
-//! - **GEMM** ([`im2col`] + the packed [`gemm`]) for everything else: per
-//!   image `Y_n = W · col(X_n)`, `dX_n = col2im(Wᵀ · dY_n)`,
-//!   `dW = Σ_n dY_n · col(X_n)ᵀ`. A 1×1 kernel with stride 1 and no padding
-//!   uses `X_n` itself as the column matrix (no copy).
+//! - **GEMM** (the packed [`gemm`] fed from [`im2col`]) for everything else:
+//!   per image `Y_n = W · col(X_n)`, `dX_n = col2im(Wᵀ · dY_n)`,
+//!   `dW = Σ_n dY_n · col(X_n)ᵀ`. The forward pass never stores `col(X_n)`:
+//!   each GEMM task packs its patches straight from the (phase-split) image,
+//!   one k-slice at a time. A 1×1 kernel with stride 1 and no padding uses
+//!   `X_n` itself as the column matrix.
 //!
 //! The bias gradient is `db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow]` in every case.
 //!
 //! Work is split over rayon inside each call (channels, ξ positions,
 //! images × column blocks, weight columns); the GEMMs themselves are
-//! single-threaded. The image batch is processed in groups whose column
-//! buffer stays under [`COL_BUDGET`] elements, so memory does not grow with
-//! the batch.
+//! single-threaded. The batch is processed in chunks (Winograd: ~256 tiles;
+//! GEMM gradients: images whose column buffer stays under `COL_BUDGET` elements),
+//! so scratch memory does not grow with the batch.
+//!
+//! # Why these algorithms (measured)
+//!
+//! Single-thread CPU time (ms, min of several runs, batch 8, f32; this AMD
+//! EPYC with AVX-512 shared with other jobs, so provisional) for the
+//! U-Net's 3×3 stride-1 layers, forward / input gradient / weight gradient
+//! (`cargo bench --bench conv -- conv_algorithm` times the same choice):
+//!
+//! | layer       | GEMM path          | Winograd           | PyTorch fwd / bwd |
+//! |-------------|--------------------|--------------------|-------------------|
+//! | 32×32×128   | 28.6 / 33.2 / 31.9 | 17.5 / 18.0 / 21.1 | 29.4 / 54.5       |
+//! | 16×16×256   | 26.6 / 28.3 / 31.7 | 18.3 / 18.5 / 20.9 | 24.5 / 54.0       |
+//! | 8×8×256     |  6.8 /  8.1 /  8.4 |  5.5 /  6.0 /  6.5 |  6.0 / 15.5       |
+//! | 4×4×256     |  3.6 /  4.7 /  2.8 |  1.9 /  2.2 /  2.8 |  1.5 /  4.7       |
+//!
+//! - PyTorch (oneDNN, AVX-512) runs these convolutions at 80–118 GFLOP/s
+//!   per core. A GEMM lowering cannot beat that: `matrixmultiply`'s sgemm
+//!   reaches 62–78 GFLOP/s at the K = 9C shapes (1 thread), and the packed
+//!   GEMM here ~95–105 before the cost of gathering patches. Winograd
+//!   F(2×2, 3×3) does 16 multiplies per 4 outputs instead of 36 (2.25×
+//!   fewer), as 16 independent GEMMs of depth C, which more than pays for
+//!   its transforms at every U-Net size; F(4×4, 3×3) (4× fewer) was not
+//!   needed and has larger transforms and rounding error. The F(2×2) error
+//!   against float64 PyTorch is ≤ 4e-7 of the largest output here.
+//! - Stride 2 and 1×1 stay on the GEMM path (Winograd does not apply);
+//!   there the packed GEMM matches or beats PyTorch's single-thread time.
+//! - Own GEMM instead of [`crate::cpu::gemm`]: matrixmultiply's `threading`
+//!   feature forks each large product onto its own thread pool, which
+//!   collides with the rayon split across images/ξ/tiles (two workers
+//!   forking into the 2-thread pool at once queue behind each other), and
+//!   the weights would be repacked inside every product. The packed GEMM
+//!   packs the weights once per call, runs on the calling thread, and takes
+//!   B either pre-packed (Winograd) or packed on demand (patches).
+//! - Backward, not a transposed-convolution kernel: the input gradient of a
+//!   stride-1 3×3 convolution is itself a stride-1 3×3 convolution (flipped,
+//!   channel-transposed kernel, padding 2 − p), so it reuses the Winograd
+//!   forward; the weight gradient is Winograd's own adjoint (16 GEMMs
+//!   reducing over tiles). The GEMM path's weight gradient accumulates one
+//!   image at a time into dW split by columns across threads (no per-thread
+//!   copies, no batch-sized im2col buffer).
 
 pub mod gemm;
 pub mod im2col;
@@ -273,7 +315,7 @@ pub fn conv2d_backward_weight_with<T: ConvFloat>(
     }
 }
 
-/// db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow].
+/// `db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow]`.
 pub fn conv2d_backward_bias<T: Float>(g: &Conv2dGeometry, dy: &[T], db: &mut [T]) {
     check_lengths(
         g,

@@ -32,6 +32,18 @@ const KC: usize = 256;
 /// The largest micro-tile of any kernel (8×32), for the stack tile buffer.
 const MAX_TILE: usize = 256;
 
+/// Extra elements to allocate so that a buffer can start on a 64-byte
+/// boundary (see [`aligned`]).
+pub const ALIGN: usize = 16;
+
+/// The first `len` elements of `buf` from its first 64-byte-aligned
+/// address: a 16-lane load of packed B then never straddles two cache
+/// lines (a split load costs a second access). `buf` holds `len + ALIGN`.
+pub fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
+    let off = buf.as_ptr().align_offset(64).min(ALIGN);
+    &mut buf[off..off + len]
+}
+
 /// A read-only strided matrix: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a, T> {
@@ -719,15 +731,16 @@ impl<T: GemmFloat> PackedA<T> {
             return unsafe { self.fill_zero_unless(accumulate, n, c) };
         }
         T::with_scratch(|scratch| {
-            if scratch.len() < KC * nr {
-                scratch.resize(KC * nr, T::ZERO);
+            if scratch.len() < KC * nr + ALIGN {
+                scratch.resize(KC * nr + ALIGN, T::ZERO);
             }
+            let slice_buf = aligned(scratch, KC * nr);
             let mut tile = [T::ZERO; MAX_TILE];
             for p0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - p0);
                 for j0 in (0..n).step_by(nr) {
                     let cols = nr.min(n - j0);
-                    let b_slice = &mut scratch[..kc * nr];
+                    let b_slice = &mut slice_buf[..kc * nr];
                     pack(p0, kc, j0, cols, b_slice);
                     let add = accumulate || p0 > 0;
                     // SAFETY: forwarded contract.

@@ -6,7 +6,7 @@
 //! Y_t[o] = Aᵀ [ Σ_c U[o,c] ⊙ V_t[c] ] A,   U[o,c] = G g[o,c] Gᵀ,   V_t[c] = Bᵀ d_t[c] B
 //! ```
 //!
-//! with d_t[c] the 4×4 input patch under the tile. For each of the 16
+//! with `d_t[c]` the 4×4 input patch under the tile. For each of the 16
 //! positions ξ of the 4×4 transformed domain the sum over c is one matrix
 //! product `M_ξ[O×T] = U_ξ[O×C] · V_ξ[C×T]` over the T tiles of a chunk, so
 //! the work is 16 GEMMs of depth C instead of one of depth 9C: 16 multiplies
@@ -22,13 +22,13 @@
 //!   `dU_ξ[O×C] = Σ_t dM_ξ[O×T] · V_ξ[C×T]ᵀ` (16 GEMMs of depth T) and
 //!   `dg = Gᵀ dU G`.
 //!
-//! Tiles are processed in chunks of whole tile rows (about [`CHUNK_TILES`]
+//! Tiles are processed in chunks of whole tile rows (about `CHUNK_TILES`
 //! tiles) so the transformed buffers stay in cache; each chunk runs three
 //! stages, each split over rayon: input transform (per channel), the 16
 //! GEMMs (per ξ), output transform (per output channel).
 
 use super::Conv2dGeometry;
-use super::gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr};
+use super::gemm::{ALIGN, Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr, aligned};
 use crate::cpu::simd::{self, SimdLevel};
 use rayon::prelude::*;
 
@@ -878,7 +878,9 @@ pub fn forward<T: GemmFloat>(
     let tl = Tiling::new(g);
     let u = transform_weights(o, c, w);
     let nr = u[0].nr();
-    let mut v = Buffer::<T>::new(16 * c * tl.max_tiles().next_multiple_of(nr));
+    let v_len = 16 * c * tl.max_tiles().next_multiple_of(nr);
+    let mut v_buf = Buffer::<T>::new(v_len + ALIGN);
+    let v = aligned(&mut v_buf, v_len);
     let mut m = Buffer::<T>::new(o * 16 * tl.max_tiles());
     let plane_len = g.out_h() * g.out_w();
     let y_ptr = SharedPtr(y.as_mut_ptr());
