@@ -193,8 +193,10 @@ thread_local! {
 static POOL_F32: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 static POOL_F64: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
 
-/// Buffers kept for reuse across calls (the largest a U-Net convolution
-/// needs are a few MiB: transformed inputs/outputs, packed weights, im2col).
+/// Buffers kept for reuse across calls. One Winograd call holds 16 packed
+/// weight operands plus its transformed inputs and outputs, so the pool
+/// must hold a few dozen; for the U-Net (≤ 256 channels) they total a few
+/// tens of MiB, kept for the life of the process.
 const POOLED_BUFFERS: usize = 32;
 
 /// A large scratch buffer, taken from a process-wide pool and given back on
