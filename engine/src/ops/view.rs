@@ -217,7 +217,7 @@ impl Tensor {
     pub fn chunk(&self, n: usize, axis: usize) -> Result<Vec<Tensor>> {
         self.layout().check_axis("chunk", axis)?;
         let size = self.shape()[axis];
-        if n == 0 || !size.is_multiple_of(n) {
+        if n == 0 || size % n != 0 {
             return Err(bad_arg(
                 "chunk",
                 format!(
