@@ -10,8 +10,11 @@
 //!
 //! The cases are mirrored in `scripts/bench_conv_pytorch.py`, which times
 //! PyTorch on the same shapes and prints the ratio table from criterion's
-//! results: `cargo bench --bench conv && PYTHONPATH=/opt/pt/site python3
-//! scripts/bench_conv_pytorch.py`.
+//! results: `cargo bench --bench conv -- conv/ && PYTHONPATH=/opt/pt/site
+//! python3 scripts/bench_conv_pytorch.py`. The `conv_algorithm` group times
+//! Winograd against the GEMM path for the 3×3 stride-1 layers (the choice
+//! documented in `noisegrad_kernels::cpu::conv`). On a busy machine compare
+//! single-thread CPU time instead: `examples/conv_cpu_time.rs`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use noisegrad_kernels::cpu::conv::{
