@@ -10,13 +10,17 @@
 //!
 //! The cases are mirrored in `scripts/bench_conv_pytorch.py`, which times
 //! PyTorch on the same shapes and prints the ratio table from criterion's
-//! results: `cargo bench --bench conv && PYTHONPATH=/opt/pt/site python3
-//! scripts/bench_conv_pytorch.py`.
+//! results: `cargo bench --bench conv -- conv/ && PYTHONPATH=/opt/pt/site
+//! python3 scripts/bench_conv_pytorch.py`. The `conv_algorithm` group times
+//! Winograd against the GEMM path for the 3×3 stride-1 layers (the choice
+//! documented in `noisegrad_kernels::cpu::conv`). On a busy machine compare
+//! single-thread CPU time instead: `examples/conv_cpu_time.rs`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use noisegrad_kernels::cpu::conv::{
-    Conv2dGeometry, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
-    conv2d_forward,
+    Algorithm, Conv2dGeometry, conv2d_backward_bias, conv2d_backward_input,
+    conv2d_backward_input_with, conv2d_backward_weight, conv2d_backward_weight_with,
+    conv2d_forward, conv2d_forward_with,
 };
 use std::hint::black_box;
 use std::time::Duration;
@@ -101,5 +105,41 @@ fn bench_conv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_conv);
+/// The algorithm choice for 3×3 stride 1 (the module documentation of
+/// `noisegrad_kernels::cpu::conv` quotes these): the same convolutions
+/// through Winograd F(2×2, 3×3) and through the GEMM path, forward and the
+/// two GEMM-sized gradients (the bias gradient is the same for both).
+fn bench_algorithms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv_algorithm");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    for &(name, d) in CASES.iter().filter(|(n, _)| n.starts_with("3x3s1")) {
+        let g = geometry(d);
+        let x = values(g.input_len(), 1);
+        let w = values(g.weight_len(), 2);
+        let dy = values(g.output_len(), 4);
+        let mut y = vec![0f32; g.output_len()];
+        let (mut dx, mut dw) = (vec![0f32; g.input_len()], vec![0f32; g.weight_len()]);
+        let flops = 2 * g.output_len() * g.in_channels * 9;
+        for algo in [Algorithm::Winograd, Algorithm::Gemm] {
+            let id = |pass: &str| BenchmarkId::new(name, format!("{algo:?}/{pass}"));
+            group.throughput(Throughput::Elements(flops as u64));
+            group.bench_function(id("forward"), |bench| {
+                bench.iter(|| conv2d_forward_with(algo, &g, black_box(&x), &w, None, &mut y))
+            });
+            group.throughput(Throughput::Elements(2 * flops as u64));
+            group.bench_function(id("backward"), |bench| {
+                bench.iter(|| {
+                    conv2d_backward_input_with(algo, &g, black_box(&dy), &w, &mut dx);
+                    conv2d_backward_weight_with(algo, &g, &x, &dy, &mut dw);
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_conv, bench_algorithms);
 criterion_main!(benches);

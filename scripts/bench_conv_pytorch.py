@@ -10,6 +10,10 @@ timed calls after warm-up; noisegrad's number is criterion's median
 PyTorch time / noisegrad time, so ratio >= 1 means noisegrad is at least as
 fast. Run both back to back on a quiet machine: timings on a shared box are
 noisy.
+
+On a busy machine, `--cpu-time` instead times PyTorch on one thread in
+process CPU time (min of reps), to compare with
+`RAYON_NUM_THREADS=1 cargo run --release --example conv_cpu_time`.
 """
 
 import argparse
@@ -31,18 +35,18 @@ CASES = [
 ]
 
 
-def median_seconds(fn, reps, warmup=3):
+def median_seconds(fn, reps, warmup=3, clock=time.perf_counter, pick=statistics.median):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        times.append(clock() - t0)
+    return pick(times)
 
 
-def torch_times(case, reps):
+def torch_times(case, reps, cpu_time=False):
     _, n, c, h, w, o, k, s, p = case
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, h, w, generator=g)
@@ -61,7 +65,11 @@ def torch_times(case, reps):
             dy, x, wt, [o], [s, s], [p, p], [1, 1], False, [0, 0], 1,
             [True, True, True])
 
-    return median_seconds(forward, reps), median_seconds(backward, reps)
+    if cpu_time:
+        timer = dict(clock=time.process_time, pick=min)
+    else:
+        timer = {}
+    return median_seconds(forward, reps, **timer), median_seconds(backward, reps, **timer)
 
 
 def noisegrad_time(root, name, which):
@@ -77,9 +85,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--criterion", default="target/criterion")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="one thread, min process CPU time (compare with the conv_cpu_time example)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if args.cpu_time else 2)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.cpu_time:
+        print(f"{'case':<22}{'forward':>10}{'backward':>10}  (ms of CPU time, min of {args.reps})")
+        for case in CASES:
+            fwd, bwd = torch_times(case, args.reps, cpu_time=True)
+            print(f"{case[0]:<22}{fwd * 1e3:>10.2f}{bwd * 1e3:>10.2f}")
+        return
     print(f"{'case':<22}{'pass':<10}{'pytorch ms':>12}{'noisegrad ms':>14}{'ratio':>8}")
     for case in CASES:
         fwd, bwd = torch_times(case, args.reps)

@@ -140,3 +140,32 @@ fn output_shape_follows_the_formula() {
         assert_eq!(y.shape(), [2, 6, want[0], want[1]], "k{k} s{s} p{p}");
     }
 }
+
+#[test]
+fn empty_batch_and_zero_input_channels() {
+    let t = |shape: &[usize]| Tensor::zeros(shape, DType::F32, Device::Cpu).unwrap();
+    let b = Tensor::from_f32(&[1.0, -2.0], &[2]).unwrap();
+    // No images: an empty output of the right shape.
+    let y = t(&[0, 3, 5, 5])
+        .conv2d(&t(&[2, 3, 3, 3]), Some(&b), 1, 1)
+        .unwrap();
+    assert_eq!(y.shape(), [0, 2, 5, 5]);
+    // No input channels: the output is the bias alone, on both paths.
+    for (k, s) in [(3, 1), (3, 2)] {
+        let x = t(&[1, 0, 4, 4]).set_requires_grad(true);
+        let w = t(&[2, 0, k, k]).set_requires_grad(true);
+        let y = x.conv2d(&w, Some(&b), s, 1).unwrap();
+        let p = y.shape()[2] * y.shape()[3];
+        let want: Vec<f64> = [1.0, -2.0].iter().flat_map(|&v| vec![v; p]).collect();
+        assert_eq!(y.to_vec_f64(), want, "k{k} s{s}");
+        y.sum_all().unwrap().backward().unwrap();
+    }
+    let e = t(&[1, 1, 0, 4])
+        .conv2d(&t(&[1, 1, 1, 1]), None, 1, 1)
+        .unwrap_err();
+    assert!(e.to_string().starts_with("conv2d"), "{e}");
+    let e = t(&[1, 1, 4, 4])
+        .conv2d(&t(&[1, 1, 1, 1]), None, 1, usize::MAX)
+        .unwrap_err();
+    assert!(e.to_string().contains("padding"), "{e}");
+}

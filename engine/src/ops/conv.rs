@@ -218,18 +218,18 @@ fn geometry(
             ),
         ));
     }
-    if let Some(b) = bias {
-        if b.shape() != [ws[0]] {
-            return Err(shape_err(
-                "conv2d",
-                ws,
-                b.shape(),
-                format!(
-                    "the bias must be [{}] (one value per output channel)",
-                    ws[0]
-                ),
-            ));
-        }
+    if let Some(b) = bias
+        && b.shape() != [ws[0]]
+    {
+        return Err(shape_err(
+            "conv2d",
+            ws,
+            b.shape(),
+            format!(
+                "the bias must be [{}] (one value per output channel)",
+                ws[0]
+            ),
+        ));
     }
     let g = Conv2dGeometry {
         batch: xs[0],

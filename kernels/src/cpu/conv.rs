@@ -7,26 +7,67 @@
 //!
 //! - **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels with stride 1
 //!   and padding ≤ 2: forward, input gradient and weight gradient;
-//! - **GEMM** ([`im2col`] + the packed [`gemm`]) for everything else: per
-//!   image `Y_n = W · col(X_n)`, `dX_n = col2im(Wᵀ · dY_n)`,
-//!   `dW = Σ_n dY_n · col(X_n)ᵀ`. A 1×1 kernel with stride 1 and no padding
-//!   uses `X_n` itself as the column matrix (no copy).
+//! - **GEMM** (the packed [`gemm`] fed from [`im2col`]) for everything else:
+//!   per image `Y_n = W · col(X_n)`, `dX_n = col2im(Wᵀ · dY_n)`,
+//!   `dW = Σ_n dY_n · col(X_n)ᵀ`. The forward pass never stores `col(X_n)`:
+//!   each GEMM task packs its patches straight from the (phase-split) image,
+//!   one k-slice at a time. A 1×1 kernel with stride 1 and no padding uses
+//!   `X_n` itself as the column matrix.
 //!
 //! The bias gradient is `db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow]` in every case.
 //!
 //! Work is split over rayon inside each call (channels, ξ positions,
 //! images × column blocks, weight columns); the GEMMs themselves are
-//! single-threaded. The image batch is processed in groups whose column
-//! buffer stays under [`COL_BUDGET`] elements, so memory does not grow with
-//! the batch.
+//! single-threaded. The batch is processed in chunks (Winograd: ~256 tiles;
+//! GEMM gradients: images whose column buffer stays under `COL_BUDGET` elements),
+//! so scratch memory does not grow with the batch.
+//!
+//! # Why these algorithms (measured)
+//!
+//! Single-thread CPU time (ms, min of several runs, batch 8, f32; this AMD
+//! EPYC with AVX-512 shared with other jobs, so provisional) for the
+//! U-Net's 3×3 stride-1 layers, forward / input gradient / weight gradient
+//! (`cargo bench --bench conv -- conv_algorithm` times the same choice):
+//!
+//! | layer       | GEMM path          | Winograd           | PyTorch fwd / bwd |
+//! |-------------|--------------------|--------------------|-------------------|
+//! | 32×32×128   | 28.6 / 33.2 / 31.9 | 17.5 / 18.0 / 21.1 | 29.4 / 54.5       |
+//! | 16×16×256   | 26.6 / 28.3 / 31.7 | 18.3 / 18.5 / 20.9 | 24.5 / 54.0       |
+//! | 8×8×256     |  6.8 /  8.1 /  8.4 |  5.5 /  6.0 /  6.5 |  6.0 / 15.5       |
+//! | 4×4×256     |  3.6 /  4.7 /  2.8 |  1.9 /  2.2 /  2.8 |  1.5 /  4.7       |
+//!
+//! - PyTorch (oneDNN, AVX-512) runs these convolutions at 80–118 GFLOP/s
+//!   per core. A GEMM lowering cannot beat that: `matrixmultiply`'s sgemm
+//!   reaches 62–78 GFLOP/s at the K = 9C shapes (1 thread), and the packed
+//!   GEMM here ~95–105 before the cost of gathering patches. Winograd
+//!   F(2×2, 3×3) does 16 multiplies per 4 outputs instead of 36 (2.25×
+//!   fewer), as 16 independent GEMMs of depth C, which more than pays for
+//!   its transforms at every U-Net size; F(4×4, 3×3) (4× fewer) was not
+//!   needed and has larger transforms and rounding error. The F(2×2) error
+//!   against float64 PyTorch is ≤ 4e-7 of the largest output here.
+//! - Stride 2 and 1×1 stay on the GEMM path (Winograd does not apply);
+//!   there the packed GEMM matches or beats PyTorch's single-thread time.
+//! - Own GEMM instead of [`crate::cpu::gemm`]: matrixmultiply's `threading`
+//!   feature forks each large product onto its own thread pool, which
+//!   collides with the rayon split across images/ξ/tiles (two workers
+//!   forking into the 2-thread pool at once queue behind each other), and
+//!   the weights would be repacked inside every product. The packed GEMM
+//!   packs the weights once per call, runs on the calling thread, and takes
+//!   B either pre-packed (Winograd) or packed on demand (patches).
+//! - Backward, not a transposed-convolution kernel: the input gradient of a
+//!   stride-1 3×3 convolution is itself a stride-1 3×3 convolution (flipped,
+//!   channel-transposed kernel, padding 2 − p), so it reuses the Winograd
+//!   forward; the weight gradient is Winograd's own adjoint (16 GEMMs
+//!   reducing over tiles). The GEMM path's weight gradient accumulates one
+//!   image at a time into dW split by columns across threads (no per-thread
+//!   copies, no batch-sized im2col buffer).
 
 pub mod gemm;
 pub mod im2col;
 pub mod winograd;
 
 use crate::Float;
-use crate::cpu::SendPtr;
-use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA};
+use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr};
 use rayon::prelude::*;
 
 /// Largest im2col buffer (elements) one group of images may use: 4 MiB of
@@ -78,15 +119,17 @@ impl Conv2dGeometry {
         if self.kernel_h == 0 || self.kernel_w == 0 {
             return Err("kernel sizes must be ≥ 1".into());
         }
-        if self.in_h + 2 * self.padding < self.kernel_h
-            || self.in_w + 2 * self.padding < self.kernel_w
-        {
+        if self.in_h == 0 || self.in_w == 0 {
+            return Err("the input's height and width must be ≥ 1".into());
+        }
+        let padded = |len: usize| self.padding.checked_mul(2).and_then(|p| p.checked_add(len));
+        let (Some(ph), Some(pw)) = (padded(self.in_h), padded(self.in_w)) else {
+            return Err(format!("padding {} is too large", self.padding));
+        };
+        if ph < self.kernel_h || pw < self.kernel_w {
             return Err(format!(
-                "the {}×{} kernel is larger than the padded {}×{} input",
-                self.kernel_h,
-                self.kernel_w,
-                self.in_h + 2 * self.padding,
-                self.in_w + 2 * self.padding
+                "the {}×{} kernel is larger than the padded {ph}×{pw} input",
+                self.kernel_h, self.kernel_w
             ));
         }
         Ok(())
@@ -121,13 +164,30 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The algorithm [`conv2d_forward`] and the gradients use: Winograd
+    /// wherever it applies (see the module documentation for why).
     pub fn for_geometry(g: &Conv2dGeometry) -> Algorithm {
-        let three = g.kernel_h == 3 && g.kernel_w == 3;
-        if three && g.stride == 1 && g.padding <= 2 {
+        if Algorithm::Winograd.supports(g) {
             Algorithm::Winograd
         } else {
             Algorithm::Gemm
         }
+    }
+
+    /// Whether this algorithm can compute `g` (GEMM always can; Winograd
+    /// F(2×2, 3×3) needs a 3×3 kernel, stride 1, and padding ≤ 2 so that the
+    /// input gradient is again such a convolution).
+    pub fn supports(self, g: &Conv2dGeometry) -> bool {
+        match self {
+            Algorithm::Gemm => true,
+            Algorithm::Winograd => {
+                g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.padding <= 2
+            }
+        }
+    }
+
+    fn assert_supports(self, g: &Conv2dGeometry) {
+        assert!(self.supports(g), "conv2d: {self:?} cannot compute {g:?}");
     }
 }
 
@@ -135,7 +195,7 @@ impl Algorithm {
 pub trait ConvFloat: GemmFloat {}
 impl<T: GemmFloat> ConvFloat for T {}
 
-fn check_lengths<T>(g: &Conv2dGeometry, pairs: &[(&str, usize, usize)]) {
+fn check_lengths(g: &Conv2dGeometry, pairs: &[(&str, usize, usize)]) {
     g.assert_valid();
     for &(what, got, want) in pairs {
         assert_eq!(got, want, "conv2d: {what} length does not match {g:?}");
@@ -151,7 +211,21 @@ pub fn conv2d_forward<T: ConvFloat>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) {
-    check_lengths::<T>(
+    conv2d_forward_with(Algorithm::for_geometry(g), g, x, w, bias, y)
+}
+
+/// [`conv2d_forward`] with a given algorithm (benchmarks and tests compare
+/// them); panics if the algorithm does not support `g`.
+pub fn conv2d_forward_with<T: ConvFloat>(
+    algorithm: Algorithm,
+    g: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    algorithm.assert_supports(g);
+    check_lengths(
         g,
         &[
             ("input", x.len(), g.input_len()),
@@ -165,7 +239,7 @@ pub fn conv2d_forward<T: ConvFloat>(
     if y.is_empty() {
         return;
     }
-    match Algorithm::for_geometry(g) {
+    match algorithm {
         Algorithm::Winograd => winograd::forward(g, x, w, bias, y),
         Algorithm::Gemm => gemm_forward(g, x, w, bias, y),
     }
@@ -173,7 +247,19 @@ pub fn conv2d_forward<T: ConvFloat>(
 
 /// dx = ∂L/∂x given dy = ∂L/∂y (dx written in full).
 pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
-    check_lengths::<T>(
+    conv2d_backward_input_with(Algorithm::for_geometry(g), g, dy, w, dx)
+}
+
+/// [`conv2d_backward_input`] with a given algorithm.
+pub fn conv2d_backward_input_with<T: ConvFloat>(
+    algorithm: Algorithm,
+    g: &Conv2dGeometry,
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+) {
+    algorithm.assert_supports(g);
+    check_lengths(
         g,
         &[
             ("output grad", dy.len(), g.output_len()),
@@ -188,7 +274,7 @@ pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T]
         dx.fill(T::ZERO);
         return;
     }
-    match Algorithm::for_geometry(g) {
+    match algorithm {
         Algorithm::Winograd => winograd::backward_input(g, dy, w, dx),
         Algorithm::Gemm => gemm_backward_input(g, dy, w, dx),
     }
@@ -196,7 +282,19 @@ pub fn conv2d_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T]
 
 /// dw = ∂L/∂w = Σ over the batch (dw written in full).
 pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
-    check_lengths::<T>(
+    conv2d_backward_weight_with(Algorithm::for_geometry(g), g, x, dy, dw)
+}
+
+/// [`conv2d_backward_weight`] with a given algorithm.
+pub fn conv2d_backward_weight_with<T: ConvFloat>(
+    algorithm: Algorithm,
+    g: &Conv2dGeometry,
+    x: &[T],
+    dy: &[T],
+    dw: &mut [T],
+) {
+    algorithm.assert_supports(g);
+    check_lengths(
         g,
         &[
             ("input", x.len(), g.input_len()),
@@ -211,15 +309,15 @@ pub fn conv2d_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T
         dw.fill(T::ZERO);
         return;
     }
-    match Algorithm::for_geometry(g) {
+    match algorithm {
         Algorithm::Winograd => winograd::backward_weight(g, x, dy, dw),
         Algorithm::Gemm => gemm_backward_weight(g, x, dy, dw),
     }
 }
 
-/// db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow].
+/// `db[o] = Σ_{n,oh,ow} dy[n,o,oh,ow]`.
 pub fn conv2d_backward_bias<T: Float>(g: &Conv2dGeometry, dy: &[T], db: &mut [T]) {
-    check_lengths::<T>(
+    check_lengths(
         g,
         &[
             ("output grad", dy.len(), g.output_len()),
@@ -228,13 +326,23 @@ pub fn conv2d_backward_bias<T: Float>(g: &Conv2dGeometry, dy: &[T], db: &mut [T]
     );
     let (o, p) = (g.out_channels, g.out_pixels());
     db.par_iter_mut().enumerate().for_each(|(oi, d)| {
-        let mut s = T::ZERO;
+        // Eight running sums: one chain of dependent adds would be bound by
+        // the add latency; eight independent lanes vectorise.
+        let mut acc = [T::ZERO; 8];
+        let mut tail = T::ZERO;
         for n in 0..g.batch {
-            for &v in &dy[(n * o + oi) * p..][..p] {
-                s += v;
+            let plane = &dy[(n * o + oi) * p..][..p];
+            let mut chunks = plane.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += v;
+                }
+            }
+            for &v in chunks.remainder() {
+                tail += v;
             }
         }
-        *d = s;
+        *d = acc.iter().fold(tail, |s, &a| s + a);
     });
 }
 
@@ -252,16 +360,20 @@ fn column_block(len: usize, count: usize, align: usize) -> usize {
 }
 
 /// im2col of the images `[n0, n0 + count)` into `col` (`[count][K][P]`),
-/// split over (image, channel).
+/// split over (image, channel); each task goes through the channel's
+/// phases (a few KiB, reused per thread).
 fn im2col_group<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], n0: usize, count: usize, col: &mut [T]) {
     let (c, hw) = (g.in_channels, g.in_h * g.in_w);
     let rows_per_channel = g.kernel_h * g.kernel_w * g.out_pixels();
+    let ph = im2col::Phases::new(g);
     col[..count * c * rows_per_channel]
         .par_chunks_mut(rows_per_channel)
         .enumerate()
-        .for_each(|(i, rows)| {
+        .for_each_init(Vec::new, |phases, (i, rows)| {
             let (n, ci) = (n0 + i / c, i % c);
-            im2col::im2col(g, &x[(n * c + ci) * hw..][..hw], rows);
+            phases.resize(ph.channel_len(g), T::ZERO);
+            ph.split_channel(g, &x[(n * c + ci) * hw..][..hw], phases);
+            im2col::im2col_channel(g, &ph, phases, rows);
         });
 }
 
@@ -304,17 +416,16 @@ fn gemm_forward<T: ConvFloat>(
             .for_each(|(i, row)| row.fill(b[i % o]));
     }
     let ph = im2col::Phases::new(g);
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_ptr = SharedPtr(y.as_mut_ptr());
     let block = column_block(p, g.batch, wa.nr());
     let blocks = p.div_ceil(block);
     (0..g.batch * blocks).into_par_iter().for_each(|task| {
-        let y_ptr = y_ptr;
         let (n, j0) = (task / blocks, (task % blocks) * block);
         let cols = block.min(p - j0);
         let image = &x[n * chw..][..chw];
         let c = MatPtr {
             // SAFETY: columns [j0, j0 + cols) of image n.
-            ptr: unsafe { y_ptr.0.add(n * o * p + j0) },
+            ptr: unsafe { y_ptr.at(n * o * p + j0) },
             rs: p,
             cs: 1,
         };
@@ -363,13 +474,12 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
         let count = group.min(g.batch - n0);
         // dcol_n = Wᵀ · dY_n (straight into dx for a pointwise kernel).
         let (out_ptr, out_stride) = if g.is_pointwise() {
-            (SendPtr(dx[n0 * chw..].as_mut_ptr()), chw)
+            (SharedPtr(dx[n0 * chw..].as_mut_ptr()), chw)
         } else {
-            (SendPtr(col.as_mut_ptr()), k * p)
+            (SharedPtr(col.as_mut_ptr()), k * p)
         };
         let blocks = p.div_ceil(block);
         (0..count * blocks).into_par_iter().for_each(|task| {
-            let out_ptr = out_ptr;
             let (i, j0) = (task / blocks, (task % blocks) * block);
             let cols = block.min(p - j0);
             let b = Mat {
@@ -379,7 +489,7 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
             };
             let c = MatPtr {
                 // SAFETY: columns [j0, j0 + cols) of image i's K×P matrix.
-                ptr: unsafe { out_ptr.0.add(i * out_stride + j0) },
+                ptr: unsafe { out_ptr.at(i * out_stride + j0) },
                 rs: p,
                 cs: 1,
             };
@@ -389,12 +499,16 @@ fn gemm_backward_input<T: ConvFloat>(g: &Conv2dGeometry, dy: &[T], w: &[T], dx: 
         if !g.is_pointwise() {
             let (c, hw) = (g.in_channels, g.in_h * g.in_w);
             let rows = g.kernel_h * g.kernel_w * p;
+            let ph = im2col::Phases::new(g);
             dx[n0 * chw..(n0 + count) * chw]
                 .par_chunks_mut(hw)
                 .enumerate()
-                .for_each(|(i, dx_plane)| {
+                .for_each_init(Vec::new, |phases, (i, dx_plane)| {
                     let src = &col[(i / c) * k * p + (i % c) * rows..][..rows];
-                    im2col::col2im(g, src, dx_plane);
+                    phases.clear();
+                    phases.resize(ph.channel_len(g), T::ZERO);
+                    im2col::col2im_channel(g, &ph, src, phases);
+                    ph.merge_channel(g, phases, dx_plane);
                 });
         }
     }
@@ -404,7 +518,7 @@ fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw:
     let (k, o, p) = (g.col_rows(), g.out_channels, g.out_pixels());
     let group = images_per_group(g);
     let mut col = Buffer::new(if g.is_pointwise() { 0 } else { group * k * p });
-    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    let dw_ptr = SharedPtr(dw.as_mut_ptr());
     let block = column_block(k, 1, 32);
     for n0 in (0..g.batch).step_by(group) {
         let count = group.min(g.batch - n0);
@@ -417,12 +531,11 @@ fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw:
             .map(|i| PackedA::new(Mat::row_major(&dy[(n0 + i) * o * p..][..o * p], p), o, p))
             .collect();
         (0..k.div_ceil(block)).into_par_iter().for_each(|bi| {
-            let dw_ptr = dw_ptr;
             let j0 = bi * block;
             let cols = block.min(k - j0);
             let c = MatPtr {
                 // SAFETY: columns [j0, j0 + cols) of dW.
-                ptr: unsafe { dw_ptr.0.add(j0) },
+                ptr: unsafe { dw_ptr.at(j0) },
                 rs: k,
                 cs: 1,
             };
@@ -525,26 +638,16 @@ mod tests {
             let w = values(g.weight_len(), 2);
             let r = values(g.output_len(), 3);
             let want = naive_forward(&g, &x, &w);
-            let mut algos = vec![Algorithm::Gemm];
-            if Algorithm::for_geometry(&g) == Algorithm::Winograd {
-                algos.push(Algorithm::Winograd);
-            }
-            for algo in algos {
+            for algo in [Algorithm::Gemm, Algorithm::Winograd] {
+                if !algo.supports(&g) {
+                    continue;
+                }
                 let mut y = vec![0.0; g.output_len()];
                 let mut dx = vec![0.0; g.input_len()];
                 let mut dw = vec![0.0; g.weight_len()];
-                match algo {
-                    Algorithm::Gemm => {
-                        gemm_forward(&g, &x, &w, None, &mut y);
-                        gemm_backward_input(&g, &r, &w, &mut dx);
-                        gemm_backward_weight(&g, &x, &r, &mut dw);
-                    }
-                    Algorithm::Winograd => {
-                        winograd::forward(&g, &x, &w, None, &mut y);
-                        winograd::backward_input(&g, &r, &w, &mut dx);
-                        winograd::backward_weight(&g, &x, &r, &mut dw);
-                    }
-                }
+                conv2d_forward_with(algo, &g, &x, &w, None, &mut y);
+                conv2d_backward_input_with(algo, &g, &r, &w, &mut dx);
+                conv2d_backward_weight_with(algo, &g, &x, &r, &mut dw);
                 for (a, b) in y.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-12, "{algo:?} {g:?}: y {a} vs {b}");
                 }

@@ -32,6 +32,18 @@ const KC: usize = 256;
 /// The largest micro-tile of any kernel (8×32), for the stack tile buffer.
 const MAX_TILE: usize = 256;
 
+/// Extra elements to allocate so that a buffer can start on a 64-byte
+/// boundary (see [`aligned`]).
+pub const ALIGN: usize = 16;
+
+/// The first `len` elements of `buf` from its first 64-byte-aligned
+/// address: a 16-lane load of packed B then never straddles two cache
+/// lines (a split load costs a second access). `buf` holds `len + ALIGN`.
+pub fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
+    let off = buf.as_ptr().align_offset(64).min(ALIGN);
+    &mut buf[off..off + len]
+}
+
 /// A read-only strided matrix: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a, T> {
@@ -106,6 +118,29 @@ impl<T> MatPtr<T> {
     }
 }
 
+/// A raw pointer that rayon tasks may share, each writing its own disjoint
+/// elements (every use says why they are disjoint). Access goes through
+/// [`SharedPtr::at`], so closures capture the whole (Send + Sync) wrapper.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedPtr<T>(pub *mut T);
+
+// SAFETY: see the type's documentation; the pointer is only dereferenced
+// where tasks write disjoint elements.
+unsafe impl<T: Send> Send for SharedPtr<T> {}
+unsafe impl<T: Sync> Sync for SharedPtr<T> {}
+
+impl<T> SharedPtr<T> {
+    /// The pointer `i` elements on.
+    ///
+    /// # Safety
+    /// `i` must stay inside the allocation.
+    #[inline(always)]
+    pub unsafe fn at(self, i: usize) -> *mut T {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// One micro-kernel: for the mr×nr tile `C[i, j] = c[i·rsc + j]`,
 /// `C (+)= Σ_{p<kc} a[p·mr + i] · b[p·nr + j]` over packed panels (`+=`
 /// when `add`, `=` otherwise).
@@ -136,6 +171,19 @@ pub trait GemmFloat: Float {
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
     /// The process-wide pool behind [`Buffer`].
     fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
+    /// `out[p·width + j] = src(j)[p]` for j < count and every p < k, with
+    /// `out` holding k rows of `width` (see [`transpose_into`]); f32 uses
+    /// 8×8 AVX2 register transposes.
+    fn transpose_rows<'a>(
+        src: impl Fn(usize) -> &'a [Self],
+        count: usize,
+        width: usize,
+        out: &mut [Self],
+    ) where
+        Self: 'a,
+    {
+        transpose_into(src, count, width, out)
+    }
 }
 
 thread_local! {
@@ -145,9 +193,11 @@ thread_local! {
 static POOL_F32: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 static POOL_F64: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
 
-/// Buffers kept for reuse across calls (the largest a U-Net convolution
-/// needs are a few MiB: transformed inputs/outputs, packed weights, im2col).
-const POOLED_BUFFERS: usize = 8;
+/// Buffers kept for reuse across calls. One Winograd call holds 16 packed
+/// weight operands plus its transformed inputs and outputs, so the pool
+/// must hold a few dozen; for the U-Net (≤ 256 channels) they total a few
+/// tens of MiB, kept for the life of the process.
+const POOLED_BUFFERS: usize = 32;
 
 /// A large scratch buffer, taken from a process-wide pool and given back on
 /// drop. Fresh allocations of several MiB per call cost page faults and
@@ -238,6 +288,20 @@ impl GemmFloat for f32 {
     fn pool() -> &'static Mutex<Vec<Vec<f32>>> {
         &POOL_F32
     }
+
+    fn transpose_rows<'a>(
+        src: impl Fn(usize) -> &'a [f32],
+        count: usize,
+        width: usize,
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if simd::level() == SimdLevel::Avx2Fma {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { x86::transpose_rows_avx2(src, count, width, out) };
+        }
+        transpose_into(src, count, width, out)
+    }
 }
 
 impl GemmFloat for f64 {
@@ -302,7 +366,7 @@ unsafe fn kernel_generic<T: Float>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// 8×32 tile in 16 zmm registers: per k step two 16-lane loads of B
@@ -342,6 +406,82 @@ mod x86 {
                 }
                 _mm512_storeu_ps(c0, v0);
                 _mm512_storeu_ps(c1, v1);
+            }
+        }
+    }
+
+    /// Transposes 8 rows of 8: `out[q][i] = r[i][q]` (unpack, shuffle, then
+    /// swap 128-bit halves).
+    #[inline(always)]
+    pub fn transpose8x8(r: [__m256; 8]) -> [__m256; 8] {
+        // SAFETY: only called from AVX2 functions.
+        unsafe {
+            let t: [__m256; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            let s = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            std::array::from_fn(|q| {
+                if q < 4 {
+                    _mm256_permute2f128_ps::<0x20>(s[q], s[q + 4])
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(s[q - 4], s[q])
+                }
+            })
+        }
+    }
+
+    /// [`super::transpose_into`] for f32 in 8×8 blocks: 8 row loads, the
+    /// classic unpack/shuffle/permute register transpose, 8 stores; the
+    /// ragged edges go element by element.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `src(j)` must be at least k long for every
+    /// j < count, with `out` holding k rows of `width` ≥ count.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn transpose_rows_avx2<'a>(
+        src: impl Fn(usize) -> &'a [f32],
+        count: usize,
+        width: usize,
+        out: &mut [f32],
+    ) {
+        let k = out.len() / width;
+        let (kb, cb) = (k / 8 * 8, count / 8 * 8);
+        for j0 in (0..cb).step_by(8) {
+            let rows: [&[f32]; 8] = std::array::from_fn(|jj| &src(j0 + jj)[..k]);
+            for p0 in (0..kb).step_by(8) {
+                // SAFETY: p0 + 8 ≤ k for every row; out row p0 + q has
+                // j0 + 8 ≤ count ≤ width elements.
+                unsafe {
+                    let r: [__m256; 8] =
+                        std::array::from_fn(|jj| _mm256_loadu_ps(rows[jj].as_ptr().add(p0)));
+                    for (q, col) in transpose8x8(r).into_iter().enumerate() {
+                        _mm256_storeu_ps(out.as_mut_ptr().add((p0 + q) * width + j0), col);
+                    }
+                }
+            }
+            for p in kb..k {
+                for (jj, row) in rows.iter().enumerate() {
+                    out[p * width + j0 + jj] = row[p];
+                }
+            }
+        }
+        for j in cb..count {
+            for (p, &v) in src(j)[..k].iter().enumerate() {
+                out[p * width + j] = v;
             }
         }
     }
@@ -390,7 +530,7 @@ mod x86 {
 
 /// Packs rows `[0, m)` × cols `[0, k)` of `a` as `[panel][k][mr]` (the last
 /// panel zero-padded); `dst` holds `ceil(m/mr)·k·mr` elements.
-pub fn pack_a_into<T: Float>(a: Mat<T>, m: usize, k: usize, mr: usize, dst: &mut [T]) {
+pub fn pack_a_into<T: GemmFloat>(a: Mat<T>, m: usize, k: usize, mr: usize, dst: &mut [T]) {
     a.assert_fits(m, k, "A");
     if k == 0 {
         return;
@@ -399,13 +539,8 @@ pub fn pack_a_into<T: Float>(a: Mat<T>, m: usize, k: usize, mr: usize, dst: &mut
         let i0 = panel * mr;
         let rows = mr.min(m - i0);
         if a.cs == 1 {
-            // Row-major source: read each row contiguously.
-            for i in 0..rows {
-                let src = &a.data[(i0 + i) * a.rs..][..k];
-                for (p, &v) in src.iter().enumerate() {
-                    out[p * mr + i] = v;
-                }
-            }
+            // Row-major source: each row of the panel is contiguous.
+            T::transpose_rows(|i| &a.data[(i0 + i) * a.rs..][..k], rows, mr, out);
         } else {
             for p in 0..k {
                 for i in 0..rows {
@@ -421,9 +556,31 @@ pub fn pack_a_into<T: Float>(a: Mat<T>, m: usize, k: usize, mr: usize, dst: &mut
     }
 }
 
+/// `out[p·width + j] = src(j)[p]` for j < count and every p: the
+/// transposition inside packing a row-major A or a column-major B. Working
+/// on 8 rows of `out` at a time keeps the written block in L1 while the
+/// sources are read contiguously.
+#[inline(always)]
+pub fn transpose_into<'a, T: Float + 'a>(
+    src: impl Fn(usize) -> &'a [T],
+    count: usize,
+    width: usize,
+    out: &mut [T],
+) {
+    const BLOCK: usize = 8;
+    for (block, rows) in out.chunks_mut(BLOCK * width).enumerate() {
+        let (p0, n) = (block * BLOCK, rows.len() / width);
+        for j in 0..count {
+            for (q, &v) in src(j)[p0..p0 + n].iter().enumerate() {
+                rows[q * width + j] = v;
+            }
+        }
+    }
+}
+
 /// Packs rows `[0, k)` × cols `[0, n)` of `b` as `[panel][k][nr]` (the last
 /// panel zero-padded); `dst` holds `ceil(n/nr)·k·nr` elements.
-pub fn pack_b_into<T: Float>(b: Mat<T>, k: usize, n: usize, nr: usize, dst: &mut [T]) {
+pub fn pack_b_into<T: GemmFloat>(b: Mat<T>, k: usize, n: usize, nr: usize, dst: &mut [T]) {
     b.assert_fits(k, n, "B");
     if k == 0 {
         return;
@@ -441,11 +598,14 @@ pub fn pack_b_into<T: Float>(b: Mat<T>, k: usize, n: usize, nr: usize, dst: &mut
         } else if b.cs == 1 {
             pack_b_panel_any(b, j0, cols, nr, out);
         } else {
-            // Transposed source: each column of B is contiguous.
-            for j in 0..cols {
-                let src = &b.data[(j0 + j) * b.cs..];
-                for p in 0..k {
-                    out[p * nr + j] = src[p * b.rs];
+            if b.rs == 1 {
+                // Transposed source: each column of B is contiguous.
+                T::transpose_rows(|j| &b.data[(j0 + j) * b.cs..][..k], cols, nr, out);
+            } else {
+                for j in 0..cols {
+                    for p in 0..k {
+                        out[p * nr + j] = b.data[p * b.rs + (j0 + j) * b.cs];
+                    }
                 }
             }
             if cols < nr {
@@ -573,15 +733,16 @@ impl<T: GemmFloat> PackedA<T> {
             return unsafe { self.fill_zero_unless(accumulate, n, c) };
         }
         T::with_scratch(|scratch| {
-            if scratch.len() < KC * nr {
-                scratch.resize(KC * nr, T::ZERO);
+            if scratch.len() < KC * nr + ALIGN {
+                scratch.resize(KC * nr + ALIGN, T::ZERO);
             }
+            let slice_buf = aligned(scratch, KC * nr);
             let mut tile = [T::ZERO; MAX_TILE];
             for p0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - p0);
                 for j0 in (0..n).step_by(nr) {
                     let cols = nr.min(n - j0);
-                    let b_slice = &mut scratch[..kc * nr];
+                    let b_slice = &mut slice_buf[..kc * nr];
                     pack(p0, kc, j0, cols, b_slice);
                     let add = accumulate || p0 > 0;
                     // SAFETY: forwarded contract.

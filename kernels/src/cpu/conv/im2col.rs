@@ -1,49 +1,12 @@
-//! im2col / col2im for one image: the patches a kernel sees, laid out as
-//! the columns of a `[C·kh·kw, Ho·Wo]` matrix, and the adjoint scatter-add.
+//! The patches a kernel sees (im2col: the columns of a `[C·kh·kw, Ho·Wo]`
+//! matrix per image) and the adjoint scatter-add (col2im), both through
+//! [`Phases`]: the zero-padded input split by stride phase, in which every
+//! run of patch values along an output row is contiguous. Padding and
+//! stride are thus handled once per channel, and the copies and additions
+//! are plain unit-stride loops.
 
 use super::Conv2dGeometry;
 use crate::Float;
-
-/// For kernel offset `j` (0 ≤ j < k), the output positions `o` in
-/// `[lo, hi)` whose input position `o·s + j − pad` lies inside `[0, len)`.
-fn valid_range(out_len: usize, len: usize, s: usize, pad: usize, j: usize) -> (usize, usize) {
-    // o·s + j ≥ pad  ⇔  o ≥ ceil((pad − j) / s)
-    let lo = pad.saturating_sub(j).div_ceil(s);
-    // o·s + j − pad < len  ⇔  o·s < len + pad − j
-    let hi = if len + pad > j {
-        (len + pad - j).div_ceil(s)
-    } else {
-        0
-    };
-    (lo.min(out_len), hi.clamp(lo.min(out_len), out_len))
-}
-
-/// Rows `c·kh·kw + i·kw + j` for the channels `c` of `x_channels` (one
-/// image, `[cs, H, W]`), written into `col` (`[cs·kh·kw, Ho·Wo]`):
-/// `col[(c,i,j), (oh,ow)] = x[c, oh·s + i − pad, ow·s + j − pad]`, zero
-/// outside the image.
-pub fn im2col<T: Float>(g: &Conv2dGeometry, x_channels: &[T], col: &mut [T]) {
-    let (h, w, ho, wo) = (g.in_h, g.in_w, g.out_h(), g.out_w());
-    let (s, pad) = (g.stride, g.padding);
-    let rows_per_channel = g.kernel_h * g.kernel_w;
-    for (r, row) in col.chunks_exact_mut(ho * wo).enumerate() {
-        let c = r / rows_per_channel;
-        let (i, j) = ((r / g.kernel_w) % g.kernel_h, r % g.kernel_w);
-        let x = &x_channels[c * h * w..][..h * w];
-        let (oh_lo, oh_hi) = valid_range(ho, h, s, pad, i);
-        let (ow_lo, ow_hi) = valid_range(wo, w, s, pad, j);
-        for (oh, out) in row.chunks_exact_mut(wo).enumerate() {
-            if oh < oh_lo || oh >= oh_hi || ow_lo == ow_hi {
-                out.fill(T::ZERO);
-                continue;
-            }
-            let x_row = &x[(oh * s + i - pad) * w..][..w];
-            out[..ow_lo].fill(T::ZERO);
-            out[ow_hi..].fill(T::ZERO);
-            copy_strided(&mut out[ow_lo..ow_hi], &x_row[ow_lo * s + j - pad..], s);
-        }
-    }
-}
 
 /// Copies `dst.len()` elements `src[0], src[s], src[2s], ...`; strides 1
 /// and 2 get their own loops (a constant stride vectorises, a variable one
@@ -110,7 +73,7 @@ impl Phases {
                 // Input columns 2m, 2m + 1 go to padded columns 2m + pad,
                 // 2m + 1 + pad: split the pairs in one pass.
                 let (b0, b1) = (pad % 2, (pad + 1) % 2);
-                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + (pad + 1) / 2);
+                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + pad.div_ceil(2));
                 let pairs = w / 2;
                 let (lo, hi) = if at0 < at1 { (at0, at1) } else { (at1, at0) };
                 let (head, tail) = out.split_at_mut(hi);
@@ -137,6 +100,67 @@ impl Phases {
                 }
                 let at = row_at(b) + (first + pad) / s;
                 copy_strided(&mut out[at..at + (w - first).div_ceil(s)], &row[first..], s);
+            }
+        }
+    }
+
+    /// The inverse of [`Phases::split_channel`] on the image itself:
+    /// `plane[ih][iw]` = the phase value at padded (ih + pad, iw + pad).
+    pub fn merge_channel<T: Float>(&self, g: &Conv2dGeometry, phases: &[T], plane: &mut [T]) {
+        let (s, pad, w) = (g.stride, g.padding, g.in_w);
+        let len = self.h * self.w;
+        for (ih, row) in plane.chunks_exact_mut(w).enumerate() {
+            let r = ih + pad;
+            let row_at = |b: usize| ((r % s) * s + b) * len + (r / s) * self.w;
+            if s == 2 {
+                let (b0, b1) = (pad % 2, (pad + 1) % 2);
+                let (at0, at1) = (row_at(b0) + pad / 2, row_at(b1) + pad.div_ceil(2));
+                let pairs = w / 2;
+                let (even, odd) = (&phases[at0..at0 + pairs], &phases[at1..at1 + pairs]);
+                for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+                if w % 2 == 1 {
+                    row[w - 1] = phases[at0 + pairs];
+                }
+                continue;
+            }
+            for (iw, v) in row.iter_mut().enumerate() {
+                let q = iw + pad;
+                *v = phases[row_at(q % s) + q / s];
+            }
+        }
+    }
+}
+
+/// The kh·kw im2col rows of one channel, `rows[(i, j)][(oh, ow)] =
+/// x_padded[oh·s + i][ow·s + j]`, from that channel's phases.
+pub fn im2col_channel<T: Float>(g: &Conv2dGeometry, ph: &Phases, phases: &[T], rows: &mut [T]) {
+    let (ho, wo, s, kw) = (g.out_h(), g.out_w(), g.stride, g.kernel_w);
+    let plane_len = ph.h * ph.w;
+    for (ij, row) in rows.chunks_exact_mut(ho * wo).enumerate() {
+        let (i, j) = (ij / kw, ij % kw);
+        let plane = &phases[((i % s) * s + j % s) * plane_len..][..plane_len];
+        for (oh, dst) in row.chunks_exact_mut(wo).enumerate() {
+            copy_run(dst, &plane[(oh + i / s) * ph.w + j / s..][..wo]);
+        }
+    }
+}
+
+/// The adjoint of [`im2col_channel`]: adds the kh·kw rows back into the
+/// channel's phases (`phases` must start zeroed; padding positions collect
+/// contributions that [`Phases::merge_channel`] then ignores).
+pub fn col2im_channel<T: Float>(g: &Conv2dGeometry, ph: &Phases, rows: &[T], phases: &mut [T]) {
+    let (ho, wo, s, kw) = (g.out_h(), g.out_w(), g.stride, g.kernel_w);
+    let plane_len = ph.h * ph.w;
+    for (ij, row) in rows.chunks_exact(ho * wo).enumerate() {
+        let (i, j) = (ij / kw, ij % kw);
+        let plane = &mut phases[((i % s) * s + j % s) * plane_len..][..plane_len];
+        for (oh, src) in row.chunks_exact(wo).enumerate() {
+            let dst = &mut plane[(oh + i / s) * ph.w + j / s..][..wo];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d += v;
             }
         }
     }
@@ -225,74 +249,5 @@ fn copy_run<T: Float>(dst: &mut [T], src: &[T]) {
     }
     for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *a = *b;
-    }
-}
-
-/// The adjoint of [`im2col`] for the channels of `dx_channels`:
-/// `dx[c, oh·s + i − pad, ow·s + j − pad] += col[(c,i,j), (oh,ow)]`.
-/// `dx_channels` is overwritten (zeroed first).
-pub fn col2im<T: Float>(g: &Conv2dGeometry, col: &[T], dx_channels: &mut [T]) {
-    let (h, w, ho, wo) = (g.in_h, g.in_w, g.out_h(), g.out_w());
-    let (s, pad) = (g.stride, g.padding);
-    let rows_per_channel = g.kernel_h * g.kernel_w;
-    dx_channels.fill(T::ZERO);
-    for (r, row) in col.chunks_exact(ho * wo).enumerate() {
-        let c = r / rows_per_channel;
-        let (i, j) = ((r / g.kernel_w) % g.kernel_h, r % g.kernel_w);
-        let dx = &mut dx_channels[c * h * w..][..h * w];
-        let (oh_lo, oh_hi) = valid_range(ho, h, s, pad, i);
-        let (ow_lo, ow_hi) = valid_range(wo, w, s, pad, j);
-        if ow_lo == ow_hi {
-            continue;
-        }
-        for oh in oh_lo..oh_hi {
-            let src = &row[oh * wo + ow_lo..oh * wo + ow_hi];
-            let dx_row = &mut dx[(oh * s + i - pad) * w..][..w];
-            let first = ow_lo * s + j - pad;
-            if s == 1 {
-                for (d, &v) in dx_row[first..].iter_mut().zip(src) {
-                    *d += v;
-                }
-            } else {
-                for (d, &v) in dx_row[first..].iter_mut().step_by(s).zip(src) {
-                    *d += v;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn valid_ranges_match_brute_force() {
-        for len in 1..7 {
-            for s in 1..4 {
-                for pad in 0..4 {
-                    for k in 1..5 {
-                        if len + 2 * pad < k {
-                            continue;
-                        }
-                        let out = (len + 2 * pad - k) / s + 1;
-                        for j in 0..k {
-                            let inside = |o: usize| {
-                                let p = (o * s + j) as isize - pad as isize;
-                                p >= 0 && (p as usize) < len
-                            };
-                            let (lo, hi) = valid_range(out, len, s, pad, j);
-                            for o in 0..out {
-                                assert_eq!(
-                                    inside(o),
-                                    o >= lo && o < hi,
-                                    "{len} {s} {pad} {k} {j} {o}"
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
 }

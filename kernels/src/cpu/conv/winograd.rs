@@ -6,7 +6,7 @@
 //! Y_t[o] = Aᵀ [ Σ_c U[o,c] ⊙ V_t[c] ] A,   U[o,c] = G g[o,c] Gᵀ,   V_t[c] = Bᵀ d_t[c] B
 //! ```
 //!
-//! with d_t[c] the 4×4 input patch under the tile. For each of the 16
+//! with `d_t[c]` the 4×4 input patch under the tile. For each of the 16
 //! positions ξ of the 4×4 transformed domain the sum over c is one matrix
 //! product `M_ξ[O×T] = U_ξ[O×C] · V_ξ[C×T]` over the T tiles of a chunk, so
 //! the work is 16 GEMMs of depth C instead of one of depth 9C: 16 multiplies
@@ -22,14 +22,13 @@
 //!   `dU_ξ[O×C] = Σ_t dM_ξ[O×T] · V_ξ[C×T]ᵀ` (16 GEMMs of depth T) and
 //!   `dg = Gᵀ dU G`.
 //!
-//! Tiles are processed in chunks of whole tile rows (about [`CHUNK_TILES`]
+//! Tiles are processed in chunks of whole tile rows (about `CHUNK_TILES`
 //! tiles) so the transformed buffers stay in cache; each chunk runs three
 //! stages, each split over rayon: input transform (per channel), the 16
 //! GEMMs (per ξ), output transform (per output channel).
 
 use super::Conv2dGeometry;
-use super::gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA};
-use crate::cpu::SendPtr;
+use super::gemm::{ALIGN, Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr, aligned};
 use crate::cpu::simd::{self, SimdLevel};
 use rayon::prelude::*;
 
@@ -70,56 +69,416 @@ impl Tiling {
     }
 }
 
-/// U[ξ][o][c] = (G g[o,c] Gᵀ)[ξ], written straight into one packed GEMM
-/// operand per ξ (padding rows zero), split over panels of output channels.
-fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<PackedA<T>> {
-    let mut u: Vec<PackedA<T>> = (0..16).map(|_| PackedA::for_filling(o, c)).collect();
-    let mr = u[0].mr();
-    let bases: [SendPtr<T>; 16] = {
-        let mut it = u.iter_mut();
-        std::array::from_fn(|_| SendPtr(it.next().expect("16 operands").packed_mut().as_mut_ptr()))
-    };
-    (0..o.div_ceil(mr)).into_par_iter().for_each(|panel| {
-        let bases = bases;
-        for ci in 0..c {
-            for lane in 0..mr {
-                let oi = panel * mr + lane;
-                let vals = if oi < o {
-                    transform_kernel(w[(oi * c + ci) * 9..][..9].try_into().expect("3×3"))
-                } else {
-                    [T::ZERO; 16]
-                };
-                // The packed index of (oi, ci), the same in all 16 operands.
-                let at = panel * c * mr + ci * mr + lane;
-                for (base, v) in bases.iter().zip(vals) {
-                    // SAFETY: `at` is inside every packed buffer (all are
-                    // ceil(o/mr)·mr × c) and only this panel's task writes it.
-                    unsafe { *base.0.add(at) = v };
+/// Lanes processed together by the weight transforms: 8 (o, c) pairs at
+/// once, so each step below is one 8-wide vector operation.
+const LANES: usize = 8;
+
+type Lanes<T> = [T; LANES];
+
+/// G·v for 8 lanes at once, G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]]:
+/// `out[r][l] = (G·(v0[l], v1[l], v2[l]))[r]`.
+#[inline(always)]
+fn g_lanes<T: GemmFloat>(v0: &Lanes<T>, v1: &Lanes<T>, v2: &Lanes<T>, out: [&mut Lanes<T>; 4]) {
+    let half = T::from_f64(0.5);
+    let [o0, o1, o2, o3] = out;
+    for l in 0..LANES {
+        o0[l] = v0[l];
+        o1[l] = (v0[l] + v1[l] + v2[l]) * half;
+        o2[l] = (v0[l] - v1[l] + v2[l]) * half;
+        o3[l] = v2[l];
+    }
+}
+
+/// Gᵀ·u for 8 lanes at once: (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3).
+#[inline(always)]
+fn gt_lanes<T: GemmFloat>(u: [&Lanes<T>; 4], out: [&mut Lanes<T>; 3]) {
+    let half = T::from_f64(0.5);
+    let [o0, o1, o2] = out;
+    for l in 0..LANES {
+        let (u0, u1, u2, u3) = (u[0][l], u[1][l], u[2][l], u[3][l]);
+        o0[l] = u0 + (u1 + u2) * half;
+        o1[l] = (u1 - u2) * half;
+        o2[l] = (u1 + u2) * half + u3;
+    }
+}
+
+/// Mutable references to four distinct rows of `rows` (increasing indices).
+#[inline(always)]
+fn rows4<T>(rows: &mut [Lanes<T>], at: [usize; 4]) -> [&mut Lanes<T>; 4] {
+    let [a, b, c, d] = at;
+    let (x, rest) = rows.split_at_mut(b);
+    let (y, rest) = rest.split_at_mut(c - b);
+    let (z, w) = rest.split_at_mut(d - c);
+    [&mut x[a], &mut y[0], &mut z[0], &mut w[0]]
+}
+
+/// U = G g Gᵀ for 8 kernels at once: `k[tap][lane]` (taps row-major) to
+/// `u[ξ][lane]`, ξ = 4a + b.
+#[inline(always)]
+fn transform_kernels<T: GemmFloat>(k: &[Lanes<T>; 9], u: &mut [Lanes<T>; 16]) {
+    // G·g (4×3): column j of g → column j of gg, stored gg[3a + j].
+    let mut gg = [[T::ZERO; LANES]; 12];
+    for j in 0..3 {
+        let out = rows4(&mut gg, [j, 3 + j, 6 + j, 9 + j]);
+        g_lanes(&k[j], &k[3 + j], &k[6 + j], out);
+    }
+    // (G·g)·Gᵀ (4×4): row a of gg → row a of u.
+    for a in 0..4 {
+        let out = rows4(u, [4 * a, 4 * a + 1, 4 * a + 2, 4 * a + 3]);
+        g_lanes(&gg[3 * a], &gg[3 * a + 1], &gg[3 * a + 2], out);
+    }
+}
+
+/// dg = Gᵀ dU G for 8 kernels at once: `du[ξ][lane]` to `dg[tap][lane]`.
+#[inline(always)]
+fn inverse_transform_kernels<T: GemmFloat>(du: &[Lanes<T>; 16], dg: &mut [Lanes<T>; 9]) {
+    // dU·G (4×3): row a of dU → row a of t, stored t[3a + j].
+    let mut t = [[T::ZERO; LANES]; 12];
+    for a in 0..4 {
+        let (x, rest) = t.split_at_mut(3 * a + 1);
+        let (y, z) = rest.split_at_mut(1);
+        let r = [&du[4 * a], &du[4 * a + 1], &du[4 * a + 2], &du[4 * a + 3]];
+        gt_lanes(r, [&mut x[3 * a], &mut y[0], &mut z[0]]);
+    }
+    // Gᵀ·(dU·G) (3×3): column j of t → column j of dg.
+    for j in 0..3 {
+        let (x, rest) = dg.split_at_mut(3 + j);
+        let (y, z) = rest.split_at_mut(3);
+        let c = [&t[j], &t[3 + j], &t[6 + j], &t[9 + j]];
+        gt_lanes(c, [&mut x[j], &mut y[0], &mut z[0]]);
+    }
+}
+
+/// The 8-lane weight transforms for f32 with explicit AVX2 (the compiler
+/// does not vectorise the generic versions well: 8 lanes are exactly one
+/// register, and these run for every (o, c) pair of every 3×3 layer, in
+/// the forward pass and in both gradients).
+#[cfg(target_arch = "x86_64")]
+mod lanes_avx2 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn g(v0: __m256, v1: __m256, v2: __m256, half: __m256) -> [__m256; 4] {
+        // SAFETY: only reached from the AVX2 functions below.
+        unsafe {
+            let s = _mm256_add_ps(v0, v2);
+            [
+                v0,
+                _mm256_mul_ps(_mm256_add_ps(s, v1), half),
+                _mm256_mul_ps(_mm256_sub_ps(s, v1), half),
+                v2,
+            ]
+        }
+    }
+
+    #[inline(always)]
+    fn gt(u: [__m256; 4], half: __m256) -> [__m256; 3] {
+        // SAFETY: only reached from the AVX2 functions below.
+        unsafe {
+            let s = _mm256_mul_ps(_mm256_add_ps(u[1], u[2]), half);
+            [
+                _mm256_add_ps(u[0], s),
+                _mm256_mul_ps(_mm256_sub_ps(u[1], u[2]), half),
+                _mm256_add_ps(s, u[3]),
+            ]
+        }
+    }
+
+    /// See [`super::transform_kernels`].
+    #[target_feature(enable = "avx2,fma")]
+    pub fn transform_kernels(k: &[Lanes<f32>; 9], u: &mut [Lanes<f32>; 16]) {
+        let half = _mm256_set1_ps(0.5);
+        // SAFETY: every array is 8 f32 long.
+        unsafe {
+            let ld = |i: usize| _mm256_loadu_ps(k[i].as_ptr());
+            let cols = [
+                g(ld(0), ld(3), ld(6), half),
+                g(ld(1), ld(4), ld(7), half),
+                g(ld(2), ld(5), ld(8), half),
+            ];
+            for a in 0..4 {
+                let row = g(cols[0][a], cols[1][a], cols[2][a], half);
+                for (b, v) in row.into_iter().enumerate() {
+                    _mm256_storeu_ps(u[4 * a + b].as_mut_ptr(), v);
                 }
             }
         }
-    });
+    }
+
+    /// The forward transform of 8 output channels at once for every input
+    /// channel: `rows[l]` holds the c·9 taps of output channel l, and
+    /// `out[ξ] + ci·step` receives U[ξ] for the 8 channels (8 contiguous
+    /// values: one packed A panel row). Per input channel: 8 row loads, one
+    /// 8×8 register transpose (taps 0..8) and a gather of tap 8.
+    ///
+    /// # Safety
+    /// `out[ξ] + ci·step .. + 8` must be writable for every ci < c, and
+    /// only by this call.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn transform_group(rows: [&[f32]; 8], c: usize, out: &[*mut f32; 16], step: usize) {
+        let half = _mm256_set1_ps(0.5);
+        for row in &rows {
+            assert!(row.len() >= c * 9, "transform_group: short row");
+        }
+        for ci in 0..c {
+            let at = ci * 9;
+            // SAFETY: at + 9 ≤ c·9 ≤ each row's length; out as promised.
+            unsafe {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|l| _mm256_loadu_ps(rows[l].as_ptr().add(at)));
+                let k = crate::cpu::conv::gemm::x86::transpose8x8(r);
+                let k8 = _mm256_setr_ps(
+                    rows[0][at + 8],
+                    rows[1][at + 8],
+                    rows[2][at + 8],
+                    rows[3][at + 8],
+                    rows[4][at + 8],
+                    rows[5][at + 8],
+                    rows[6][at + 8],
+                    rows[7][at + 8],
+                );
+                let cols = [
+                    g(k[0], k[3], k[6], half),
+                    g(k[1], k[4], k[7], half),
+                    g(k[2], k[5], k8, half),
+                ];
+                for a in 0..4 {
+                    let row = g(cols[0][a], cols[1][a], cols[2][a], half);
+                    for (b, v) in row.into_iter().enumerate() {
+                        _mm256_storeu_ps(out[4 * a + b].add(ci * step), v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weight-gradient transform of one output channel for 8 input
+    /// channels at a time: `du[ξ]` holds dU[ξ][o][0..c]; `dw` (c·9) gets
+    /// Gᵀ dU G per input channel. Returns how many channels it did (a
+    /// multiple of 8; the caller finishes the rest).
+    #[target_feature(enable = "avx2,fma")]
+    pub fn inverse_group(du: [&[f32]; 16], c: usize, dw: &mut [f32]) -> usize {
+        let half = _mm256_set1_ps(0.5);
+        let done = c / 8 * 8;
+        assert!(
+            dw.len() >= c * 9 && du.iter().all(|r| r.len() >= c),
+            "inverse_group: short rows"
+        );
+        for c0 in (0..done).step_by(8) {
+            // SAFETY: c0 + 8 ≤ c; dw holds c·9 elements.
+            unsafe {
+                let ld = |xi: usize| _mm256_loadu_ps(du[xi].as_ptr().add(c0));
+                let rows: [[__m256; 3]; 4] = std::array::from_fn(|a| {
+                    gt(
+                        [ld(4 * a), ld(4 * a + 1), ld(4 * a + 2), ld(4 * a + 3)],
+                        half,
+                    )
+                });
+                let cols: [[__m256; 3]; 3] = std::array::from_fn(|j| {
+                    gt([rows[0][j], rows[1][j], rows[2][j], rows[3][j]], half)
+                });
+                // taps[tap] for the 8 channels, tap = 3i + j.
+                let taps: [__m256; 9] = std::array::from_fn(|tap| cols[tap % 3][tap / 3]);
+                let first8 =
+                    crate::cpu::conv::gemm::x86::transpose8x8(std::array::from_fn(|t| taps[t]));
+                let mut last = [0f32; 8];
+                _mm256_storeu_ps(last.as_mut_ptr(), taps[8]);
+                for l in 0..8 {
+                    let k = dw.as_mut_ptr().add((c0 + l) * 9);
+                    _mm256_storeu_ps(k, first8[l]);
+                    *k.add(8) = last[l];
+                }
+            }
+        }
+        done
+    }
+
+    /// See [`super::inverse_transform_kernels`].
+    #[target_feature(enable = "avx2,fma")]
+    pub fn inverse_transform_kernels(du: &[Lanes<f32>; 16], dg: &mut [Lanes<f32>; 9]) {
+        let half = _mm256_set1_ps(0.5);
+        // SAFETY: every array is 8 f32 long.
+        unsafe {
+            let ld = |i: usize| _mm256_loadu_ps(du[i].as_ptr());
+            let rows: [[__m256; 3]; 4] = std::array::from_fn(|a| {
+                gt(
+                    [ld(4 * a), ld(4 * a + 1), ld(4 * a + 2), ld(4 * a + 3)],
+                    half,
+                )
+            });
+            for j in 0..3 {
+                let col = gt([rows[0][j], rows[1][j], rows[2][j], rows[3][j]], half);
+                for (i, v) in col.into_iter().enumerate() {
+                    _mm256_storeu_ps(dg[3 * i + j].as_mut_ptr(), v);
+                }
+            }
+        }
+    }
+}
+
+/// `x` as f32 lanes when T is f32 (for the AVX2 paths above).
+fn f32_lanes<T: 'static, const N: usize>(x: &[Lanes<T>; N]) -> Option<&[Lanes<f32>; N]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &*(x as *const [Lanes<T>; N] as *const [Lanes<f32>; N]) })
+}
+
+fn f32_lanes_mut<T: 'static, const N: usize>(
+    x: &mut [Lanes<T>; N],
+) -> Option<&mut [Lanes<f32>; N]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &mut *(x as *mut [Lanes<T>; N] as *mut [Lanes<f32>; N]) })
+}
+
+/// `x` as f32 when T is f32.
+fn f32_slice<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+fn f32_slice_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32, so the types are identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
+/// [`transform_kernels`], with the AVX2 version for f32 when the CPU has it.
+#[inline(always)]
+fn transform_kernels_fast<T: GemmFloat>(avx2: bool, k: &[Lanes<T>; 9], u: &mut [Lanes<T>; 16]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && let (Some(k), Some(u)) = (f32_lanes(k), f32_lanes_mut(u)) {
+        // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
+        return unsafe { lanes_avx2::transform_kernels(k, u) };
+    }
+    let _ = avx2;
+    transform_kernels(k, u)
+}
+
+/// [`inverse_transform_kernels`], with the AVX2 version for f32 when the CPU has it.
+#[inline(always)]
+fn inverse_transform_kernels_fast<T: GemmFloat>(
+    avx2: bool,
+    du: &[Lanes<T>; 16],
+    dg: &mut [Lanes<T>; 9],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && let (Some(du), Some(dg)) = (f32_lanes(du), f32_lanes_mut(dg)) {
+        // SAFETY: `avx2` is only true when the CPU has AVX2 and FMA.
+        return unsafe { lanes_avx2::inverse_transform_kernels(du, dg) };
+    }
+    let _ = avx2;
+    inverse_transform_kernels(du, dg)
+}
+
+/// U[ξ][o][c] = (G g[o,c] Gᵀ)[ξ], written straight into one packed GEMM
+/// operand per ξ (padding rows zero), split over groups of 8 output
+/// channels (the 8 lanes).
+fn transform_weights<T: GemmFloat>(o: usize, c: usize, w: &[T]) -> Vec<PackedA<T>> {
+    let mut u: Vec<PackedA<T>> = (0..16).map(|_| PackedA::for_filling(o, c)).collect();
+    let padded_rows = o.next_multiple_of(u[0].mr());
+    let bases: [SharedPtr<T>; 16] = {
+        let mut it = u.iter_mut();
+        std::array::from_fn(|_| {
+            SharedPtr(it.next().expect("16 operands").packed_mut().as_mut_ptr())
+        })
+    };
+    let u0 = &u[0];
+    (0..padded_rows.div_ceil(LANES))
+        .into_par_iter()
+        .for_each(|group| {
+            let o0 = group * LANES;
+            let rows = LANES.min(padded_rows - o0);
+            let real = LANES.min(o.saturating_sub(o0));
+            // With 8-row panels a group's 8 rows are one contiguous run per ξ.
+            let contiguous = rows == LANES
+                && u0.packed_index(o0 + LANES - 1, 0) == u0.packed_index(o0, 0) + LANES - 1;
+            let avx2 = use_avx2();
+            #[cfg(target_arch = "x86_64")]
+            if avx2
+                && contiguous
+                && real == LANES
+                && let Some(w32) = f32_slice(w)
+            {
+                let rows: [&[f32]; 8] = std::array::from_fn(|l| &w32[(o0 + l) * c * 9..][..c * 9]);
+                let first = u0.packed_index(o0, 0);
+                let out: [*mut f32; 16] = std::array::from_fn(|xi| {
+                    // SAFETY: `first` is inside every packed buffer.
+                    unsafe { bases[xi].at(first) as *mut f32 }
+                });
+                // SAFETY: AVX2 is available; rows o0..o0+8 of every
+                // packed buffer (mr apart per input channel) belong to
+                // this task.
+                return unsafe { lanes_avx2::transform_group(rows, c, &out, u0.mr()) };
+            }
+            {
+                let mut k = [[T::ZERO; LANES]; 9];
+                let mut vals = [[T::ZERO; LANES]; 16];
+                for ci in 0..c {
+                    for l in 0..real {
+                        let src = &w[((o0 + l) * c + ci) * 9..][..9];
+                        for (tap, &v) in src.iter().enumerate() {
+                            k[tap][l] = v;
+                        }
+                    }
+                    transform_kernels_fast(avx2, &k, &mut vals);
+                    let first = u0.packed_index(o0, ci);
+                    for (base, v) in bases.iter().zip(&vals) {
+                        // SAFETY: every index written is inside every packed
+                        // buffer (all are padded_rows × c) and only this group's
+                        // task writes rows o0 .. o0 + rows.
+                        unsafe {
+                            if contiguous {
+                                std::ptr::copy_nonoverlapping(v.as_ptr(), base.at(first), LANES);
+                            } else {
+                                for (l, &x) in v.iter().enumerate().take(rows) {
+                                    *base.at(u0.packed_index(o0 + l, ci)) = x;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
     u
 }
 
-/// G g Gᵀ for one 3×3 kernel g (row-major), as 16 values ξ = 4a + b, with
-/// G·v = (v0, (v0+v1+v2)/2, (v0−v1+v2)/2, v2).
-#[inline(always)]
-fn transform_kernel<T: GemmFloat>(k: &[T; 9]) -> [T; 16] {
-    let half = T::from_f64(0.5);
-    let g_mul = |v0: T, v1: T, v2: T| [v0, (v0 + v1 + v2) * half, (v0 - v1 + v2) * half, v2];
-    // Columns first (G·g is 4×3), then rows ((G·g)·Gᵀ is 4×4).
-    let cols = [
-        g_mul(k[0], k[3], k[6]),
-        g_mul(k[1], k[4], k[7]),
-        g_mul(k[2], k[5], k[8]),
-    ];
-    let mut out = [T::ZERO; 16];
-    for a in 0..4 {
-        let row = g_mul(cols[0][a], cols[1][a], cols[2][a]);
-        out[4 * a..4 * a + 4].copy_from_slice(&row);
-    }
-    out
+/// dw[o][c] = Gᵀ dU[·][o][c] G for `du` laid out `[16][O][C]`, split over
+/// output channels, 8 input channels (lanes) at a time.
+fn inverse_transform_weights<T: GemmFloat>(o: usize, c: usize, du: &[T], dw: &mut [T]) {
+    let avx2 = use_avx2();
+    dw.par_chunks_mut(c * 9)
+        .enumerate()
+        .for_each(|(oi, dw_row)| {
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 && let (Some(du32), Some(dw32)) = (f32_slice(du), f32_slice_mut(dw_row)) {
+                let rows: [&[f32]; 16] =
+                    std::array::from_fn(|xi| &du32[xi * o * c + oi * c..][..c]);
+                // SAFETY: AVX2 is available.
+                done = unsafe { lanes_avx2::inverse_group(rows, c, dw32) };
+            }
+            let mut u = [[T::ZERO; LANES]; 16];
+            let mut g = [[T::ZERO; LANES]; 9];
+            for c0 in (done..c).step_by(LANES) {
+                let n = LANES.min(c - c0);
+                for (xi, lanes) in u.iter_mut().enumerate() {
+                    let src = &du[xi * o * c + oi * c + c0..][..n];
+                    match <&Lanes<T>>::try_from(src) {
+                        Ok(full) => *lanes = *full,
+                        Err(_) => lanes[..n].copy_from_slice(src),
+                    }
+                }
+                inverse_transform_kernels_fast(avx2, &u, &mut g);
+                for (l, k) in dw_row[c0 * 9..(c0 + n) * 9].chunks_exact_mut(9).enumerate() {
+                    for (tap, v) in k.iter_mut().enumerate() {
+                        *v = g[tap][l];
+                    }
+                }
+            }
+        });
 }
 
 /// Splits `buf` into `N` consecutive slices of `len`.
@@ -167,7 +526,7 @@ struct VDest<T> {
 fn split_padded_row<T: GemmFloat>(row: &[T], pad: usize, even: &mut [T], odd: &mut [T]) {
     // Input columns 2m and 2m + 1 land in padded columns 2m + pad and
     // 2m + 1 + pad: the same parity as pad, then the other.
-    let (first, second, at0, at1) = if pad % 2 == 0 {
+    let (first, second, at0, at1) = if pad.is_multiple_of(2) {
         (even, odd, pad / 2, pad / 2)
     } else {
         (odd, even, pad / 2, pad / 2 + 1)
@@ -320,16 +679,20 @@ fn output_transform_body<T: GemmFloat>(
     }
 }
 
-/// dM = A dY Aᵀ for one output channel (A = [[1,0],[1,1],[1,−1],[0,−1]]),
-/// written as `dm[ξ·T + t]`; output pixels outside the image count as 0.
+/// dM = A dY Aᵀ for one output channel (A = [[1,0],[1,1],[1,−1],[0,−1]]):
+/// position ξ of tile t goes to `dm.ptr + ξ·dm.xi_stride + t`; output pixels
+/// outside the image count as 0.
+///
+/// # Safety
+/// `dm` must address 16 rows of T elements that only this call writes.
 #[inline(always)]
-fn output_grad_transform_body<'a, T: GemmFloat>(
+unsafe fn output_grad_transform_body<'a, T: GemmFloat>(
     g: &Conv2dGeometry,
     tl: &Tiling,
     (r0, rows): (usize, usize),
     plane: impl Fn(usize) -> &'a [T],
     scratch: &mut Vec<T>,
-    dm: &mut [T],
+    dm: VDest<T>,
 ) {
     let (ho, wo, tw) = (g.out_h(), g.out_w(), tl.tw);
     let t_len = rows * tw;
@@ -348,58 +711,45 @@ fn output_grad_transform_body<'a, T: GemmFloat>(
             od.fill(T::ZERO);
             if 2 * ty + q < ho {
                 let row = &dy[(2 * ty + q) * wo..][..wo];
-                for (i, pair) in row.chunks(2).enumerate() {
-                    ev[i] = pair[0];
-                    if let Some(&b) = pair.get(1) {
-                        od[i] = b;
-                    }
+                let pairs = wo / 2;
+                for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(row.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if wo % 2 == 1 {
+                    ev[pairs] = row[wo - 1];
                 }
             }
         }
     }
-    let rows4: [&mut [T]; 16] = {
-        let mut it = dm[..16 * t_len].chunks_exact_mut(t_len);
-        std::array::from_fn(|_| it.next().expect("16 rows"))
-    };
-    let [
-        m0,
-        m1,
-        m2,
-        m3,
-        m4,
-        m5,
-        m6,
-        m7,
-        m8,
-        m9,
-        m10,
-        m11,
-        m12,
-        m13,
-        m14,
-        m15,
-    ] = rows4;
-    let out_rows = [
-        [m0, m1, m2, m3],
-        [m4, m5, m6, m7],
-        [m8, m9, m10, m11],
-        [m12, m13, m14, m15],
-    ];
-    for (a, [d0, d1, d2, d3]) in out_rows.into_iter().enumerate() {
+    // SAFETY: the caller's contract: 16 rows of t_len this call owns.
+    let row =
+        |xi: usize| unsafe { std::slice::from_raw_parts_mut(dm.ptr.add(xi * dm.xi_stride), t_len) };
+    for a in 0..4 {
         // Row a of A·dY: (y0, y0 + y1, y0 − y1, −y1), even and odd column ...
-        let f: fn(T, T) -> T = match a {
-            0 => |y0, _| y0,
-            1 => |y0, y1| y0 + y1,
-            2 => |y0, y1| y0 - y1,
-            _ => |_, y1| -y1,
-        };
-        map2(ze, y00, y10, f);
-        map2(zo, y01, y11, f);
+        match a {
+            0 => {
+                ze.copy_from_slice(y00);
+                zo.copy_from_slice(y01);
+            }
+            1 => {
+                map2(ze, y00, y10, |y0, y1| y0 + y1);
+                map2(zo, y01, y11, |y0, y1| y0 + y1);
+            }
+            2 => {
+                map2(ze, y00, y10, |y0, y1| y0 - y1);
+                map2(zo, y01, y11, |y0, y1| y0 - y1);
+            }
+            _ => {
+                map2(ze, y10, y10, |_, y1| -y1);
+                map2(zo, y11, y11, |_, y1| -y1);
+            }
+        }
         // ... times Aᵀ along the row, per tile: (e, e + o, e − o, −o).
-        map2(d0, ze, zo, |e, _| e);
-        map2(d1, ze, zo, |e, o| e + o);
-        map2(d2, ze, zo, |e, o| e - o);
-        map2(d3, ze, zo, |_, o| -o);
+        row(4 * a).copy_from_slice(ze);
+        map2(row(4 * a + 1), ze, zo, |e, o| e + o);
+        map2(row(4 * a + 2), ze, zo, |e, o| e - o);
+        map2(row(4 * a + 3), zo, zo, |_, o| -o);
     }
 }
 
@@ -439,15 +789,16 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn output_grad_transform<'a, T: GemmFloat>(
+    pub(super) unsafe fn output_grad_transform<'a, T: GemmFloat>(
         g: &Conv2dGeometry,
         tl: &Tiling,
         chunk: (usize, usize),
         plane: impl Fn(usize) -> &'a [T],
         scratch: &mut Vec<T>,
-        dm: &mut [T],
+        dm: VDest<T>,
     ) {
-        output_grad_transform_body(g, tl, chunk, plane, scratch, dm)
+        // SAFETY: forwarded contract.
+        unsafe { output_grad_transform_body(g, tl, chunk, plane, scratch, dm) }
     }
 }
 
@@ -495,20 +846,24 @@ fn output_transform<T: GemmFloat>(
 }
 
 /// See [`output_grad_transform_body`].
-fn output_grad_transform<'a, T: GemmFloat>(
+///
+/// # Safety
+/// As [`output_grad_transform_body`].
+unsafe fn output_grad_transform<'a, T: GemmFloat>(
     g: &Conv2dGeometry,
     tl: &Tiling,
     chunk: (usize, usize),
     plane: impl Fn(usize) -> &'a [T],
     scratch: &mut Vec<T>,
-    dm: &mut [T],
+    dm: VDest<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2() {
-        // SAFETY: the CPU has AVX2+FMA.
+        // SAFETY: the CPU has AVX2+FMA; the rest is the caller's contract.
         return unsafe { avx2::output_grad_transform(g, tl, chunk, plane, scratch, dm) };
     }
-    output_grad_transform_body(g, tl, chunk, plane, scratch, dm)
+    // SAFETY: the caller's contract.
+    unsafe { output_grad_transform_body(g, tl, chunk, plane, scratch, dm) }
 }
 
 /// Forward: `y = conv(x, w) + bias` for 3×3, stride 1.
@@ -523,22 +878,23 @@ pub fn forward<T: GemmFloat>(
     let tl = Tiling::new(g);
     let u = transform_weights(o, c, w);
     let nr = u[0].nr();
-    let mut v = Buffer::<T>::new(16 * c * tl.max_tiles().next_multiple_of(nr));
+    let v_len = 16 * c * tl.max_tiles().next_multiple_of(nr);
+    let mut v_buf = Buffer::<T>::new(v_len + ALIGN);
+    let v = aligned(&mut v_buf, v_len);
     let mut m = Buffer::<T>::new(o * 16 * tl.max_tiles());
     let plane_len = g.out_h() * g.out_w();
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_ptr = SharedPtr(y.as_mut_ptr());
     for chunk in tl.chunks(g.batch) {
         let t = chunk.1 * tl.tw;
         let tp = t.next_multiple_of(nr);
         // V_ξ goes straight into the GEMM's packed-B layout [t / nr][c][nr].
-        let v_ptr = SendPtr(v.as_mut_ptr());
+        let v_ptr = SharedPtr(v.as_mut_ptr());
         (0..c)
             .into_par_iter()
             .for_each_init(Vec::new, |scratch, ci| {
-                let v_ptr = v_ptr;
                 let dest = VDest {
                     // SAFETY: channel ci's row within every panel.
-                    ptr: unsafe { v_ptr.0.add(ci * nr) },
+                    ptr: unsafe { v_ptr.at(ci * nr) },
                     xi_stride: c * tp,
                     run: nr,
                     run_stride: c * nr,
@@ -554,12 +910,11 @@ pub fn forward<T: GemmFloat>(
                     }
                 }
             });
-        let m_ptr = SendPtr(m.as_mut_ptr());
+        let m_ptr = SharedPtr(m.as_mut_ptr());
         (0..16).into_par_iter().for_each(|xi| {
-            let m_ptr = m_ptr;
             let mx = MatPtr {
                 // SAFETY: row block ξ of every output channel's [16][T] slab.
-                ptr: unsafe { m_ptr.0.add(xi * t) },
+                ptr: unsafe { m_ptr.at(xi * t) },
                 rs: 16 * t,
                 cs: 1,
             };
@@ -570,10 +925,9 @@ pub fn forward<T: GemmFloat>(
             .par_chunks(16 * t)
             .enumerate()
             .for_each_init(Vec::new, |scratch, (oi, mo)| {
-                let y_ptr = y_ptr;
                 let b = bias.map_or(T::ZERO, |b| b[oi]);
                 // SAFETY: task oi alone writes the planes (n, oi).
-                let plane = |n: usize| unsafe { y_ptr.0.add((n * o + oi) * plane_len) };
+                let plane = |n: usize| unsafe { y_ptr.at((n * o + oi) * plane_len) };
                 output_transform(g, &tl, chunk, mo, b, scratch, plane);
             });
     }
@@ -609,69 +963,51 @@ pub fn backward_weight<T: GemmFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw: 
     let (c, o) = (g.in_channels, g.out_channels);
     let (hw, ho_wo) = (g.in_h * g.in_w, g.out_h() * g.out_w());
     let tl = Tiling::new(g);
-    let mut v = Buffer::new(c * 16 * tl.max_tiles());
-    let mut dm = Buffer::new(o * 16 * tl.max_tiles());
-    let mut du = Buffer::new(16 * o * c);
+    let mut v = Buffer::<T>::new(c * 16 * tl.max_tiles());
+    let mut dm = Buffer::<T>::new(o * 16 * tl.max_tiles());
+    let mut du = Buffer::<T>::new(16 * o * c);
     for (ci, chunk) in tl.chunks(g.batch).enumerate() {
         let t = chunk.1 * tl.tw;
-        v[..c * 16 * t]
-            .par_chunks_mut(16 * t)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (ch, vc)| {
+        // V as [ξ][c][t] and dM as [ξ][o][t]: each ξ's operands are
+        // contiguous for its GEMM.
+        let v_ptr = SharedPtr(v.as_mut_ptr());
+        (0..c)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch, ch| {
                 let plane = |n: usize| &x[(n * c + ch) * hw..][..hw];
-                // V of channel ch as plain [16][T] rows: one run per row.
                 let dest = VDest {
-                    ptr: vc.as_mut_ptr(),
-                    xi_stride: t,
+                    // SAFETY: row ch of every ξ block.
+                    ptr: unsafe { v_ptr.at(ch * t) },
+                    xi_stride: c * t,
                     run: t,
                     run_stride: 0,
                 };
-                // SAFETY: dest covers exactly this task's own slice vc.
+                // SAFETY: task ch alone writes rows ch of the 16 blocks.
                 unsafe { input_transform(g, &tl, chunk, plane, scratch, dest) }
             });
-        dm[..o * 16 * t]
-            .par_chunks_mut(16 * t)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (oi, dmo)| {
+        let dm_ptr = SharedPtr(dm.as_mut_ptr());
+        (0..o)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch, oi| {
                 let plane = |n: usize| &dy[(n * o + oi) * ho_wo..][..ho_wo];
-                output_grad_transform(g, &tl, chunk, plane, scratch, dmo)
+                let dest = VDest {
+                    // SAFETY: row oi of every ξ block.
+                    ptr: unsafe { dm_ptr.at(oi * t) },
+                    xi_stride: o * t,
+                    run: t,
+                    run_stride: 0,
+                };
+                // SAFETY: task oi alone writes rows oi of the 16 blocks.
+                unsafe { output_grad_transform(g, &tl, chunk, plane, scratch, dest) }
             });
         du.par_chunks_mut(o * c).enumerate().for_each(|(xi, dux)| {
-            let a = Mat {
-                data: &dm[xi * t..o * 16 * t],
-                rs: 16 * t,
-                cs: 1,
-            };
-            // B = V_ξᵀ: element (t, c) at v[c·16T + ξ·T + t].
-            let b = Mat {
-                data: &v[xi * t..c * 16 * t],
-                rs: 1,
-                cs: 16 * t,
-            };
+            let a = Mat::row_major(&dm[xi * o * t..][..o * t], t);
+            // B = V_ξᵀ (T×C): V_ξ is C×T row-major.
+            let b = Mat::transposed(&v[xi * c * t..][..c * t], t);
             let pa = PackedA::new(a, o, t);
             // SAFETY: dux is this task's own O×C block.
             unsafe { pa.gemm(b, c, MatPtr::row_major(dux, c), ci > 0) };
         });
     }
-    // dg = Gᵀ dU G, Gᵀ·u = (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3).
-    let half = T::from_f64(0.5);
-    let gt_mul = |u: [T; 4]| {
-        [
-            u[0] + (u[1] + u[2]) * half,
-            (u[1] - u[2]) * half,
-            (u[1] + u[2]) * half + u[3],
-        ]
-    };
-    dw.par_chunks_mut(9).enumerate().for_each(|(oc, k)| {
-        let at = |xi: usize| du[xi * o * c + oc];
-        let rows: [[T; 3]; 4] = std::array::from_fn(|a| {
-            gt_mul([at(a * 4), at(a * 4 + 1), at(a * 4 + 2), at(a * 4 + 3)])
-        });
-        for j in 0..3 {
-            let col = gt_mul([rows[0][j], rows[1][j], rows[2][j], rows[3][j]]);
-            for i in 0..3 {
-                k[i * 3 + j] = col[i];
-            }
-        }
-    });
+    inverse_transform_weights(o, c, &du, dw);
 }
