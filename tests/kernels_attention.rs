@@ -241,7 +241,8 @@ fn gradcheck_attention() {
     let mut rng = Philox::new(11);
     let opts = GradcheckOptions::default();
     // (q, k, v shapes, scale)
-    let cases: [([usize; 3], [usize; 3], [usize; 3], Option<f64>); 4] = [
+    type Case = ([usize; 3], [usize; 3], [usize; 3], Option<f64>);
+    let cases: [Case; 4] = [
         ([2, 5, 3], [2, 5, 3], [2, 5, 3], None),
         ([1, 4, 3], [1, 6, 3], [1, 6, 2], Some(0.7)),
         // More rows and keys than one 64-wide tile: ragged tiles, and the

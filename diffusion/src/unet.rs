@@ -92,7 +92,7 @@ impl UNetConfig {
             return bad("ch, in_channels and ch_mult must be non-empty/positive".into());
         }
         let down = 1usize << (self.ch_mult.len() - 1);
-        if self.image_size % down != 0 {
+        if !self.image_size.is_multiple_of(down) {
             return bad(format!(
                 "image size {} must be divisible by {down} ({} levels halve it {} times)",
                 self.image_size,
@@ -101,7 +101,7 @@ impl UNetConfig {
             ));
         }
         for m in &self.ch_mult {
-            if (self.ch * m) % self.groups != 0 || self.ch % self.groups != 0 {
+            if !(self.ch * m).is_multiple_of(self.groups) || !self.ch.is_multiple_of(self.groups) {
                 return bad(format!(
                     "channels {} are not divisible by {} groups",
                     self.ch * m,
