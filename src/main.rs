@@ -63,7 +63,7 @@ struct TrainArgs {
     #[arg(long)]
     dropout: Option<f64>,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1500)]
     steps: u64,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -86,7 +86,7 @@ struct TrainArgs {
     #[arg(long, default_value = "runs/default")]
     out: PathBuf,
     /// Save a checkpoint every N steps (and at the end, and on Ctrl-C).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 250)]
     ckpt_every: u64,
     /// Write a sample grid every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]

@@ -107,3 +107,60 @@ pub fn ddim_sample(
 fn keep(opts: &SampleOptions, index: usize, t: usize) -> bool {
     opts.progressive_every > 0 && (index.is_multiple_of(opts.progressive_every) || t == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{DdimSpacing, ReverseVariance};
+
+    /// For data that is one image x*, the exact noise predictor is
+    /// ε(x_t, t) = (x_t − √ᾱ_t x*)/√(1 − ᾱ_t); with it both samplers must
+    /// land on x* (DDIM η = 0 exactly, DDPM up to its final tiny noise).
+    #[test]
+    fn samplers_recover_the_single_data_point_with_the_exact_model() {
+        let s = Schedule::ddpm();
+        let target: Vec<f64> = (0..2 * 3 * 4 * 4)
+            .map(|i| ((i as f64) * 0.37).sin() * 0.9)
+            .collect();
+        let xstar = Tensor::from_vec(&target, &[2, 3, 4, 4], DType::F32, Device::Cpu).unwrap();
+        let mut oracle = |x: &Tensor, t: &[usize]| {
+            let ab = s.alphas_cumprod[t[0]];
+            x.sub(&xstar.mul_scalar(ab.sqrt())?)?
+                .mul_scalar(1.0 / (1.0 - ab).sqrt())
+        };
+        let opts = SampleOptions::default();
+        let close = |got: &Tensor, tol: f64| {
+            let err = got
+                .to_vec_f64()
+                .iter()
+                .zip(&target)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < tol, "max |x − x*| = {err}");
+        };
+        let shape = [2, 3, 4, 4];
+        let ddim = ddim_sample(
+            &s,
+            &mut oracle,
+            &shape,
+            Device::Cpu,
+            50,
+            DdimSpacing::Quadratic,
+            0.0,
+            &mut Philox::new(1),
+            &opts,
+            |_| {},
+        );
+        close(&ddim.unwrap().images, 1e-4);
+        let ddpm = ddpm_sample(
+            &s,
+            ReverseVariance::FixedLarge,
+            &mut oracle,
+            &shape,
+            Device::Cpu,
+            &mut Philox::new(2),
+            &opts,
+            |_| {},
+        );
+        close(&ddpm.unwrap().images, 0.05);
+    }
+}
