@@ -29,9 +29,33 @@ pub struct BitsPerDim {
     pub per_step: Vec<(usize, f64)>,
     pub images: usize,
     /// False when only a subset of the T terms was evaluated: the KL sum is
-    /// then the mean over the evaluated steps times T − 1 (an unbiased
-    /// estimate under uniformly spread steps, not the exact bound).
+    /// then a Riemann sum, each evaluated L_t standing for the steps closest
+    /// to it (see [`stratum_weights`]) — an estimate, not the exact bound.
     pub exact: bool,
+}
+
+/// How many of the steps 1..T−1 each evaluated step stands for: the steps
+/// nearer to it than to any other evaluated step (ties to the earlier one).
+/// The weights of the steps ≥ 1 add up to T − 1; step 0 (the decoder term)
+/// always stands for itself. With every step evaluated all weights are 1.
+pub fn stratum_weights(sorted_steps: &[usize], total: usize) -> Vec<f64> {
+    let kl: Vec<usize> = sorted_steps.iter().copied().filter(|&t| t >= 1).collect();
+    let mut bounds = vec![1.0];
+    for pair in kl.windows(2) {
+        bounds.push(((pair[0] + pair[1]) as f64 / 2.0).floor() + 1.0);
+    }
+    bounds.push(total as f64);
+    let mut kl_w = bounds.windows(2).map(|b| b[1] - b[0]);
+    sorted_steps
+        .iter()
+        .map(|&t| {
+            if t == 0 {
+                1.0
+            } else {
+                kl_w.next().unwrap_or(0.0)
+            }
+        })
+        .collect()
 }
 
 /// L_T in bits/dim per image: KL(N(√ᾱ_T x_0, 1 − ᾱ_T) ‖ N(0, 1)).
@@ -95,8 +119,9 @@ pub fn bits_per_dim(
             exact,
             ..Default::default()
         };
-        let (mut kl_sum, mut kl_count) = (0.0, 0usize);
-        for &t in &chosen {
+        let weights = stratum_weights(&chosen, s.steps());
+        let mut kl_sum = 0.0;
+        for (&t, &w) in chosen.iter().zip(&weights) {
             let noise = Tensor::randn(x0.shape(), x0.dtype(), x0.device(), rng)?;
             let term = vb_term_bpd(s, var, model, x0, t, &noise, clip)?
                 .mean_all()?
@@ -105,15 +130,10 @@ pub fn bits_per_dim(
             if t == 0 {
                 out.decoder = term;
             } else {
-                kl_sum += term;
-                kl_count += 1;
+                kl_sum += w * term;
             }
         }
-        out.kl_terms = if exact || kl_count == 0 {
-            kl_sum
-        } else {
-            kl_sum / kl_count as f64 * (s.steps() - 1) as f64
-        };
+        out.kl_terms = kl_sum;
         out.prior = prior_bpd(s, x0)?.mean_all()?.item()?;
         out.total = out.prior + out.decoder + out.kl_terms;
         Ok(out)
@@ -124,6 +144,15 @@ pub fn bits_per_dim(
 mod tests {
     use super::*;
     use noisegrad_engine::{DType, Device};
+
+    #[test]
+    fn stratum_weights_cover_every_step_once() {
+        assert_eq!(stratum_weights(&[0, 1, 2, 3], 4), vec![1.0, 1.0, 1.0, 1.0]);
+        // Steps 1..9 split between 2 (1..=5) and 9 (6..=9).
+        assert_eq!(stratum_weights(&[0, 2, 9], 10), vec![1.0, 5.0, 4.0]);
+        let w = stratum_weights(&[0, 1, 5, 40, 300, 999], 1000);
+        assert_eq!(w.iter().sum::<f64>(), 1000.0);
+    }
 
     #[test]
     fn prior_is_tiny_and_partial_bound_is_finite() {
