@@ -6,6 +6,7 @@
 
 use super::simd::{self, SimdLevel};
 use super::{PAR_CHUNK, collapse_dims, row_offset};
+use super::{as_f32, as_f32_mut};
 use crate::Float;
 use rayon::prelude::*;
 
@@ -470,21 +471,6 @@ pub fn where_cond<T: Float>(
             .enumerate()
             .for_each(|(i, o)| chunk(i * PAR_CHUNK, o));
     }
-}
-
-/// Views a generic slice as f32 when `T` is f32 (for the explicit kernels).
-#[inline(always)]
-fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, same layout.
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-}
-
-#[inline(always)]
-fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, same layout.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 use super::PAR_CHUNK;
 use super::simd::{self, SimdLevel};
 use super::simd_avx512;
+use super::{as_f32, as_f32_mut};
 use crate::Float;
 use rayon::prelude::*;
 
@@ -499,21 +500,6 @@ fn row_silu_grad<T: Float>(isa: Isa, x: &[T], dy: &[T], a: T, b: T, mu: T, dh: &
 #[inline(always)]
 fn to_f32<T: Float>(v: T) -> f32 {
     v.to_f64() as f32
-}
-
-/// Views a generic slice as f32 when `T` is f32 (for the explicit kernels).
-#[inline(always)]
-fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, same layout.
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-}
-
-#[inline(always)]
-fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, same layout.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -75,6 +75,23 @@ fn advise_huge_pages<T>(v: &[T]) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages<T>(_: &[T]) {}
 
+/// Views a generic slice as f32 when `T` is f32, so a generic kernel can
+/// hand f32 data to its explicit SIMD path.
+#[inline(always)]
+pub(crate) fn as_f32<T: crate::Float>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, same layout.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+/// Mutable counterpart of [`as_f32`].
+#[inline(always)]
+pub(crate) fn as_f32_mut<T: crate::Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, same layout.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
 /// Merges adjacent dimensions that every operand walks contiguously with
 /// respect to each other, and drops size-1 dimensions. Fewer, longer
 /// dimensions mean longer inner loops. `strides[j]` is operand j's strides.

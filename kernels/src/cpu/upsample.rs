@@ -9,6 +9,7 @@
 
 use super::PAR_CHUNK;
 use super::simd::{self, SimdLevel};
+use super::{as_f32, as_f32_mut};
 use crate::Float;
 use rayon::prelude::*;
 
@@ -130,20 +131,6 @@ fn backward_rows<T: Float>(dy: &[T], w: usize, dx: &mut [T], avx2: bool) {
             *o = (top[2 * k] + bottom[2 * k]) + (top[2 * k + 1] + bottom[2 * k + 1]);
         }
     }
-}
-
-#[inline(always)]
-fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, same layout.
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-}
-
-#[inline(always)]
-fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, same layout.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
 #[cfg(target_arch = "x86_64")]
