@@ -540,41 +540,19 @@ mod tests {
     fn silu_backward_simd_matches_scalar() {
         let x: Vec<f32> = (0..77).map(|i| (i as f32 - 38.0) * 0.21).collect();
         let g: Vec<f32> = (0..77).map(|i| 1.0 + i as f32 * 0.01).collect();
-        let mut fast = vec![0f32; 77];
-        let mut slow = vec![0f32; 77];
-        let s = |d: &'static [usize]| d;
+        let run = |out: &mut [f32]| {
+            let operand = |data| Strided {
+                data,
+                offset: 0,
+                strides: &[1],
+            };
+            binary(BinaryOp::SiluBackward, &[77], operand(&x), operand(&g), out);
+        };
+        let (mut fast, mut slow) = (vec![0f32; 77], vec![0f32; 77]);
         let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-        binary(
-            BinaryOp::SiluBackward,
-            &[77],
-            Strided {
-                data: &x,
-                offset: 0,
-                strides: s(&[1]),
-            },
-            Strided {
-                data: &g,
-                offset: 0,
-                strides: s(&[1]),
-            },
-            &mut fast,
-        );
+        run(&mut fast);
         simd::force_scalar(true);
-        binary(
-            BinaryOp::SiluBackward,
-            &[77],
-            Strided {
-                data: &x,
-                offset: 0,
-                strides: s(&[1]),
-            },
-            Strided {
-                data: &g,
-                offset: 0,
-                strides: s(&[1]),
-            },
-            &mut slow,
-        );
+        run(&mut slow);
         simd::force_scalar(false);
         for (f, s) in fast.iter().zip(&slow) {
             assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0));
