@@ -8,8 +8,7 @@ use std::fmt;
 pub enum Device {
     #[default]
     Cpu,
-    /// A CUDA GPU by ordinal. Storage for it arrives with the CUDA backend;
-    /// until then creating a tensor there is an `Unsupported` error.
+    /// A CUDA GPU by ordinal (see `cuda_backend`); tensors there are f32.
     Cuda(usize),
 }
 
@@ -28,6 +27,40 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Device {
+    /// Whether a CUDA GPU can be used on this machine (driver and device
+    /// present). Never panics, also without any CUDA library installed.
+    pub fn cuda_available() -> bool {
+        noisegrad_kernels::cuda::is_available()
+    }
+
+    /// `Cuda(0)` when a GPU is available, else `Cpu`.
+    pub fn cuda_if_available() -> Device {
+        if Device::cuda_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, as PyTorch spells them.
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{other}` (expected cpu, cuda or cuda:N)")),
         }
     }
 }

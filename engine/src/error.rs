@@ -44,6 +44,11 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Io { path: String, msg: String },
 
+    /// A GPU failure (out of memory, driver or compiler error), as reported
+    /// by the kernels crate with the operation it came from.
+    #[error(transparent)]
+    Cuda(noisegrad_kernels::cuda::CudaError),
+
     #[error("{0}")]
     Msg(String),
 }

@@ -7,7 +7,9 @@
 
 pub mod autograd;
 pub mod cpu_backend;
+pub mod cuda_backend;
 pub mod device;
+pub mod device_check;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;

@@ -7,6 +7,7 @@
 //! device is a new variant plus these methods, nothing else.
 
 use crate::cpu_backend::CpuStorage;
+use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result};
 use crate::{DType, Device, Layout};
 pub use noisegrad_kernels::cpu::elementwise::{BinaryOp, UnaryOp};
@@ -16,6 +17,7 @@ use noisegrad_kernels::rng::Philox;
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
 }
 
 /// The shapes of a (batched) matrix product, after broadcasting batch dims.
@@ -40,36 +42,58 @@ macro_rules! same_device {
     ($op:expr, $a:expr, $b:expr) => {
         match ($a, $b) {
             (Storage::Cpu(a), Storage::Cpu(b)) => (a, b),
-            #[allow(unreachable_patterns)]
-            (a, b) => {
-                return Err(Error::DeviceMismatch {
-                    op: $op,
-                    lhs: a.device(),
-                    rhs: b.device(),
-                })
-            }
+            (a, b) => return Err($crate::storage::not_on_one_cpu($op, a, b)),
         }
     };
 }
 #[allow(unused_imports)]
 pub(crate) use same_device;
 
+/// The error for two operands on different devices.
+pub(crate) fn device_mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    Error::DeviceMismatch {
+        op,
+        lhs: a.device(),
+        rhs: b.device(),
+    }
+}
+
+/// What [`same_device!`] (a CPU-only pairing) reports for a non-CPU pair.
+pub(crate) fn not_on_one_cpu(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    if a.device() != b.device() {
+        device_mismatch(op, a, b)
+    } else {
+        cuda_pending(op)
+    }
+}
+
+/// The error of an op with no CUDA kernel yet (never a silent CPU fallback).
+pub(crate) fn cuda_pending(op: &'static str) -> Error {
+    Error::Unsupported {
+        op,
+        msg: "has no CUDA kernel yet; run it on Device::Cpu".into(),
+    }
+}
+
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => s.device(),
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
         }
     }
 
@@ -80,21 +104,21 @@ impl Storage {
     pub fn zeros(device: Device, dtype: DType, n: usize) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuStorage::zeros(dtype, n))),
-            Device::Cuda(_) => Err(no_cuda("zeros")),
+            Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::zeros(i, dtype, n)?)),
         }
     }
 
     pub fn full(device: Device, dtype: DType, n: usize, value: f64) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuStorage::full(dtype, n, value))),
-            Device::Cuda(_) => Err(no_cuda("full")),
+            Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::full(i, dtype, n, value)?)),
         }
     }
 
     pub fn from_f64(device: Device, dtype: DType, data: &[f64]) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f64(dtype, data))),
-            Device::Cuda(_) => Err(no_cuda("from_vec")),
+            Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::from_f64(i, dtype, data)?)),
         }
     }
 
@@ -107,7 +131,7 @@ impl Storage {
     ) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuStorage::rand(dtype, n, kind, rng))),
-            Device::Cuda(_) => Err(no_cuda("rand")),
+            Device::Cuda(_) => Err(cuda_pending("rand")),
         }
     }
 
@@ -117,15 +141,45 @@ impl Storage {
     }
 
     /// The elements of `layout`, in row-major order, as f64 on the host.
-    pub fn to_f64_vec(&self, layout: &Layout) -> Vec<f64> {
+    pub fn to_f64_vec(&self, layout: &Layout) -> Result<Vec<f64>> {
         match self {
-            Storage::Cpu(s) => s.to_f64_vec(layout),
+            Storage::Cpu(s) => Ok(s.to_f64_vec(layout)),
+            Storage::Cuda(s) => Ok(s.to_f32_vec(layout)?.into_iter().map(f64::from).collect()),
+        }
+    }
+
+    /// A copy of the elements of `layout` on `device` (contiguous).
+    pub fn to_device(&self, layout: &Layout, device: Device) -> Result<Storage> {
+        if device == self.device() {
+            return self.contiguous(layout);
+        }
+        match (self, device) {
+            (Storage::Cpu(s), Device::Cuda(i)) => match s.contiguous(layout).data {
+                crate::cpu_backend::CpuData::F32(v) => {
+                    Ok(Storage::Cuda(CudaStorage::from_f32(i, DType::F32, &v)?))
+                }
+                _ => Err(crate::cuda_backend::f32_only("to_device", s.dtype())),
+            },
+            (Storage::Cuda(s), Device::Cpu) => {
+                let v = s.to_f32_vec(layout)?;
+                Ok(Storage::Cpu(CpuStorage::new(
+                    crate::cpu_backend::CpuData::F32(v),
+                )))
+            }
+            (Storage::Cuda(s), Device::Cuda(_)) => {
+                // Between GPUs through the host: rare, and simple.
+                let v = s.to_f32_vec(layout)?;
+                Storage::Cpu(CpuStorage::new(crate::cpu_backend::CpuData::F32(v)))
+                    .to_device(&Layout::contiguous(&[layout.numel()]), device)
+            }
+            (Storage::Cpu(_), Device::Cpu) => unreachable!("same device handled above"),
         }
     }
 
     pub fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.to_dtype(layout, dtype))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.to_dtype(layout, dtype)?)),
         }
     }
 
@@ -133,6 +187,7 @@ impl Storage {
     pub fn contiguous(&self, layout: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.contiguous(layout))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.contiguous(layout)?)),
         }
     }
 
@@ -144,20 +199,31 @@ impl Storage {
         src: &Storage,
         src_layout: &Layout,
     ) -> Result<()> {
-        let (d, s) = same_device!("copy", self, src);
-        d.copy_from(dst_layout, s, src_layout)
+        match (self, src) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => d.copy_from(dst_layout, s, src_layout),
+            (Storage::Cuda(d), Storage::Cuda(s)) if d.device() == s.device() => {
+                d.copy_from(dst_layout, s, src_layout)
+            }
+            (d, s) => Err(device_mismatch("copy", d, s)),
+        }
     }
 
     pub fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(layout, op))),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.unary(layout, op)?)),
         }
     }
 
     /// `op(a, b)` where both layouts are already broadcast to one shape.
     pub fn binary(&self, l: &Layout, rhs: &Storage, r: &Layout, op: BinaryOp) -> Result<Storage> {
-        let (a, b) = same_device!("binary", self, rhs);
-        Ok(Storage::Cpu(a.binary(l, b, r, op)?))
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.binary(l, b, r, op)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) if a.device() == b.device() => {
+                Ok(Storage::Cuda(a.binary(l, b, r, op)?))
+            }
+            (a, b) => Err(device_mismatch("binary", a, b)),
+        }
     }
 
     pub fn where_cond(
@@ -168,15 +234,25 @@ impl Storage {
         b: &Storage,
         bl: &Layout,
     ) -> Result<Storage> {
-        let (cs, as_) = same_device!("where", self, a);
-        let (_, bs) = same_device!("where", self, b);
-        Ok(Storage::Cpu(cs.where_cond(c, as_, al, bs, bl)?))
+        match (self, a, b) {
+            (Storage::Cpu(cs), Storage::Cpu(a), Storage::Cpu(b)) => {
+                Ok(Storage::Cpu(cs.where_cond(c, a, al, b, bl)?))
+            }
+            (Storage::Cuda(cs), Storage::Cuda(a), Storage::Cuda(b))
+                if cs.device() == a.device() && cs.device() == b.device() =>
+            {
+                Ok(Storage::Cuda(cs.where_cond(c, a, al, b, bl)?))
+            }
+            (cs, a, _) if cs.device() != a.device() => Err(device_mismatch("where", cs, a)),
+            (cs, _, b) => Err(device_mismatch("where", cs, b)),
+        }
     }
 
     /// Reduces over `axes` (sorted, unique); the result keeps size-1 axes.
     pub fn reduce(&self, layout: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(layout, op, axes))),
+            Storage::Cuda(_) => Err(cuda_pending("reduce")),
         }
     }
 
@@ -194,6 +270,7 @@ impl Storage {
     pub fn softmax(&self, layout: &Layout, axis: usize, log: bool) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(layout, axis, log))),
+            Storage::Cuda(_) => Err(cuda_pending("softmax")),
         }
     }
 
@@ -212,6 +289,7 @@ impl Storage {
     pub fn index_select(&self, layout: &Layout, axis: usize, ids: &[usize]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.index_select(layout, axis, ids))),
+            Storage::Cuda(_) => Err(cuda_pending("index_select")),
         }
     }
 
@@ -227,6 +305,7 @@ impl Storage {
             Storage::Cpu(s) => Ok(Storage::Cpu(
                 s.index_add_zeros(src_layout, shape, axis, ids),
             )),
+            Storage::Cuda(_) => Err(cuda_pending("index_add")),
         }
     }
 
@@ -234,6 +313,7 @@ impl Storage {
     pub fn sum_squares(&self, layout: &Layout) -> Result<f64> {
         match self {
             Storage::Cpu(s) => Ok(s.sum_squares(layout)),
+            Storage::Cuda(_) => Err(cuda_pending("sum_squares")),
         }
     }
 
@@ -250,6 +330,7 @@ impl Storage {
             (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
                 p.adam_step(g, m, v, step, grad_scale)
             }
+            _ => Err(cuda_pending("adam_step")),
         }
     }
 
@@ -257,12 +338,5 @@ impl Storage {
     pub fn ema_update(&mut self, param: &Storage, decay: f64) -> Result<()> {
         let (e, p) = same_device!("ema", self, param);
         e.ema_update(p, decay)
-    }
-}
-
-fn no_cuda(op: &'static str) -> Error {
-    Error::Unsupported {
-        op,
-        msg: "CUDA storage is not available in this build yet; use Device::Cpu".into(),
     }
 }

@@ -302,7 +302,17 @@ impl Tensor {
     // ---- reading back -------------------------------------------------
 
     /// All elements, row-major, as f64 on the host.
+    ///
+    /// # Panics
+    /// If the tensor lives on a GPU that fails while copying it back (a
+    /// driver error); [`Tensor::to_host_f64`] returns that error instead.
     pub fn to_vec_f64(&self) -> Vec<f64> {
+        self.to_host_f64()
+            .unwrap_or_else(|e| panic!("reading a tensor back from {}: {e}", self.device()))
+    }
+
+    /// All elements, row-major, as f64 on the host, or the device's error.
+    pub fn to_host_f64(&self) -> Result<Vec<f64>> {
         self.storage().to_f64_vec(self.layout())
     }
 
@@ -319,6 +329,6 @@ impl Tensor {
                 format!("needs exactly one element, shape is {:?}", self.shape()),
             ));
         }
-        Ok(self.to_vec_f64()[0])
+        Ok(self.to_host_f64()?[0])
     }
 }

@@ -10,6 +10,7 @@
 //!   devices, so the same seed gives the same numbers everywhere.
 
 pub mod cpu;
+pub mod cuda;
 pub mod float;
 pub mod rng;
 

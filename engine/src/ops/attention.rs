@@ -26,7 +26,7 @@ impl Storage {
     /// Attention forward over q `[B, M, C]`, k `[B, N, C]`, v `[B, N, E]`
     /// (any layouts): returns `[out [B, M, E], lse [B, M]]`, both contiguous.
     pub fn attention(qkv: [Operand<'_>; 3], cfg: &AttnConfig) -> Result<[Storage; 2]> {
-        let cpu = on_cpu(qkv);
+        let cpu = on_cpu(qkv)?;
         Ok(CpuStorage::attention(cpu, cfg)?.map(Storage::Cpu))
     }
 
@@ -36,17 +36,22 @@ impl Storage {
         operands: [Operand<'_>; 6],
         cfg: &AttnConfig,
     ) -> Result<[Storage; 3]> {
-        let cpu = on_cpu(operands);
+        let cpu = on_cpu(operands)?;
         Ok(CpuStorage::attention_backward(cpu, cfg)?.map(Storage::Cpu))
     }
 }
 
-/// The CPU storages of operands (the only device for now; a CUDA variant
-/// adds its arm here).
-fn on_cpu<const N: usize>(xs: [Operand<'_>; N]) -> [(&CpuStorage, &Layout); N] {
-    xs.map(|(s, l)| match s {
+/// The CPU storages of operands, or an error if any is elsewhere.
+fn on_cpu<const N: usize>(xs: [Operand<'_>; N]) -> Result<[(&CpuStorage, &Layout); N]> {
+    for (s, _) in &xs {
+        if !matches!(s, Storage::Cpu(_)) {
+            return Err(crate::storage::cuda_pending("attention"));
+        }
+    }
+    Ok(xs.map(|(s, l)| match s {
         Storage::Cpu(c) => (c, l),
-    })
+        Storage::Cuda(_) => unreachable!("checked above"),
+    }))
 }
 
 /// Element types the CPU attention runs in, with their `CpuData` variant.

@@ -62,6 +62,7 @@ impl Storage {
     pub fn conv2d_backward_bias(&self, dyl: &Layout, g: &Conv2dGeometry) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.conv2d_backward_bias(dyl, g))),
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("conv")),
         }
     }
 }

@@ -37,6 +37,7 @@ impl Storage {
                 let (y, m, r) = x.group_norm(xl, g, b, args)?;
                 Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
             }
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("group_norm")),
         }
     }
 
@@ -60,6 +61,7 @@ impl Storage {
                     x.group_norm_backward(xl, cpu(dy)?, cpu(gamma)?, cpu(beta)?, stats, args)?;
                 Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
             }
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("group_norm")),
         }
     }
 }

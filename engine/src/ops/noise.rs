@@ -22,6 +22,7 @@ impl Storage {
                 let e = cpu_view("q_sample", eps)?;
                 Ok(Storage::Cpu(x.q_sample(l, e, coefs)?))
             }
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("noise")),
         }
     }
 
@@ -38,6 +39,7 @@ impl Storage {
                 let (loss, grad) = p.l_simple(l, e, with_grad)?;
                 Ok((loss, grad.map(Storage::Cpu)))
             }
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("noise")),
         }
     }
 
@@ -56,6 +58,7 @@ impl Storage {
                 let z = z.map(|v| cpu_view(op, v)).transpose()?;
                 Ok(Storage::Cpu(x.denoise_step(l, e, z, coefs)?))
             }
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("noise")),
         }
     }
 }

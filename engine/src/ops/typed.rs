@@ -84,9 +84,14 @@ pub(crate) fn cpu_storage<T: CpuElem>(v: Vec<T>) -> CpuStorage {
 }
 
 /// The CPU storage behind `s`, or a device error naming `op`.
-pub(crate) fn on_cpu<'a>(_op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
+pub(crate) fn on_cpu<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
     match s {
         Storage::Cpu(c) => Ok(c),
+        other => Err(Error::DeviceMismatch {
+            op,
+            lhs: crate::Device::Cpu,
+            rhs: other.device(),
+        }),
     }
 }
 

@@ -17,6 +17,7 @@ impl Storage {
     pub fn upsample_nearest2x(&self, xl: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.upsample_nearest2x(xl))),
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("upsample")),
         }
     }
 
@@ -24,6 +25,7 @@ impl Storage {
     pub fn upsample_nearest2x_backward(&self, dyl: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.upsample_nearest2x_backward(dyl))),
+            Storage::Cuda(_) => Err(crate::storage::cuda_pending("upsample")),
         }
     }
 }

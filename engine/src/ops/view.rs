@@ -4,7 +4,7 @@
 use crate::autograd::record;
 use crate::error::{Result, bad_arg, shape_err};
 use crate::storage::Storage;
-use crate::{DType, Layout, Tensor};
+use crate::{DType, Device, Layout, Tensor};
 
 impl Tensor {
     fn view_op(
@@ -233,6 +233,20 @@ impl Tensor {
             ));
         }
         self.split(axis, &vec![size / n; n])
+    }
+
+    /// A copy on `device` (contiguous); the gradient moves back. The same
+    /// device returns `self` unchanged, as PyTorch's `.to()` does.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let st = self.storage().to_device(self.layout(), device)?;
+        let out = Tensor::from_contiguous(st, self.shape());
+        let from = self.device();
+        Ok(record(out, "to_device", &[self], move || {
+            Box::new(move |g, _| Ok(vec![Some(g.to_device(from)?)]))
+        }))
     }
 
     /// Converts the element type (a copy); the gradient converts back.

@@ -1,0 +1,1 @@
+//! Launchers for `attention.cu` (to be written).

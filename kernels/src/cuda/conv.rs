@@ -1,0 +1,1 @@
+//! Launchers for `conv.cu` (to be written).

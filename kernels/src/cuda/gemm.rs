@@ -1,0 +1,1 @@
+//! Launchers for `gemm.cu` (to be written).

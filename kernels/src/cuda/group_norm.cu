@@ -1,0 +1,1 @@
+// group_norm kernels: not written yet.

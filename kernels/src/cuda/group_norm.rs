@@ -1,0 +1,1 @@
+//! Launchers for `group_norm.cu` (to be written).

@@ -1,0 +1,1 @@
+// index kernels: not written yet.

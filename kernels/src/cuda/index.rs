@@ -1,0 +1,1 @@
+//! Launchers for `index.cu` (to be written).

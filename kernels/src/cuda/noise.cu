@@ -1,0 +1,1 @@
+// noise kernels: not written yet.

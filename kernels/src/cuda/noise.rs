@@ -1,0 +1,1 @@
+//! Launchers for `noise.cu` (to be written).

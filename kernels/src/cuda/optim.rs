@@ -1,0 +1,1 @@
+//! Launchers for `optim.cu` (to be written).

@@ -1,0 +1,1 @@
+//! Launchers for `random.cu` (to be written).

@@ -1,0 +1,1 @@
+//! Launchers for `reduce.cu` (to be written).

@@ -1,0 +1,1 @@
+// upsample kernels: not written yet.

@@ -1,0 +1,1 @@
+//! Launchers for `upsample.cu` (to be written).

@@ -1,0 +1,86 @@
+//! Every CUDA source compiles with NVRTC, and every kernel a launcher names
+//! exists in its module. Runs without a GPU: only libnvrtc is needed (CI
+//! installs the PyPI package `nvidia-cuda-nvrtc`, see `.ci/run`). Without
+//! libnvrtc the tests say they skipped, unless `NOISEGRAD_REQUIRE_NVRTC=1`
+//! (set by CI) makes that a failure.
+
+use noisegrad_kernels::cuda::compile::{compile_module, nvrtc_available};
+use noisegrad_kernels::cuda::sources::{SOURCES, source};
+
+/// The architecture compiled for: the H100's.
+const ARCH: &str = "sm_90";
+
+fn nvrtc_or_skip(test: &str) -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    if std::env::var("NOISEGRAD_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+        panic!("{test}: libnvrtc not found but NOISEGRAD_REQUIRE_NVRTC=1");
+    }
+    eprintln!("{test}: SKIPPED (libnvrtc not found; see README, 'CUDA')");
+    false
+}
+
+/// Kernel names passed to `launch(MODULE, "<name>", ...)` in a launcher file.
+fn launched_kernels(launcher_src: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = launcher_src;
+    while let Some(i) = rest.find("MODULE,") {
+        rest = &rest[i + "MODULE,".len()..];
+        let trimmed = rest.trim_start();
+        if let Some(body) = trimmed.strip_prefix('"')
+            && let Some(end) = body.find('"')
+        {
+            names.push(body[..end].to_string());
+        }
+    }
+    names
+}
+
+fn launcher_source(module: &str) -> String {
+    let path = format!("{}/src/cuda/{module}.rs", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn every_cuda_module_compiles_and_defines_the_kernels_its_launcher_names() {
+    if !nvrtc_or_skip("nvrtc compile check") {
+        return;
+    }
+    for (module, _) in SOURCES {
+        let src = source(module).unwrap();
+        let ptx = compile_module(module, &src, ARCH)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_src();
+        for name in launched_kernels(&launcher_source(module)) {
+            assert!(
+                ptx.contains(&format!(".entry {name}(")),
+                "launcher {module}.rs names kernel `{name}`, which {module}.cu does not define"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_broken_kernel_reports_module_and_nvrtc_log() {
+    if !nvrtc_or_skip("nvrtc error report") {
+        return;
+    }
+    let err = compile_module(
+        "broken",
+        "extern \"C\" __global__ void k() { int x = ; }",
+        ARCH,
+    )
+    .expect_err("a syntax error must not compile");
+    let msg = err.to_string();
+    assert!(msg.contains("`broken`"), "{msg}");
+    assert!(msg.contains("error"), "NVRTC's log is missing: {msg}");
+}
+
+#[test]
+fn launcher_scan_finds_kernel_names() {
+    let names = launched_kernels(
+        "dev.launch(MODULE, \"fill\", g, &[])\n dev.launch(\n MODULE,\n \"copy_into\",",
+    );
+    assert_eq!(names, ["fill", "copy_into"]);
+}
