@@ -11,6 +11,7 @@ mod index;
 mod matmul;
 mod nn;
 mod noise;
+mod optim_step;
 mod reduce;
 mod softmax;
 mod typed;
