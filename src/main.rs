@@ -46,6 +46,37 @@ enum Command {
     Sample(SampleArgs),
     /// The variational bound in bits/dim on a test set.
     Eval(EvalArgs),
+    /// Training throughput: timed steps of a preset at a batch size (img/s,
+    /// ms/step, peak memory). The numbers BENCHMARKS.md quotes for whole steps.
+    BenchTrain(BenchTrainArgs),
+}
+
+/// Where to run, shared by every command.
+#[derive(Args, Clone, Copy)]
+struct DeviceArgs {
+    /// cpu, cuda (= cuda:0) or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+    /// On CUDA, allow TF32 tensor-core GEMMs (PyTorch's allow_tf32).
+    #[arg(long)]
+    tf32: bool,
+}
+
+#[derive(Args)]
+struct BenchTrainArgs {
+    /// Model preset: tiny, small or cifar10.
+    #[arg(long, default_value = "small")]
+    preset: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Timed steps (after the warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: u64,
+    /// Untimed steps first (NVRTC compiles, allocator fills its cache).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -97,9 +128,8 @@ struct TrainArgs {
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Device: cpu (cuda arrives with the CUDA backend).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -139,6 +169,8 @@ struct SampleArgs {
     progressive: bool,
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -159,6 +191,8 @@ struct EvalArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 fn main() {
@@ -167,6 +201,7 @@ fn main() {
         Command::Train(a) => train(a),
         Command::Sample(a) => sample(a),
         Command::Eval(a) => eval(a),
+        Command::BenchTrain(a) => bench_train(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -174,13 +209,23 @@ fn main() {
     }
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        other => Err(noisegrad::engine::Error::Msg(format!(
-            "unknown or unavailable device '{other}' (this build runs on: cpu)"
-        ))),
+fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    s.parse()
+}
+
+/// Checks the device can be used and applies the TF32 choice.
+fn open_device(d: DeviceArgs) -> Result<Device> {
+    if let Device::Cuda(i) = d.device {
+        let dev = noisegrad::engine::cuda_backend::cuda_device(i)?;
+        dev.set_tf32(d.tf32);
+        println!(
+            "device cuda:{i}: {} ({}), TF32 {}",
+            dev.name(),
+            dev.arch(),
+            if d.tf32 { "on" } else { "off" }
+        );
     }
+    Ok(d.device)
 }
 
 fn load_train_data(path: &Option<PathBuf>) -> Result<ImageDataset> {
@@ -215,7 +260,8 @@ fn train(a: TrainArgs) -> Result<()> {
     cfg.ema_decay = a.ema;
     cfg.random_flip = !a.no_flip;
     cfg.seed = a.seed;
-    cfg.device = parse_device(&a.device)?;
+    cfg.device = open_device(a.dev)?;
+    cfg.tf32 = a.dev.tf32;
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::new(cfg, data.clone())?;
@@ -340,7 +386,8 @@ fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
-    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema)?;
+    let device = open_device(a.dev)?;
+    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     let cfg = &trainer.model.config;
     let shape = [a.n, cfg.in_channels, cfg.image_size, cfg.image_size];
     let opts = SampleOptions {
@@ -372,7 +419,7 @@ fn sample(a: SampleArgs) -> Result<()> {
                 var,
                 &mut eps,
                 &shape,
-                Device::Cpu,
+                device,
                 &mut rng,
                 &opts,
                 |_| bar.inc(1),
@@ -400,7 +447,7 @@ fn sample(a: SampleArgs) -> Result<()> {
                 &trainer.schedule,
                 &mut eps,
                 &shape,
-                Device::Cpu,
+                device,
                 a.steps,
                 spacing,
                 a.eta,
@@ -445,7 +492,11 @@ fn sample(a: SampleArgs) -> Result<()> {
 
 /// Rebuilds the trainer (model + schedule) of a checkpoint, optionally with
 /// the EMA weights loaded into the model.
-fn trainer_from_checkpoint(path: &Path, use_ema: bool) -> Result<(Trainer, ImageDataset)> {
+fn trainer_from_checkpoint(
+    path: &Path,
+    use_ema: bool,
+    device: Device,
+) -> Result<(Trainer, ImageDataset)> {
     let loaded = noisegrad::engine::io::load(path, Device::Cpu)?;
     let cfg_json =
         loaded
@@ -465,7 +516,9 @@ fn trainer_from_checkpoint(path: &Path, use_ema: bool) -> Result<(Trainer, Image
         width: model.image_size,
         source: "none".into(),
     };
-    let mut trainer = Trainer::new(TrainConfig::ddpm(model), Arc::new(dummy.clone()))?;
+    let mut cfg = TrainConfig::ddpm(model);
+    cfg.device = device;
+    let mut trainer = Trainer::new(cfg, Arc::new(dummy.clone()))?;
     trainer.load_checkpoint(path)?;
     if use_ema {
         trainer.use_ema_weights()?;
@@ -474,7 +527,8 @@ fn trainer_from_checkpoint(path: &Path, use_ema: bool) -> Result<(Trainer, Image
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, true)?;
+    let device = open_device(a.dev)?;
+    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, true, device)?;
     let data = match &a.data {
         Some(p) => load_dataset(p, false)?,
         None => parse_cifar10(EMBEDDED_TEST, "embedded CIFAR-10 test sample (256 images)")?,
@@ -500,7 +554,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let started = Instant::now();
     for start in (0..data.len()).step_by(a.batch_size.max(1)) {
         let count = a.batch_size.min(data.len() - start);
-        let x0 = noisegrad::diffusion::data::batch_from(&data, start, count)?;
+        let x0 = noisegrad::diffusion::data::batch_from(&data, start, count)?.to_device(device)?;
         let b = bits_per_dim(
             &trainer.schedule,
             ReverseVariance::FixedLarge,
@@ -535,6 +589,56 @@ fn eval(a: EvalArgs) -> Result<()> {
         parts[2] / nf,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn bench_train(a: BenchTrainArgs) -> Result<()> {
+    let device = open_device(a.dev)?;
+    let data = Arc::new(load_train_data(&None)?);
+    let mut cfg = TrainConfig::ddpm(UNetConfig::preset(&a.preset)?);
+    cfg.batch_size = a.batch_size;
+    cfg.device = device;
+    cfg.tf32 = a.dev.tf32;
+    let mut trainer = Trainer::new(cfg, data)?;
+    println!(
+        "{} U-Net ({} parameters), batch {}, on {device}",
+        a.preset,
+        trainer.store.num_elements(),
+        a.batch_size
+    );
+    for _ in 0..a.warmup {
+        trainer.train_step()?;
+    }
+    noisegrad::engine::memory::reset_peak(device);
+    if let Device::Cuda(i) = device {
+        noisegrad::engine::cuda_backend::cuda_device(i)?.reset_peak();
+    }
+    let started = Instant::now();
+    let mut last = 0.0;
+    for _ in 0..a.steps {
+        // Each step reads its loss back, so the clock stops only when the
+        // device has finished the work.
+        last = trainer.train_step()?.loss;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let per_step = secs / a.steps.max(1) as f64;
+    let peak = noisegrad::engine::memory::stats(device).peak_bytes;
+    println!(
+        "{:.1} img/s, {:.1} ms/step over {} steps (last loss {last:.4}); peak tensor memory {:.2} GiB",
+        a.batch_size as f64 / per_step,
+        per_step * 1e3,
+        a.steps,
+        peak as f64 / (1u64 << 30) as f64
+    );
+    if let Device::Cuda(i) = device {
+        let pool = noisegrad::engine::cuda_backend::cuda_device(i)?.pool_stats();
+        println!(
+            "CUDA pool: peak in use {:.2} GiB, reserved {:.2} GiB, {} driver allocations",
+            pool.peak_in_use as f64 / (1u64 << 30) as f64,
+            pool.reserved as f64 / (1u64 << 30) as f64,
+            pool.driver_allocs
+        );
+    }
     Ok(())
 }
 

@@ -32,6 +32,9 @@ pub struct TrainConfig {
     pub diffusion_steps: usize,
     pub seed: u64,
     pub device: Device,
+    /// On CUDA, let cuBLAS use TF32 tensor cores for f32 GEMMs (PyTorch's
+    /// `allow_tf32`); ignored on the CPU.
+    pub tf32: bool,
 }
 
 impl TrainConfig {
@@ -49,6 +52,7 @@ impl TrainConfig {
             diffusion_steps: 1000,
             seed: 0,
             device: Device::Cpu,
+            tf32: false,
         }
     }
 }
@@ -90,11 +94,8 @@ impl Trainer {
                 m.image_size
             )));
         }
-        if config.device != Device::Cpu {
-            return Err(Error::Msg(format!(
-                "device {} is not available in this build: train on cpu",
-                config.device
-            )));
+        if let Device::Cuda(i) = config.device {
+            noisegrad_engine::cuda_backend::cuda_device(i)?.set_tf32(config.tf32);
         }
         if data.is_empty() {
             return Err(Error::Msg(format!("dataset {} is empty", data.source)));
@@ -152,7 +153,7 @@ impl Trainer {
         // Start each step on a fresh Philox block, so the saved stream
         // position is exact at every step boundary.
         self.rng.reserve_blocks(0);
-        let x0 = self.batcher.next_batch()?;
+        let x0 = self.batcher.next_batch()?.to_device(self.config.device)?;
         let loss = self.loss(&x0)?;
         let loss_value = loss.item()?;
         if !loss_value.is_finite() {
@@ -229,7 +230,9 @@ impl Trainer {
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for
     /// the same configuration.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
-        let loaded = noisegrad_engine::io::load(path, self.config.device)?;
+        // Read on the host; `load_state_dict` copies each tensor into the
+        // parameter it belongs to, on whatever device that lives.
+        let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
         let meta = |k: &str| -> Result<u64> {
             loaded
                 .metadata

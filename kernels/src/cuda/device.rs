@@ -344,6 +344,11 @@ impl CudaDevice {
         self.pool.stats()
     }
 
+    /// Sets the pool's peak to what is in use now, to measure one region.
+    pub fn reset_peak(&self) {
+        self.pool.reset_peak()
+    }
+
     /// Returns every cached (unused) block to the driver.
     pub fn empty_cache(&self) -> Result<()> {
         self.pool.empty_cache()
