@@ -17,13 +17,19 @@ use noisegrad_kernels::rng::Philox;
 
 /// `Some(Device::Cuda(0))` when a GPU is usable; otherwise prints
 /// `<test>: SKIPPED (no CUDA device)` and returns `None`.
+///
+/// # Panics
+/// When `NOISEGRAD_REQUIRE_GPU=1` (set by `scripts/gpu_suite.sh run`) and no
+/// GPU is usable: on the GPU machine a skip would hide a broken setup.
 pub fn gpu_or_skip(test: &str) -> Option<Device> {
     if Device::cuda_available() {
-        Some(Device::Cuda(0))
-    } else {
-        eprintln!("{test}: SKIPPED (no CUDA device on this machine)");
-        None
+        return Some(Device::Cuda(0));
     }
+    if std::env::var("NOISEGRAD_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: NOISEGRAD_REQUIRE_GPU=1 but no CUDA device is usable");
+    }
+    eprintln!("{test}: SKIPPED (no CUDA device on this machine)");
+    None
 }
 
 /// max |a − b| / max(max |b|, 1) over two equal-length slices.

@@ -37,9 +37,15 @@ fn launched_kernels(launcher_src: &str) -> Vec<String> {
     names
 }
 
+/// The launcher file of `module`: where this crate was built, or (for a
+/// binary copied to another machine by `scripts/gpu_suite.sh`) relative to
+/// the repository root it runs in.
 fn launcher_source(module: &str) -> String {
-    let path = format!("{}/src/cuda/{module}.rs", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let built = format!("{}/src/cuda/{module}.rs", env!("CARGO_MANIFEST_DIR"));
+    let relative = format!("kernels/src/cuda/{module}.rs");
+    std::fs::read_to_string(&built)
+        .or_else(|_| std::fs::read_to_string(&relative))
+        .unwrap_or_else(|e| panic!("{built} (or ./{relative}): {e}"))
 }
 
 #[test]
