@@ -322,7 +322,13 @@ impl CudaStorage {
     /// broadcast to `dims.batch`. Operands are read in place when their
     /// matrices are row-major or transposed and their batch is one stride
     /// (0 for a broadcast operand); otherwise they are packed.
-    pub fn matmul(&self, l: &Layout, rhs: &CudaStorage, r: &Layout, d: &MatmulDims) -> Result<Self> {
+    pub fn matmul(
+        &self,
+        l: &Layout,
+        rhs: &CudaStorage,
+        r: &Layout,
+        d: &MatmulDims,
+    ) -> Result<Self> {
         let batch: usize = d.batch.iter().product();
         let len = batch * d.m * d.n;
         if d.k == 0 || len == 0 {
@@ -523,10 +529,7 @@ mod tests {
             reduce_runs(&[2, 3, 4, 5], &[0, 2, 3]),
             vec![(6, 20, 1), (1, 2, 3)]
         );
-        assert_eq!(
-            reduce_runs(&[2, 3, 4, 5], &[0, 1, 2, 3]),
-            vec![(1, 120, 1)]
-        );
+        assert_eq!(reduce_runs(&[2, 3, 4, 5], &[0, 1, 2, 3]), vec![(1, 120, 1)]);
         assert_eq!(
             reduce_runs(&[2, 3, 4, 5], &[1, 3]),
             vec![(24, 5, 1), (2, 3, 4)]

@@ -109,9 +109,7 @@ pub fn plan_reduce(outer: usize, r: usize, inner: usize, sm_count: usize) -> Vec
             let wanted = if columns >= target_threads || r <= 64 {
                 1
             } else {
-                target_threads
-                    .div_ceil(columns.max(1))
-                    .min(r.div_ceil(32))
+                target_threads.div_ceil(columns.max(1)).min(r.div_ceil(32))
             };
             let (chunk, chunks) = split(r, wanted);
             Pass {
