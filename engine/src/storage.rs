@@ -131,7 +131,12 @@ impl Storage {
     ) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuStorage::rand(dtype, n, kind, rng))),
-            Device::Cuda(_) => Err(cuda_pending("rand")),
+            Device::Cuda(i) => {
+                if dtype != DType::F32 {
+                    return Err(crate::cuda_backend::f32_only("rand", dtype));
+                }
+                Ok(Storage::Cuda(CudaStorage::rand(i, n, kind, rng)?))
+            }
         }
     }
 
@@ -252,7 +257,7 @@ impl Storage {
     pub fn reduce(&self, layout: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(layout, op, axes))),
-            Storage::Cuda(_) => Err(cuda_pending("reduce")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.reduce(layout, op, axes)?)),
         }
     }
 
@@ -263,14 +268,19 @@ impl Storage {
         r: &Layout,
         dims: &MatmulDims,
     ) -> Result<Storage> {
-        let (a, b) = same_device!("matmul", self, rhs);
-        Ok(Storage::Cpu(a.matmul(l, b, r, dims)?))
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, r, dims)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) if a.device() == b.device() => {
+                Ok(Storage::Cuda(a.matmul(l, b, r, dims)?))
+            }
+            (a, b) => Err(device_mismatch("matmul", a, b)),
+        }
     }
 
     pub fn softmax(&self, layout: &Layout, axis: usize, log: bool) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(layout, axis, log))),
-            Storage::Cuda(_) => Err(cuda_pending("softmax")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.softmax(layout, axis, log)?)),
         }
     }
 
@@ -282,14 +292,21 @@ impl Storage {
         axis: usize,
         log: bool,
     ) -> Result<Storage> {
-        let (ys, gs) = same_device!("softmax_backward", self, g);
-        Ok(Storage::Cpu(ys.softmax_backward(y, gs, gl, axis, log)))
+        match (self, g) {
+            (Storage::Cpu(ys), Storage::Cpu(gs)) => {
+                Ok(Storage::Cpu(ys.softmax_backward(y, gs, gl, axis, log)))
+            }
+            (Storage::Cuda(ys), Storage::Cuda(gs)) if ys.device() == gs.device() => {
+                Ok(Storage::Cuda(ys.softmax_backward(y, gs, gl, axis, log)?))
+            }
+            (a, b) => Err(device_mismatch("softmax_backward", a, b)),
+        }
     }
 
     pub fn index_select(&self, layout: &Layout, axis: usize, ids: &[usize]) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.index_select(layout, axis, ids))),
-            Storage::Cuda(_) => Err(cuda_pending("index_select")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.index_select(layout, axis, ids)?)),
         }
     }
 
@@ -305,7 +322,9 @@ impl Storage {
             Storage::Cpu(s) => Ok(Storage::Cpu(
                 s.index_add_zeros(src_layout, shape, axis, ids),
             )),
-            Storage::Cuda(_) => Err(cuda_pending("index_add")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(
+                s.index_add_zeros(src_layout, shape, axis, ids)?,
+            )),
         }
     }
 }

@@ -238,6 +238,25 @@ impl CudaDevice {
         Ok(buf)
     }
 
+    /// Copies integer data (indices) to a new device buffer, for kernels
+    /// that take a `const unsigned*`. A [`DeviceBuffer`] counts 4-byte
+    /// words, so its `len()` is the number of u32 and `ptr_at(i)` the
+    /// address of the i-th one; such a buffer never holds f32 values.
+    pub fn upload_u32(&self, data: &[u32]) -> Result<DeviceBuffer> {
+        let buf = self.alloc(data.len())?;
+        if !data.is_empty() {
+            self.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+            // SAFETY: `buf` holds `data.len()` 4-byte words; the copy is
+            // queued on the stream and then awaited, so `data` outlives it.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(buf.ptr(), data, self.stream.cu_stream())
+                    .map_err(driver_err("copy to device"))?;
+            }
+            self.synchronize()?;
+        }
+        Ok(buf)
+    }
+
     /// Copies `len` f32 starting at element `offset` of `buf` to the host
     /// (waits for all queued work first, as it must).
     pub fn download(&self, buf: &DeviceBuffer, offset: usize, len: usize) -> Result<Vec<f32>> {
