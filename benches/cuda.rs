@@ -34,7 +34,12 @@ fn leaf(shape: &[usize], seed: u64) -> Tensor {
 }
 
 /// Times `f` (forward, or forward + backward of Σ y·w) with a sync per run.
-fn bench_op(c: &mut Criterion, name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+fn bench_op(
+    c: &mut Criterion,
+    name: &str,
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
     let y = f(inputs).unwrap();
     let w = randn(y.shape(), 99);
     drop(y);
@@ -48,7 +53,14 @@ fn bench_op(c: &mut Criterion, name: &str, inputs: &[Tensor], f: impl Fn(&[Tenso
     });
     g.bench_function(format!("{name}/forward+backward"), |b| {
         b.iter(|| {
-            f(inputs).unwrap().mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            f(inputs)
+                .unwrap()
+                .mul(&w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for x in inputs {
                 x.zero_grad();
             }
@@ -67,29 +79,52 @@ fn kernels(c: &mut Criterion) {
         cuda_device(0).unwrap().set_tf32(tf32);
         let mode = if tf32 { "tf32" } else { "fp32" };
         let conv = |ch: usize, hw: usize| {
-            [leaf(&[BATCH, ch, hw, hw], 1), leaf(&[ch, ch, 3, 3], 2), leaf(&[ch], 3)]
+            [
+                leaf(&[BATCH, ch, hw, hw], 1),
+                leaf(&[ch, ch, 3, 3], 2),
+                leaf(&[ch], 3),
+            ]
         };
-        bench_op(c, &format!("conv3x3_128ch_32x32/{mode}"), &conv(128, 32), |x| {
-            x[0].conv2d(&x[1], Some(&x[2]), 1, 1)
-        });
-        bench_op(c, &format!("conv3x3_256ch_16x16/{mode}"), &conv(256, 16), |x| {
-            x[0].conv2d(&x[1], Some(&x[2]), 1, 1)
-        });
-        let qkv = [leaf(&[BATCH, 256, 256], 4), leaf(&[BATCH, 256, 256], 5), leaf(&[BATCH, 256, 256], 6)];
+        bench_op(
+            c,
+            &format!("conv3x3_128ch_32x32/{mode}"),
+            &conv(128, 32),
+            |x| x[0].conv2d(&x[1], Some(&x[2]), 1, 1),
+        );
+        bench_op(
+            c,
+            &format!("conv3x3_256ch_16x16/{mode}"),
+            &conv(256, 16),
+            |x| x[0].conv2d(&x[1], Some(&x[2]), 1, 1),
+        );
+        let qkv = [
+            leaf(&[BATCH, 256, 256], 4),
+            leaf(&[BATCH, 256, 256], 5),
+            leaf(&[BATCH, 256, 256], 6),
+        ];
         bench_op(c, &format!("attention_256tok_256ch/{mode}"), &qkv, |x| {
             x[0].attention(&x[1], &x[2], None)
         });
         let mm = [leaf(&[4096, 4096], 7), leaf(&[4096, 4096], 8)];
-        bench_op(c, &format!("matmul_4096/{mode}"), &mm, |x| x[0].matmul(&x[1]));
+        bench_op(c, &format!("matmul_4096/{mode}"), &mm, |x| {
+            x[0].matmul(&x[1])
+        });
     }
     cuda_device(0).unwrap().set_tf32(false);
-    let gn = [leaf(&[BATCH, 128, 32, 32], 9), leaf(&[128], 10), leaf(&[128], 11)];
+    let gn = [
+        leaf(&[BATCH, 128, 32, 32], 9),
+        leaf(&[128], 10),
+        leaf(&[128], 11),
+    ];
     bench_op(c, "group_norm_silu_128ch_32x32", &gn, |x| {
         x[0].group_norm(32, &x[1], &x[2], 1e-5, true)
     });
-    bench_op(c, "upsample_256ch_16x16", &[leaf(&[BATCH, 256, 16, 16], 12)], |x| {
-        x[0].upsample_nearest2x()
-    });
+    bench_op(
+        c,
+        "upsample_256ch_16x16",
+        &[leaf(&[BATCH, 256, 16, 16], 12)],
+        |x| x[0].upsample_nearest2x(),
+    );
 }
 
 /// Whole DDPM training steps of the 35.7 M-parameter model at batch 128.
@@ -113,7 +148,10 @@ fn train_step(c: &mut Criterion) {
         // Forward of a batch of 256 in evaluation mode (the anchor's 36.6 ms).
         let x = randn(&[256, 3, 32, 32], 13);
         let t = vec![500; 256];
-        let name = format!("cifar10_forward_b256/{}", if tf32 { "tf32" } else { "fp32" });
+        let name = format!(
+            "cifar10_forward_b256/{}",
+            if tf32 { "tf32" } else { "fp32" }
+        );
         g.bench_function(name, |b| {
             b.iter(|| {
                 no_grad(|| trainer.model.forward(&x, &t, false, &mut Philox::new(0))).unwrap();

@@ -42,7 +42,13 @@ fn unet_forward_and_backward_match_cpu() {
     let Some(gpu) = gpu_or_skip("unet_forward_and_backward_match_cpu") else {
         return;
     };
-    let x = Tensor::randn(&[3, 3, 32, 32], DType::F32, Device::Cpu, &mut Philox::new(1)).unwrap();
+    let x = Tensor::randn(
+        &[3, 3, 32, 32],
+        DType::F32,
+        Device::Cpu,
+        &mut Philox::new(1),
+    )
+    .unwrap();
     let t = [5, 500, 999];
     let run = |device: Device| {
         let (store, model) = tiny_unet(device, 11);
@@ -85,7 +91,9 @@ fn train_losses(device: Device, steps: usize) -> Vec<f64> {
     cfg.seed = 7;
     cfg.device = device;
     let mut trainer = Trainer::new(cfg, few_images(16)).unwrap();
-    (0..steps).map(|_| trainer.train_step().unwrap().loss).collect()
+    (0..steps)
+        .map(|_| trainer.train_step().unwrap().loss)
+        .collect()
 }
 
 #[test]
@@ -98,7 +106,10 @@ fn short_training_run_has_the_cpu_loss_curve() {
     // to f32 rounding, which grows slowly with the steps.
     let (cpu, gpu) = (train_losses(Device::Cpu, 30), train_losses(gpu, 30));
     for (step, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
-        assert!((a - b).abs() <= 2e-3 * a.abs().max(1.0), "step {step}: cpu {a:.5} vs cuda {b:.5}");
+        assert!(
+            (a - b).abs() <= 2e-3 * a.abs().max(1.0),
+            "step {step}: cpu {a:.5} vs cuda {b:.5}"
+        );
     }
     eprintln!("loss cpu {cpu:.4?}\nloss gpu {gpu:.4?}");
 }

@@ -5,6 +5,7 @@
 //! (set by CI) makes that a failure.
 
 use noisegrad_kernels::cuda::compile::{compile_module, nvrtc_available};
+use noisegrad_kernels::cuda::signature::parse_entries;
 use noisegrad_kernels::cuda::sources::{SOURCES, source};
 
 /// The architecture compiled for: the H100's.
@@ -58,10 +59,22 @@ fn every_cuda_module_compiles_and_defines_the_kernels_its_launcher_names() {
         let ptx = compile_module(module, &src, ARCH)
             .unwrap_or_else(|e| panic!("{e}"))
             .to_src();
+        let entries = parse_entries(&ptx);
         for name in launched_kernels(&launcher_source(module)) {
             assert!(
-                ptx.contains(&format!(".entry {name}(")),
+                entries.contains_key(&name),
                 "launcher {module}.rs names kernel `{name}`, which {module}.cu does not define"
+            );
+        }
+        // Every parameter must parse, or launches would report false mismatches.
+        for (name, params) in &entries {
+            let decl_start = ptx.find(&format!(".entry {name}(")).unwrap();
+            let decl_end = decl_start + ptx[decl_start..].find(')').unwrap();
+            let declared = ptx[decl_start..decl_end].matches(".param").count();
+            assert_eq!(
+                params.len(),
+                declared,
+                "{module}::{name}: unparsed parameter kinds"
             );
         }
     }

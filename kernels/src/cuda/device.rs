@@ -9,6 +9,7 @@
 
 use super::alloc::{DeviceBuffer, Pool, PoolStats};
 use super::compile::compile_module;
+use super::signature::{ParamKind, mismatch, parse_entries};
 use super::sources;
 use super::{CudaError, Result, driver_err};
 use cudarc::cublas::CudaBlas;
@@ -39,8 +40,9 @@ pub struct CudaDevice {
     arch: &'static str,
     sm_count: usize,
     name: String,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// Loaded modules with the parameter kinds of each of their kernels.
+    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, Arc<Signatures>)>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), (CudaFunction, Arc<[ParamKind]>)>>,
     pub(crate) pool: Pool,
     tf32: AtomicBool,
 }
@@ -104,6 +106,8 @@ impl Strided {
         Some(s)
     }
 }
+
+type Signatures = HashMap<String, Vec<ParamKind>>;
 
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
 
@@ -284,7 +288,7 @@ impl CudaDevice {
 
     /// The compiled module `module` (see [`sources::SOURCES`]); compiled by
     /// NVRTC once per process and device.
-    fn module(&self, module: &'static str) -> Result<Arc<CudaModule>> {
+    fn module(&self, module: &'static str) -> Result<(Arc<CudaModule>, Arc<Signatures>)> {
         let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = cache.get(module) {
             return Ok(m.clone());
@@ -294,16 +298,21 @@ impl CudaDevice {
             msg: format!("no CUDA source named `{module}`"),
         })?;
         let ptx = compile_module(module, &src, self.arch)?;
+        let signatures = Arc::new(parse_entries(&ptx.to_src()));
         let m = self
             .ctx
             .load_module(ptx)
             .map_err(driver_err("load module"))?;
-        cache.insert(module, m.clone());
-        Ok(m)
+        cache.insert(module, (m.clone(), signatures.clone()));
+        Ok((m, signatures))
     }
 
-    /// The kernel `name` of `module`, cached.
-    pub fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+    /// The kernel `name` of `module` and its parameter kinds, cached.
+    pub fn function(
+        &self,
+        module: &'static str,
+        name: &'static str,
+    ) -> Result<(CudaFunction, Arc<[ParamKind]>)> {
         if let Some(f) = self
             .functions
             .lock()
@@ -312,18 +321,25 @@ impl CudaDevice {
         {
             return Ok(f.clone());
         }
-        let f = self
-            .module(module)?
+        let (m, signatures) = self.module(module)?;
+        let not_found = |e: String| CudaError::Driver {
+            op: "load function",
+            msg: format!("kernel `{name}` of module `{module}`: {e}"),
+        };
+        let f = m
             .load_function(name)
-            .map_err(|e| CudaError::Driver {
-                op: "load function",
-                msg: format!("kernel `{name}` of module `{module}`: {e:?}"),
-            })?;
+            .map_err(|e| not_found(format!("{e:?}")))?;
+        let params: Arc<[ParamKind]> = signatures
+            .get(name)
+            .ok_or_else(|| not_found("no such .entry in the PTX".into()))?
+            .as_slice()
+            .into();
+        let entry = (f, params);
         self.functions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((module, name), f.clone());
-        Ok(f)
+            .insert((module, name), entry.clone());
+        Ok(entry)
     }
 
     /// Queues kernel `module::name` with `args` on the stream.
@@ -337,7 +353,13 @@ impl CudaDevice {
         if cfg.grid_dim.0 == 0 || cfg.block_dim.0 == 0 {
             return Ok(());
         }
-        let f = self.function(module, name)?;
+        let (f, params) = self.function(module, name)?;
+        if let Some(msg) = mismatch(&params, args) {
+            return Err(CudaError::Driver {
+                op: "launch",
+                msg: format!("kernel `{module}::{name}`: {msg}"),
+            });
+        }
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {

@@ -29,6 +29,7 @@ pub mod noise;
 pub mod optim;
 pub mod random;
 pub mod reduce;
+pub mod signature;
 pub mod sources;
 pub mod upsample;
 
