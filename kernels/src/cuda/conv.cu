@@ -3,9 +3,11 @@
 // `cpu::conv`: y[n,o,oh,ow] = b[o] + Σ w[o,c,ki,kj]·x[n,c,oh·s+ki−p, ow·s+kj−p]
 // with zero padding. K = C·KH·KW (rows of the column matrix), P = Ho·Wo.
 //
-// Every flat index and every buffer offset is a `long long`; only values
-// bounded by one dimension (a tap, a pixel coordinate) are `int` (conv.rs
-// checks that each dimension fits in an i32).
+// Flat indices, image indices and buffer offsets are `long long`. Indices
+// inside one image (k < K, p < P, an offset < C·H·W, a padded coordinate
+// < H + 2·pad) are `int`: conv.rs checks that K, P, C·H·W, H + 2·pad and
+// W + 2·pad fit in an i32, and 32-bit division is several times cheaper
+// than 64-bit division, which these index decompositions are made of.
 
 // The column matrices of `count` images of x (x points at the chunk's first
 // image, [count, C, H, W] contiguous): col(i)[k, p] with k = (c·KH + ki)·KW + kj,
@@ -25,23 +27,25 @@ extern "C" __global__ void im2col(const float* x, float* col, long long count, i
     const long long P = (long long)Ho * Wo;
     const long long K = (long long)C * KH * KW;
     const long long total = count * K * P;
+    const int taps = KH * KW;
     GRID_STRIDE(e, total) {
-        const long long row = e / P;
-        const long long p = e - row * P;
-        long long i, k;
+        const long long row = e / P;  // (i, k) or (k, i), as laid out
+        const int p = (int)(e - row * P);
+        long long i;
+        int k;
         if (images_first) {
             i = row / K;
-            k = row - i * K;
+            k = (int)(row - i * K);
         } else {
-            k = row / count;
-            i = row - k * count;
+            const long long kk = row / count;
+            i = row - kk * count;
+            k = (int)kk;
         }
-        const long long c = k / ((long long)KH * KW);
-        const long long tap = k - c * ((long long)KH * KW);
-        const long long ki = tap / KW, kj = tap - (tap / KW) * KW;
-        const long long oh = p / Wo, ow = p - (p / Wo) * Wo;
-        const long long ih = oh * stride + ki - pad;
-        const long long iw = ow * stride + kj - pad;
+        const int c = k / taps, tap = k - c * taps;
+        const int ki = tap / KW, kj = tap - ki * KW;
+        const int oh = p / Wo, ow = p - oh * Wo;
+        const int ih = oh * stride + ki - pad;
+        const int iw = ow * stride + kj - pad;
         float v = 0.0f;
         if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
             v = x[((i * C + c) * H + ih) * W + iw];
@@ -61,28 +65,29 @@ extern "C" __global__ void col2im(const float* dcol, float* dx, long long count,
                                   int Ho, int Wo) {
     const long long P = (long long)Ho * Wo;
     const long long K = (long long)C * KH * KW;
-    const long long total = count * C * H * W;
+    const long long chw = (long long)C * H * W;
+    const long long total = count * chw;
     GRID_STRIDE(e, total) {
-        const long long iw = e % W;
-        const long long r = e / W;
-        const long long ih = r % H;
-        const long long r2 = r / H;
-        const long long c = r2 % C;
-        const long long i = r2 / C;
+        const long long i = e / chw;
+        const int rem = (int)(e - i * chw);
+        const int iw = rem % W;
+        const int r = rem / W;
+        const int ih = r % H;
+        const int c = r / H;
         // Rows (c, 0, 0) .. (c, KH−1, KW−1) of image i's K×P column matrix.
-        const float* rows = dcol + i * K * P + c * KH * KW * P;
+        const float* rows = dcol + i * K * P + (long long)c * KH * KW * P;
         float s = 0.0f;
         for (int ki = 0; ki < KH; ++ki) {
-            const long long th = ih + pad - ki;  // = oh·s when tap ki reads row ih
+            const int th = ih + pad - ki;  // = oh·s when tap ki of output row oh reads row ih
             if (th < 0 || th % stride != 0) continue;
-            const long long oh = th / stride;
+            const int oh = th / stride;
             if (oh >= Ho) continue;
             for (int kj = 0; kj < KW; ++kj) {
-                const long long tw = iw + pad - kj;
+                const int tw = iw + pad - kj;
                 if (tw < 0 || tw % stride != 0) continue;
-                const long long ow = tw / stride;
+                const int ow = tw / stride;
                 if (ow >= Wo) continue;
-                s += rows[((long long)ki * KW + kj) * P + oh * Wo + ow];
+                s += rows[(long long)(ki * KW + kj) * P + (long long)oh * Wo + ow];
             }
         }
         dx[e] = s;

@@ -185,26 +185,35 @@ impl ColShape {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// `C, H, W, KH, KW, stride, pad, Ho, Wo` as the kernels' `int`s.
+    /// `C, H, W, KH, KW, stride, pad, Ho, Wo` as the kernels' `int`s, after
+    /// checking that the per-image sizes the kernels index with `int` (K,
+    /// P, C·H·W and the padded height and width) fit in an i32.
     fn args(&self) -> Result<[Arg; 9]> {
-        let i = |what: &str, v: usize| {
-            i32::try_from(v)
-                .map(Arg::I32)
-                .map_err(|_| CudaError::Driver {
+        let int = |what: &str, v: Option<usize>| {
+            v.and_then(|v| i32::try_from(v).ok())
+                .ok_or_else(|| CudaError::Driver {
                     op: "conv2d",
-                    msg: format!("{what} = {v} does not fit the kernels' 32-bit sizes"),
+                    msg: format!("{what} does not fit the kernels' 32-bit sizes ({self:?})"),
                 })
         };
+        let mul = |a: usize, b: usize, c: usize| a.checked_mul(b)?.checked_mul(c);
+        let padded = |len: usize| self.pad.checked_mul(2)?.checked_add(len);
+        int("C·kh·kw", mul(self.c, self.kh, self.kw))?;
+        int("Ho·Wo", self.ho.checked_mul(self.wo))?;
+        int("C·H·W", mul(self.c, self.h, self.w))?;
+        int("the padded height", padded(self.h))?;
+        int("the padded width", padded(self.w))?;
+        let arg = |what: &str, v: usize| int(what, Some(v)).map(Arg::I32);
         Ok([
-            i("channels", self.c)?,
-            i("height", self.h)?,
-            i("width", self.w)?,
-            i("kernel height", self.kh)?,
-            i("kernel width", self.kw)?,
-            i("stride", self.stride)?,
-            i("padding", self.pad)?,
-            i("output height", self.ho)?,
-            i("output width", self.wo)?,
+            arg("channels", self.c)?,
+            arg("height", self.h)?,
+            arg("width", self.w)?,
+            arg("kernel height", self.kh)?,
+            arg("kernel width", self.kw)?,
+            arg("stride", self.stride)?,
+            arg("padding", self.pad)?,
+            arg("output height", self.ho)?,
+            arg("output width", self.wo)?,
         ])
     }
 }
@@ -516,8 +525,18 @@ mod tests {
         let t = ColShape::pointwise(4, s.ho, s.wo);
         assert!(t.is_pointwise());
         assert_eq!((t.rows(), t.pixels()), (4, 16));
-        let too_big = ColShape { c: 1 << 31, ..s };
-        assert!(too_big.args().is_err());
+        for too_big in [
+            ColShape { c: 1 << 31, ..s },
+            ColShape { c: 1 << 27, ..s },
+            ColShape {
+                h: 1 << 16,
+                w: 1 << 16,
+                ..s
+            },
+            ColShape { pad: 1 << 30, ..s },
+        ] {
+            assert!(too_big.args().is_err(), "{too_big:?}");
+        }
         assert!(s.args().is_ok());
     }
 }
