@@ -1,20 +1,23 @@
 //! 2-D convolution (NCHW) with an optional bias, differentiable in the
 //! input, the weight and the bias. The arithmetic lives in
 //! `noisegrad_kernels::cpu::conv` (Winograd for 3×3 stride 1, packed GEMM
-//! otherwise); this file validates shapes, dispatches on device and dtype,
-//! and records the backward.
+//! otherwise) and `noisegrad_kernels::cuda::conv` (im2col + cuBLAS); this
+//! file validates shapes, dispatches on device and dtype, and records the
+//! backward.
 
 use super::{check_same, with_storages};
 use crate::Tensor;
 use crate::autograd::record;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
+use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
-use crate::storage::{Storage, same_device};
+use crate::storage::{Storage, device_mismatch};
 use crate::{DType, Layout};
 use noisegrad_kernels::cpu::conv::{
     Conv2dGeometry, ConvFloat, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
     conv2d_forward,
 };
+use noisegrad_kernels::cuda::conv as cuda_conv;
 
 impl Storage {
     /// `y = conv(x, w) + bias` (x = self); the result is contiguous `[N,O,Ho,Wo]`.
@@ -26,12 +29,26 @@ impl Storage {
         bias: Option<(&Storage, &Layout)>,
         g: &Conv2dGeometry,
     ) -> Result<Storage> {
-        let (xs, ws) = same_device!("conv2d", self, w);
-        let bias = match bias {
-            None => None,
-            Some((b, bl)) => Some((same_device!("conv2d", self, b).1, bl)),
-        };
-        Ok(Storage::Cpu(xs.conv2d(xl, ws, wl, bias, g)?))
+        let op = "conv2d";
+        match (self, w) {
+            (Storage::Cpu(xs), Storage::Cpu(ws)) => {
+                let bias = match bias {
+                    Some((Storage::Cpu(b), bl)) => Some((b, bl)),
+                    Some((b, _)) => return Err(device_mismatch(op, self, b)),
+                    None => None,
+                };
+                Ok(Storage::Cpu(xs.conv2d(xl, ws, wl, bias, g)?))
+            }
+            (Storage::Cuda(xs), Storage::Cuda(ws)) if xs.device() == ws.device() => {
+                let bias = match bias {
+                    Some((Storage::Cuda(b), bl)) => Some((b, bl)),
+                    Some((b, _)) => return Err(device_mismatch(op, self, b)),
+                    None => None,
+                };
+                Ok(Storage::Cuda(xs.conv2d(xl, ws, wl, bias, g)?))
+            }
+            (a, b) => Err(device_mismatch(op, a, b)),
+        }
     }
 
     /// ∂L/∂x from dy = self and the weight.
@@ -42,8 +59,15 @@ impl Storage {
         wl: &Layout,
         g: &Conv2dGeometry,
     ) -> Result<Storage> {
-        let (dys, ws) = same_device!("conv2d_backward", self, w);
-        Ok(Storage::Cpu(dys.conv2d_backward_input(dyl, ws, wl, g)?))
+        match (self, w) {
+            (Storage::Cpu(dys), Storage::Cpu(ws)) => {
+                Ok(Storage::Cpu(dys.conv2d_backward_input(dyl, ws, wl, g)?))
+            }
+            (Storage::Cuda(dys), Storage::Cuda(ws)) if dys.device() == ws.device() => {
+                Ok(Storage::Cuda(dys.conv2d_backward_input(dyl, ws, wl, g)?))
+            }
+            (a, b) => Err(device_mismatch("conv2d_backward", a, b)),
+        }
     }
 
     /// ∂L/∂w from x = self and dy.
@@ -54,16 +78,70 @@ impl Storage {
         dyl: &Layout,
         g: &Conv2dGeometry,
     ) -> Result<Storage> {
-        let (xs, dys) = same_device!("conv2d_backward", self, dy);
-        Ok(Storage::Cpu(xs.conv2d_backward_weight(xl, dys, dyl, g)?))
+        match (self, dy) {
+            (Storage::Cpu(xs), Storage::Cpu(dys)) => {
+                Ok(Storage::Cpu(xs.conv2d_backward_weight(xl, dys, dyl, g)?))
+            }
+            (Storage::Cuda(xs), Storage::Cuda(dys)) if xs.device() == dys.device() => {
+                Ok(Storage::Cuda(xs.conv2d_backward_weight(xl, dys, dyl, g)?))
+            }
+            (a, b) => Err(device_mismatch("conv2d_backward", a, b)),
+        }
     }
 
     /// ∂L/∂bias from dy = self: the sum over batch and pixels.
     pub fn conv2d_backward_bias(&self, dyl: &Layout, g: &Conv2dGeometry) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.conv2d_backward_bias(dyl, g))),
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("conv")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.conv2d_backward_bias(dyl, g)?)),
         }
+    }
+}
+
+/// The CUDA convolution: im2col + cuBLAS (see `noisegrad_kernels::cuda::conv`).
+/// Every result is a new contiguous buffer; operands may be any views.
+impl CudaStorage {
+    pub fn conv2d(
+        &self,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        bias: Option<(&CudaStorage, &Layout)>,
+        g: &Conv2dGeometry,
+    ) -> Result<CudaStorage> {
+        let bias = match bias {
+            Some((b, bl)) => Some(b.view(bl)?),
+            None => None,
+        };
+        let y = cuda_conv::forward(&self.dev, g, self.view(xl)?, w.view(wl)?, bias)?;
+        Ok(self.wrap(y))
+    }
+
+    pub fn conv2d_backward_input(
+        &self,
+        dyl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<CudaStorage> {
+        let dx = cuda_conv::backward_input(&self.dev, g, self.view(dyl)?, w.view(wl)?)?;
+        Ok(self.wrap(dx))
+    }
+
+    pub fn conv2d_backward_weight(
+        &self,
+        xl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<CudaStorage> {
+        let dw = cuda_conv::backward_weight(&self.dev, g, self.view(xl)?, dy.view(dyl)?)?;
+        Ok(self.wrap(dw))
+    }
+
+    pub fn conv2d_backward_bias(&self, dyl: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
+        let db = cuda_conv::backward_bias(&self.dev, g, self.view(dyl)?)?;
+        Ok(self.wrap(db))
     }
 }
 

@@ -1,4 +1,6 @@
-//! Group normalisation with affine γ/β and an optional fused SiLU.
+//! Group normalisation with affine γ/β and an optional fused SiLU, on the
+//! CPU (`noisegrad_kernels::cpu::group_norm`) and on CUDA
+//! (`noisegrad_kernels::cuda::group_norm`).
 
 use super::check_same;
 use super::typed::{
@@ -7,10 +9,12 @@ use super::typed::{
 };
 use crate::autograd::record;
 use crate::cpu_backend::{CpuStorage, zeroed};
-use crate::error::{Result, bad_arg, shape_err};
+use crate::cuda_backend::CudaStorage;
+use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::storage::Storage;
 use crate::{Layout, Tensor};
 use noisegrad_kernels::cpu::group_norm::{self as kernel, GroupNormDims};
+use noisegrad_kernels::cuda::group_norm as cuda_kernel;
 
 /// What a group-norm call computes besides the data: the sizes, ε and
 /// whether SiLU follows.
@@ -37,7 +41,12 @@ impl Storage {
                 let (y, m, r) = x.group_norm(xl, g, b, args)?;
                 Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
             }
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("group_norm")),
+            Storage::Cuda(x) => {
+                let op = "group_norm";
+                let (g, b) = (on_cuda(op, x, gamma)?, on_cuda(op, x, beta)?);
+                let (y, m, r) = x.group_norm(xl, g, b, args)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
+            }
         }
     }
 
@@ -61,8 +70,88 @@ impl Storage {
                     x.group_norm_backward(xl, cpu(dy)?, cpu(gamma)?, cpu(beta)?, stats, args)?;
                 Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
             }
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("group_norm")),
+            Storage::Cuda(x) => {
+                let op = "group_norm_backward";
+                let cuda = |v| on_cuda(op, x, v);
+                let (mean, rstd) = (same_gpu(op, x, stats.0)?, same_gpu(op, x, stats.1)?);
+                let (dx, dg, db) = x.group_norm_backward(
+                    xl,
+                    cuda(dy)?,
+                    cuda(gamma)?,
+                    cuda(beta)?,
+                    (mean, rstd),
+                    args,
+                )?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(dg), Storage::Cuda(db)))
+            }
         }
+    }
+}
+
+/// The CUDA storage behind `s` when it is on the same GPU as `x`, or a
+/// device error naming `op`.
+fn same_gpu<'a>(op: &'static str, x: &CudaStorage, s: &'a Storage) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) if c.device() == x.device() => Ok(c),
+        other => Err(Error::DeviceMismatch {
+            op,
+            lhs: x.device(),
+            rhs: other.device(),
+        }),
+    }
+}
+
+/// [`same_gpu`] for a storage view.
+fn on_cuda<'a>(op: &'static str, x: &CudaStorage, (s, l): StorageView<'a>) -> Result<CudaView<'a>> {
+    Ok((same_gpu(op, x, s)?, l))
+}
+
+/// A CUDA storage viewed through a layout.
+type CudaView<'a> = (&'a CudaStorage, &'a Layout);
+
+/// The CUDA group norm (see `noisegrad_kernels::cuda::group_norm`): same
+/// formulas and saved statistics as the CPU kernel; x, dy, γ, β may be any
+/// views, the outputs are contiguous.
+impl CudaStorage {
+    pub fn group_norm(
+        &self,
+        xl: &Layout,
+        (gamma, gl): CudaView,
+        (beta, bl): CudaView,
+        args: GroupNormArgs,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (y, mean, rstd) = cuda_kernel::forward(
+            &self.dev,
+            args.dims,
+            self.view(xl)?,
+            gamma.view(gl)?,
+            beta.view(bl)?,
+            args.eps as f32,
+            args.silu,
+        )?;
+        Ok((self.wrap(y), self.wrap(mean), self.wrap(rstd)))
+    }
+
+    pub fn group_norm_backward(
+        &self,
+        xl: &Layout,
+        (dy, dyl): CudaView,
+        (gamma, gl): CudaView,
+        (beta, bl): CudaView,
+        (mean, rstd): (&CudaStorage, &CudaStorage),
+        args: GroupNormArgs,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (dx, dg, db) = cuda_kernel::backward(
+            &self.dev,
+            args.dims,
+            self.view(xl)?,
+            dy.view(dyl)?,
+            gamma.view(gl)?,
+            beta.view(bl)?,
+            (&mean.buf, &rstd.buf),
+            args.silu,
+        )?;
+        Ok((self.wrap(dx), self.wrap(dg), self.wrap(db)))
     }
 }
 

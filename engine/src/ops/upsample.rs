@@ -2,10 +2,12 @@
 
 use crate::autograd::record;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, map_data, zeroed};
+use crate::cuda_backend::CudaStorage;
 use crate::error::{Result, bad_arg};
 use crate::storage::Storage;
 use crate::{Layout, Tensor};
 use noisegrad_kernels::cpu::upsample as kernel;
+use noisegrad_kernels::cuda::upsample as cuda_kernel;
 
 /// `[planes, h, w]` of an NCHW layout (planes = N·C).
 fn planes_h_w(shape: &[usize]) -> (usize, usize, usize) {
@@ -17,7 +19,7 @@ impl Storage {
     pub fn upsample_nearest2x(&self, xl: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.upsample_nearest2x(xl))),
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("upsample")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.upsample_nearest2x(xl)?)),
         }
     }
 
@@ -25,8 +27,24 @@ impl Storage {
     pub fn upsample_nearest2x_backward(&self, dyl: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.upsample_nearest2x_backward(dyl))),
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("upsample")),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.upsample_nearest2x_backward(dyl)?)),
         }
+    }
+}
+
+/// The CUDA upsample (see `noisegrad_kernels::cuda::upsample`); inputs may
+/// be any views, outputs are contiguous.
+impl CudaStorage {
+    pub fn upsample_nearest2x(&self, xl: &Layout) -> Result<CudaStorage> {
+        let (planes, h, w) = planes_h_w(xl.shape());
+        let y = cuda_kernel::forward(&self.dev, self.view(xl)?, planes, h, w)?;
+        Ok(self.wrap(y))
+    }
+
+    pub fn upsample_nearest2x_backward(&self, dyl: &Layout) -> Result<CudaStorage> {
+        let (planes, h2, w2) = planes_h_w(dyl.shape());
+        let dx = cuda_kernel::backward(&self.dev, self.view(dyl)?, planes, h2 / 2, w2 / 2)?;
+        Ok(self.wrap(dx))
     }
 }
 
