@@ -8,28 +8,47 @@
 //! max |gpu − cpu| / max(max |cpu|, 1), so a 1e-5 tolerance means "agrees
 //! to about single precision" whatever the magnitudes.
 //!
-//! Without a GPU, [`gpu_or_skip`] prints that the test skipped and returns
-//! `None`, so GPU tests pass (vacuously, and say so) on CPU-only machines.
+//! Without a GPU, [`gpu_or_skip`] turns on the CUDA emulator (the same
+//! `.cu` kernels and launchers, run on the CPU; see
+//! `noisegrad_kernels::cuda::emu`) and the tests run on it. Where the
+//! emulator cannot run either (no g++, or `NOISEGRAD_NO_EMULATOR=1`), it
+//! prints that the test skipped and returns `None`.
 
 use crate::error::{Error, Result};
 use crate::{DType, Device, Tensor};
+use noisegrad_kernels::cuda::{CudaDevice, emulation_requested, use_emulator_if_no_gpu};
 use noisegrad_kernels::rng::Philox;
 
-/// `Some(Device::Cuda(0))` when a GPU is usable; otherwise prints
-/// `<test>: SKIPPED (no CUDA device)` and returns `None`.
+/// `Some(Device::Cuda(0))` when a GPU is usable, or else when the CUDA
+/// emulator is (printing `<test>: running on the CUDA emulator (no GPU)`);
+/// otherwise prints `<test>: SKIPPED (...)` and returns `None`.
 ///
 /// # Panics
 /// When `NOISEGRAD_REQUIRE_GPU=1` (set by `scripts/gpu_suite.sh run`) and no
-/// GPU is usable: on the GPU machine a skip would hide a broken setup.
+/// GPU is usable: on the GPU machine neither a skip nor the emulator may
+/// stand in for a broken setup.
 pub fn gpu_or_skip(test: &str) -> Option<Device> {
-    if Device::cuda_available() {
+    if Device::cuda_available() && !emulation_requested() {
         return Some(Device::Cuda(0));
     }
     if std::env::var("NOISEGRAD_REQUIRE_GPU").is_ok_and(|v| v == "1") {
         panic!("{test}: NOISEGRAD_REQUIRE_GPU=1 but no CUDA device is usable");
     }
-    eprintln!("{test}: SKIPPED (no CUDA device on this machine)");
+    if use_emulator_if_no_gpu() {
+        eprintln!("{test}: running on the CUDA emulator (no GPU)");
+        return Some(Device::Cuda(0));
+    }
+    eprintln!("{test}: SKIPPED (no CUDA device on this machine, and no CUDA emulator: needs g++)");
     None
+}
+
+/// Whether `cuda:0` is (or will be, once opened) the CUDA emulator. Tests
+/// use it to shrink work that is too slow to emulate.
+pub fn is_emulated() -> bool {
+    match CudaDevice::get(0) {
+        Ok(dev) => dev.is_emulated(),
+        Err(_) => emulation_requested(),
+    }
 }
 
 /// max |a − b| / max(max |b|, 1) over two equal-length slices.

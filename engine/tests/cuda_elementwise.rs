@@ -15,14 +15,17 @@ fn positive(shape: &[usize], seed: u64) -> Tensor {
     randn(shape, seed).abs().unwrap().add_scalar(0.5).unwrap()
 }
 
+/// A device that is not there is a clear error. `cuda:1`, not `cuda:0`:
+/// other tests of this binary may make `cuda:0` the CUDA emulator, which
+/// provides `cuda:0` only.
 #[test]
 fn no_gpu_is_a_clear_error() {
     if Device::cuda_available() {
         return;
     }
-    let err = Tensor::zeros(&[2, 3], DType::F32, Device::Cuda(0)).unwrap_err();
+    let err = Tensor::zeros(&[2, 3], DType::F32, Device::Cuda(1)).unwrap_err();
     assert!(err.to_string().contains("CUDA is not available"), "{err}");
-    let err = randn(&[4], 1).to_device(Device::Cuda(0)).unwrap_err();
+    let err = randn(&[4], 1).to_device(Device::Cuda(1)).unwrap_err();
     assert!(err.to_string().contains("CUDA is not available"), "{err}");
 }
 

@@ -11,9 +11,12 @@
 //! When the driver reports out-of-memory, the cache is released and the
 //! request retried once; if it still fails, the error names the request and
 //! what is in use.
+//!
+//! The pool is the same for a GPU and for the emulator: only getting memory
+//! from the device and giving it back goes through the [`Backend`].
 
-use super::{CudaError, Result, driver_err};
-use cudarc::driver::{CudaContext, CudaStream, result, sys};
+use super::device::Backend;
+use super::{CudaError, Result};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -43,14 +46,13 @@ pub struct PoolStats {
 
 #[derive(Default)]
 struct State {
-    free: BTreeMap<usize, Vec<sys::CUdeviceptr>>,
+    free: BTreeMap<usize, Vec<u64>>,
     stats: PoolStats,
 }
 
 struct Inner {
     ordinal: usize,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    backend: Arc<Backend>,
     state: Mutex<State>,
 }
 
@@ -59,11 +61,10 @@ struct Inner {
 pub struct Pool(Arc<Inner>);
 
 impl Pool {
-    pub(crate) fn new(ordinal: usize, ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Pool {
+    pub(crate) fn new(ordinal: usize, backend: Arc<Backend>) -> Pool {
         Pool(Arc::new(Inner {
             ordinal,
-            ctx,
-            stream,
+            backend,
             state: Mutex::new(State::default()),
         }))
     }
@@ -96,6 +97,7 @@ impl Pool {
             Some(p) => p,
             None => self.alloc_from_driver(bytes)?,
         };
+        self.0.backend.handed_out(ptr, len * 4);
         Ok(DeviceBuffer {
             ptr,
             len,
@@ -104,17 +106,16 @@ impl Pool {
         })
     }
 
-    fn alloc_from_driver(&self, bytes: usize) -> Result<sys::CUdeviceptr> {
-        self.0.ctx.bind_to_thread().map_err(driver_err("bind"))?;
-        // SAFETY: plain allocation; the pointer is owned by the pool.
-        let ptr = match unsafe { result::malloc_sync(bytes) } {
-            Ok(p) => p,
-            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
+    fn alloc_from_driver(&self, bytes: usize) -> Result<u64> {
+        let backend = &self.0.backend;
+        let ptr = match backend.malloc(bytes)? {
+            Some(p) => p,
+            None => {
                 let released = self.release_cached()?;
-                // SAFETY: as above.
-                unsafe { result::malloc_sync(bytes) }.map_err(|_| self.oom(bytes, released))?
+                backend
+                    .malloc(bytes)?
+                    .ok_or_else(|| self.oom(bytes, released))?
             }
-            Err(e) => return Err(driver_err("allocate")(e)),
         };
         let mut st = self.state();
         st.stats.in_use += bytes;
@@ -125,7 +126,7 @@ impl Pool {
     }
 
     fn oom(&self, requested: usize, cached: usize) -> CudaError {
-        let (free, total) = self.0.ctx.mem_get_info().unwrap_or((0, 0));
+        let (free, total) = self.0.backend.mem_info();
         CudaError::OutOfMemory {
             device: self.0.ordinal,
             requested,
@@ -136,7 +137,8 @@ impl Pool {
         }
     }
 
-    fn release(&self, ptr: sys::CUdeviceptr, bytes: usize) {
+    fn release(&self, ptr: u64, bytes: usize) {
+        self.0.backend.taken_back(ptr);
         let mut st = self.state();
         st.stats.in_use -= bytes;
         st.free.entry(bytes).or_default().push(ptr);
@@ -145,16 +147,14 @@ impl Pool {
     /// Frees every cached block; returns the bytes released.
     fn release_cached(&self) -> Result<usize> {
         // Blocks in the cache may still be read by queued kernels.
-        self.0
-            .stream
-            .synchronize()
-            .map_err(driver_err("synchronize"))?;
+        self.0.backend.synchronize()?;
         let mut st = self.state();
         let mut released = 0;
         for (bytes, ptrs) in std::mem::take(&mut st.free) {
             for p in ptrs {
-                // SAFETY: `p` came from malloc_sync and nothing uses it now.
-                unsafe { result::free_sync(p) }.map_err(driver_err("free"))?;
+                // SAFETY: `p` came from the backend's malloc(bytes) and
+                // nothing uses it now.
+                unsafe { self.0.backend.free(p, bytes) }?;
                 released += bytes;
             }
         }
@@ -179,7 +179,7 @@ impl Pool {
 
 /// `len` f32 of device memory, returned to its pool on drop.
 pub struct DeviceBuffer {
-    ptr: sys::CUdeviceptr,
+    ptr: u64,
     len: usize,
     bytes: usize,
     pool: Pool,
@@ -223,10 +223,7 @@ impl DeviceBuffer {
         if self.len == 0 {
             return Ok(());
         }
-        dev.context().bind_to_thread().map_err(driver_err("bind"))?;
-        // SAFETY: writes exactly this buffer's bytes, in stream order.
-        unsafe { result::memset_d8_async(self.ptr, 0, self.len * 4, dev.stream().cu_stream()) }
-            .map_err(driver_err("memset"))
+        dev.memset_zero(self.ptr, self.len * 4)
     }
 }
 

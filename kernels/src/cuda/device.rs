@@ -1,28 +1,25 @@
-//! One [`CudaDevice`] per GPU: its context, the one stream all work is
-//! queued on, a cuBLAS handle, the compiled-module cache and the memory pool.
+//! One [`CudaDevice`] per GPU: its backend, the memory pool in front of it,
+//! and the TF32 switch.
 //!
-//! Why one stream: every op is ordered after the previous one without events,
-//! a buffer returned to the pool can be handed to the next op at once (stream
-//! order makes that safe), and the whole step stays capturable as a CUDA graph.
-//! cudarc's per-buffer event tracking is switched off for the same reason:
-//! buffers here are raw device pointers owned by the pool.
+//! The backend is the CUDA driver ([`Driver`]: context, the one stream all
+//! work is queued on, cuBLAS handle, module cache) or, on machines without
+//! a GPU, the CPU emulator ([`Emulator`], see [`super::emu`]) that runs the
+//! same `.cu` kernels and launchers. Launchers only see this type's methods
+//! (`alloc`, `upload`, `launch`, ...) and work unchanged on either.
 
 use super::alloc::{DeviceBuffer, Pool, PoolStats};
-use super::compile::compile_module;
-use super::signature::{ParamKind, mismatch, parse_entries};
-use super::sources;
-use super::{CudaError, Result, driver_err};
-use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, sys,
-};
+use super::driver::Driver;
+use super::emu::{self, Emulator};
+use super::signature::ParamKind;
+use super::{CudaError, Result};
+use cudarc::driver::{CudaContext, CudaFunction, DeviceRepr, LaunchConfig, sys};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Whether a CUDA driver and at least one GPU are present. Cheap after the
-/// first call; never panics (cudarc panics when libcuda is missing, so the
-/// library is probed first).
+/// Whether a CUDA driver and at least one GPU are present (the emulator
+/// does not count). Cheap after the first call; never panics (cudarc
+/// panics when libcuda is missing, so the library is probed first).
 pub fn is_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -32,17 +29,115 @@ pub fn is_available() -> bool {
     })
 }
 
+/// Set by [`use_emulator_if_no_gpu`].
+static EMULATE: AtomicBool = AtomicBool::new(false);
+
+fn env_is(var: &str, pred: impl Fn(&str) -> bool) -> bool {
+    std::env::var(var).is_ok_and(|v| pred(&v))
+}
+
+/// Whether devices opened from now on are emulated: after
+/// [`use_emulator_if_no_gpu`] turned the emulator on, or with
+/// `NOISEGRAD_CUDA_EMULATOR=1` (which also emulates on a GPU machine).
+pub fn emulation_requested() -> bool {
+    EMULATE.load(Ordering::Relaxed) || env_is("NOISEGRAD_CUDA_EMULATOR", |v| v == "1")
+}
+
+/// On a machine without a GPU, makes `cuda:0` the CPU emulator (call it
+/// before the first [`CudaDevice::get`]; tests do, through
+/// `device_check::gpu_or_skip`). Returns whether `cuda:0` is emulated:
+/// false when a GPU is present, when `NOISEGRAD_NO_EMULATOR` is set (to
+/// anything but `0`), or when g++ (which compiles the kernels for the
+/// emulator) cannot be run.
+pub fn use_emulator_if_no_gpu() -> bool {
+    if emulation_requested() {
+        return true;
+    }
+    if is_available()
+        || env_is("NOISEGRAD_NO_EMULATOR", |v| !v.is_empty() && v != "0")
+        || !emu::compiler_available()
+    {
+        return false;
+    }
+    EMULATE.store(true, Ordering::Relaxed);
+    true
+}
+
+/// SMs the emulated device reports: few, so grid-stride launches (sized
+/// from the SM count) run few blocks, and every block runs in turn anyway.
+pub const EMULATED_SM_COUNT: usize = 4;
+
+/// Where a device's work runs.
+pub enum Backend {
+    /// A GPU, through the CUDA driver.
+    Driver(Driver),
+    /// The CPU emulator.
+    Emulated(Emulator),
+}
+
+impl Backend {
+    /// `bytes` of device memory; `Ok(None)` when the device is out of memory.
+    pub(crate) fn malloc(&self, bytes: usize) -> Result<Option<u64>> {
+        match self {
+            Backend::Driver(d) => d.malloc(bytes),
+            Backend::Emulated(e) => Ok(e.malloc(bytes)),
+        }
+    }
+
+    /// Returns `bytes` at `ptr` (from [`Self::malloc`]) to the device.
+    ///
+    /// # Safety
+    /// Nothing uses `ptr` afterwards, queued work included.
+    pub(crate) unsafe fn free(&self, ptr: u64, bytes: usize) -> Result<()> {
+        match self {
+            // SAFETY: as the caller promises.
+            Backend::Driver(d) => unsafe { d.free(ptr) },
+            Backend::Emulated(e) => {
+                // SAFETY: as the caller promises.
+                unsafe { e.free(ptr, bytes) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for all queued work (the emulator never queues).
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        match self {
+            Backend::Driver(d) => d.synchronize(),
+            Backend::Emulated(_) => Ok(()),
+        }
+    }
+
+    /// (free, total) device memory for out-of-memory reports.
+    pub(crate) fn mem_info(&self) -> (usize, usize) {
+        match self {
+            Backend::Driver(d) => d.mem_info(),
+            Backend::Emulated(_) => (0, 0),
+        }
+    }
+
+    /// The pool hands out a buffer of `bytes` at `ptr` (the emulator
+    /// tracks live buffers, see [`Emulator::handed_out`]).
+    pub(crate) fn handed_out(&self, ptr: u64, bytes: usize) {
+        if let Backend::Emulated(e) = self {
+            e.handed_out(ptr, bytes)
+        }
+    }
+
+    /// The pool took the buffer at `ptr` back.
+    pub(crate) fn taken_back(&self, ptr: u64) {
+        if let Backend::Emulated(e) = self {
+            e.taken_back(ptr)
+        }
+    }
+}
+
 pub struct CudaDevice {
     ordinal: usize,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    backend: Arc<Backend>,
     arch: &'static str,
     sm_count: usize,
     name: String,
-    /// Loaded modules with the parameter kinds of each of their kernels.
-    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, Arc<Signatures>)>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), (CudaFunction, Arc<[ParamKind]>)>>,
     pub(crate) pool: Pool,
     tf32: AtomicBool,
 }
@@ -107,67 +202,70 @@ impl Strided {
     }
 }
 
-type Signatures = HashMap<String, Vec<ParamKind>>;
-
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
 
 impl CudaDevice {
-    /// The device for `ordinal`, created on first use.
+    /// The device for `ordinal`, created on first use: the GPU, or the
+    /// emulator when [`emulation_requested`] (which provides `cuda:0` only).
     pub fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
         let map = DEVICES.get_or_init(Default::default);
         let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = map.get(&ordinal) {
             return Ok(d.clone());
         }
-        let dev = Arc::new(CudaDevice::open(ordinal)?);
+        let dev = Arc::new(if emulation_requested() {
+            CudaDevice::open_emulated(ordinal)?
+        } else {
+            CudaDevice::open(ordinal)?
+        });
         map.insert(ordinal, dev.clone());
         Ok(dev)
     }
 
     fn open(ordinal: usize) -> Result<CudaDevice> {
-        // SAFETY: only tries to dlopen the driver library.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(CudaError::NotAvailable(
-                "libcuda (the NVIDIA driver library) was not found".into(),
-            ));
-        }
-        let count = CudaContext::device_count().map_err(driver_err("device count"))? as usize;
-        if ordinal >= count {
-            return Err(CudaError::NotAvailable(format!(
-                "cuda:{ordinal} requested but {count} CUDA device(s) found"
-            )));
-        }
-        let ctx = CudaContext::new(ordinal).map_err(driver_err("create context"))?;
-        // SAFETY: all work goes to one stream and buffers are raw pointers, so
-        // cudarc's per-slice events would only add cost.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(driver_err("create stream"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Blas {
-            op: "create handle",
-            msg: format!("{e:?}"),
-        })?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(driver_err("compute capability"))?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(driver_err("SM count"))? as usize;
-        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let pool = Pool::new(ordinal, ctx.clone(), stream.clone());
-        Ok(CudaDevice {
+        let driver = Driver::open(ordinal)?;
+        let (arch, sm_count, name) = (driver.arch, driver.sm_count, driver.name.clone());
+        Ok(CudaDevice::with_backend(
             ordinal,
-            ctx,
-            stream,
-            blas,
+            Backend::Driver(driver),
             arch,
             sm_count,
             name,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            pool,
+        ))
+    }
+
+    fn open_emulated(ordinal: usize) -> Result<CudaDevice> {
+        if ordinal != 0 {
+            return Err(CudaError::NotAvailable(format!(
+                "cuda:{ordinal} requested but the CUDA emulator provides cuda:0 only"
+            )));
+        }
+        Ok(CudaDevice::with_backend(
+            ordinal,
+            Backend::Emulated(Emulator::new()),
+            "emulated",
+            EMULATED_SM_COUNT,
+            "CUDA emulator (CPU)".into(),
+        ))
+    }
+
+    fn with_backend(
+        ordinal: usize,
+        backend: Backend,
+        arch: &'static str,
+        sm_count: usize,
+        name: String,
+    ) -> CudaDevice {
+        let backend = Arc::new(backend);
+        CudaDevice {
+            ordinal,
+            pool: Pool::new(ordinal, backend.clone()),
+            backend,
+            arch,
+            sm_count,
+            name,
             tf32: AtomicBool::new(false),
-        })
+        }
     }
 
     pub fn ordinal(&self) -> usize {
@@ -178,7 +276,8 @@ impl CudaDevice {
         &self.name
     }
 
-    /// NVRTC's `-arch` for this GPU, e.g. `sm_90`.
+    /// NVRTC's `-arch` for this GPU, e.g. `sm_90` (`emulated` for the
+    /// emulator).
     pub fn arch(&self) -> &'static str {
         self.arch
     }
@@ -187,16 +286,13 @@ impl CudaDevice {
         self.sm_count
     }
 
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// Whether this device is the CPU emulator rather than a GPU.
+    pub fn is_emulated(&self) -> bool {
+        matches!(*self.backend, Backend::Emulated(_))
     }
 
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    pub fn blas(&self) -> &CudaBlas {
-        &self.blas
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Whether cuBLAS may use TF32 tensor cores for f32 GEMMs (PyTorch's
@@ -211,7 +307,7 @@ impl CudaDevice {
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(driver_err("synchronize"))
+        self.backend.synchronize()
     }
 
     /// An uninitialised buffer of `len` f32 from the pool.
@@ -228,18 +324,7 @@ impl CudaDevice {
 
     /// Copies host data to a new device buffer.
     pub fn upload(&self, data: &[f32]) -> Result<DeviceBuffer> {
-        let buf = self.alloc(data.len())?;
-        if !data.is_empty() {
-            self.ctx.bind_to_thread().map_err(driver_err("bind"))?;
-            // SAFETY: `buf` holds `data.len()` f32; the copy is queued on the
-            // stream and then awaited, so `data` outlives it.
-            unsafe {
-                cudarc::driver::result::memcpy_htod_async(buf.ptr(), data, self.stream.cu_stream())
-                    .map_err(driver_err("copy to device"))?;
-            }
-            self.synchronize()?;
-        }
-        Ok(buf)
+        self.upload_words(data)
     }
 
     /// Copies integer data (indices) to a new device buffer, for kernels
@@ -247,16 +332,18 @@ impl CudaDevice {
     /// words, so its `len()` is the number of u32 and `ptr_at(i)` the
     /// address of the i-th one; such a buffer never holds f32 values.
     pub fn upload_u32(&self, data: &[u32]) -> Result<DeviceBuffer> {
+        self.upload_words(data)
+    }
+
+    /// A new buffer holding `data` (4-byte values); returns once copied.
+    fn upload_words<T: Copy>(&self, data: &[T]) -> Result<DeviceBuffer> {
+        debug_assert_eq!(std::mem::size_of::<T>(), 4);
         let buf = self.alloc(data.len())?;
         if !data.is_empty() {
-            self.ctx.bind_to_thread().map_err(driver_err("bind"))?;
-            // SAFETY: `buf` holds `data.len()` 4-byte words; the copy is
-            // queued on the stream and then awaited, so `data` outlives it.
-            unsafe {
-                cudarc::driver::result::memcpy_htod_async(buf.ptr(), data, self.stream.cu_stream())
-                    .map_err(driver_err("copy to device"))?;
+            match self.backend() {
+                Backend::Driver(d) => d.upload(data, buf.ptr())?,
+                Backend::Emulated(e) => e.upload(data, buf.ptr())?,
             }
-            self.synchronize()?;
         }
         Ok(buf)
     }
@@ -270,79 +357,49 @@ impl CudaDevice {
         );
         let mut out = vec![0f32; len];
         if len > 0 {
-            self.ctx.bind_to_thread().map_err(driver_err("bind"))?;
-            // SAFETY: the range lies in `buf`; the stream is synchronized
-            // before `out` is read.
-            unsafe {
-                cudarc::driver::result::memcpy_dtoh_async(
-                    &mut out,
-                    buf.ptr() + (offset * 4) as u64,
-                    self.stream.cu_stream(),
-                )
-                .map_err(driver_err("copy to host"))?;
+            let src = buf.ptr_at(offset);
+            match self.backend() {
+                Backend::Driver(d) => d.download(src, &mut out)?,
+                Backend::Emulated(e) => e.download(src, &mut out)?,
             }
-            self.synchronize()?;
         }
         Ok(out)
     }
 
-    /// The compiled module `module` (see [`sources::SOURCES`]); compiled by
-    /// NVRTC once per process and device.
-    fn module(&self, module: &'static str) -> Result<(Arc<CudaModule>, Arc<Signatures>)> {
-        let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = cache.get(module) {
-            return Ok(m.clone());
+    /// Queues a zero fill of `bytes` at `ptr` (inside a live buffer).
+    pub(crate) fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
+        match self.backend() {
+            Backend::Driver(d) => d.memset_zero(ptr, bytes),
+            Backend::Emulated(e) => e.memset_zero(ptr, bytes),
         }
-        let src = sources::source(module).ok_or_else(|| CudaError::Driver {
-            op: "load module",
-            msg: format!("no CUDA source named `{module}`"),
-        })?;
-        let ptx = compile_module(module, &src, self.arch)?;
-        let signatures = Arc::new(parse_entries(&ptx.to_src()));
-        let m = self
-            .ctx
-            .load_module(ptx)
-            .map_err(driver_err("load module"))?;
-        cache.insert(module, (m.clone(), signatures.clone()));
-        Ok((m, signatures))
     }
 
-    /// The kernel `name` of `module` and its parameter kinds, cached.
+    /// Queues a copy of `bytes` from `src` to `dst` (inside live buffers).
+    pub(crate) fn copy_d2d(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        match self.backend() {
+            Backend::Driver(d) => d.copy_d2d(src, dst, bytes),
+            Backend::Emulated(e) => e.copy_d2d(src, dst, bytes),
+        }
+    }
+
+    /// The kernel `name` of `module` and its parameter kinds (GPU only:
+    /// the emulator has no driver functions).
     pub fn function(
         &self,
         module: &'static str,
         name: &'static str,
     ) -> Result<(CudaFunction, Arc<[ParamKind]>)> {
-        if let Some(f) = self
-            .functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(module, name))
-        {
-            return Ok(f.clone());
+        match self.backend() {
+            Backend::Driver(d) => d.function(module, name),
+            Backend::Emulated(_) => Err(CudaError::NotAvailable(format!(
+                "`{module}::{name}`: the CUDA emulator has no driver functions"
+            ))),
         }
-        let (m, signatures) = self.module(module)?;
-        let not_found = |e: String| CudaError::Driver {
-            op: "load function",
-            msg: format!("kernel `{name}` of module `{module}`: {e}"),
-        };
-        let f = m
-            .load_function(name)
-            .map_err(|e| not_found(format!("{e:?}")))?;
-        let params: Arc<[ParamKind]> = signatures
-            .get(name)
-            .ok_or_else(|| not_found("no such .entry in the PTX".into()))?
-            .as_slice()
-            .into();
-        let entry = (f, params);
-        self.functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((module, name), entry.clone());
-        Ok(entry)
     }
 
-    /// Queues kernel `module::name` with `args` on the stream.
+    /// Queues kernel `module::name` with `args` on the stream (the emulator
+    /// runs it to completion). The arguments are checked against the
+    /// kernel's signature first: a wrong list is an error naming both.
     pub fn launch(
         &self,
         module: &'static str,
@@ -353,31 +410,10 @@ impl CudaDevice {
         if cfg.grid_dim.0 == 0 || cfg.block_dim.0 == 0 {
             return Ok(());
         }
-        let (f, params) = self.function(module, name)?;
-        if let Some(msg) = mismatch(&params, args) {
-            return Err(CudaError::Driver {
-                op: "launch",
-                msg: format!("kernel `{module}::{name}`: {msg}"),
-            });
+        match self.backend() {
+            Backend::Driver(d) => d.launch(module, name, cfg, args),
+            Backend::Emulated(e) => e.launch(module, name, cfg, args),
         }
-        let mut b = self.stream.launch_builder(&f);
-        for a in args {
-            match a {
-                Arg::Ptr(v) => b.arg(v),
-                Arg::I32(v) => b.arg(v),
-                Arg::I64(v) => b.arg(v),
-                Arg::U32(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-                Arg::Strided(v) => b.arg(v),
-            };
-        }
-        // SAFETY: each launcher passes the arguments its kernel declares, in
-        // order, and sizes its grid to the buffers it passes.
-        unsafe { b.launch(cfg) }.map_err(|e| CudaError::Driver {
-            op: "launch",
-            msg: format!("kernel `{module}::{name}`: {e:?}"),
-        })?;
-        Ok(())
     }
 
     /// Bytes reserved from and in use in this device's memory pool.

@@ -107,12 +107,7 @@ pub fn contiguous(dev: &CudaDevice, x: View, n: usize) -> Result<DeviceBuffer> {
 
 /// Queues a device-to-device copy of `n` f32.
 pub fn copy_d2d(dev: &CudaDevice, src: u64, dst: u64, n: usize) -> Result<()> {
-    dev.context()
-        .bind_to_thread()
-        .map_err(super::driver_err("bind"))?;
-    // SAFETY: callers pass ranges inside live buffers; stream-ordered.
-    unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, n * 4, dev.stream().cu_stream()) }
-        .map_err(super::driver_err("copy device to device"))
+    dev.copy_d2d(src, dst, n * 4)
 }
 
 /// Writes the `n` elements of view `x` into view `y` of `dst` (same shape).

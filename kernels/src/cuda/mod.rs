@@ -4,10 +4,14 @@
 //! Nothing here links against CUDA: `cudarc` loads libcuda, libnvrtc and
 //! libcublas when first used, so the crate builds and its CPU half runs on
 //! machines without them. [`is_available`] says whether a GPU can be used.
+//! Without one, [`emu`] runs the same kernels and launchers on the CPU
+//! (see [`use_emulator_if_no_gpu`]); the CUDA tests use it.
 //!
 //! Layout of this module:
-//! - [`device`]: one [`CudaDevice`] per GPU (context, the single stream all
-//!   work goes to, cuBLAS handle, compiled-module cache, memory pool).
+//! - [`device`]: one [`CudaDevice`] per GPU (its backend, memory pool, TF32
+//!   switch); [`driver`]: the GPU backend (context, the single stream all
+//!   work goes to, cuBLAS handle, compiled-module cache); [`emu`]: the CPU
+//!   emulator backend.
 //! - [`alloc`]: the caching allocator behind every [`DeviceBuffer`].
 //! - [`compile`]: NVRTC compilation of the sources listed in [`sources`].
 //! - one launcher file per kernel family (`elementwise.rs`, ...) next to its
@@ -21,7 +25,9 @@ pub mod attention;
 pub mod compile;
 pub mod conv;
 pub mod device;
+pub mod driver;
 pub mod elementwise;
+pub mod emu;
 pub mod gemm;
 pub mod group_norm;
 pub mod index;
@@ -34,7 +40,7 @@ pub mod sources;
 pub mod upsample;
 
 pub use alloc::{DeviceBuffer, PoolStats};
-pub use device::{Arg, CudaDevice, is_available};
+pub use device::{Arg, CudaDevice, emulation_requested, is_available, use_emulator_if_no_gpu};
 
 /// What can go wrong on the GPU. Each message names the operation.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,9 @@ pub enum CudaError {
 
     #[error("NVRTC could not compile CUDA module `{module}`:\n{log}")]
     Compile { module: &'static str, log: String },
+
+    #[error("the CUDA emulator could not build module `{module}`:\n{log}")]
+    EmuCompile { module: &'static str, log: String },
 
     #[error("CUDA {op}: {msg}")]
     Driver { op: &'static str, msg: String },
