@@ -716,7 +716,10 @@ mod tests {
             BASE + 4 * at as u64
         }
         fn index(ptr: u64) -> usize {
-            assert!(ptr >= BASE && (ptr - BASE) % 4 == 0, "bad address {ptr}");
+            assert!(
+                ptr >= BASE && (ptr - BASE).is_multiple_of(4),
+                "bad address {ptr}"
+            );
             ((ptr - BASE) / 4) as usize
         }
         fn get(&self, ptr: u64, len: usize) -> Vec<f32> {
