@@ -38,37 +38,41 @@ fn attention_matches_cpu_at_the_unet_shape() {
     println!("attention unet: {r:?}");
 }
 
-/// Odd sizes (nothing a multiple of 32), M ≠ N, C ≠ E, an explicit scale,
-/// and one operand of each kind: q padded rows (a narrow), k transposed,
-/// v a view with no unit stride (packed before the GEMMs).
+/// Odd sizes (nothing a multiple of 32: M = N = 64 + 7, then M ≠ N and
+/// C ≠ E), an explicit scale, and one operand of each kind: q padded rows
+/// (a narrow: not contiguous), k transposed, v a view with no unit stride
+/// (packed before the GEMMs).
 #[test]
 fn attention_matches_cpu_at_odd_shapes_and_layouts() {
     let Some(gpu) = gpu_or_skip("attention_matches_cpu_at_odd_shapes_and_layouts") else {
         return;
     };
-    let (b, m, n, c, e) = (3, 71, 50, 32, 24);
-    let inputs = [
-        randn(&[b, m, c + 5], 4),
-        randn(&[b, c, n], 5),
-        randn(&[n, e, b], 6),
-    ];
-    let f = |x: &[Tensor]| -> Result<Tensor> {
-        let q = x[0].narrow(2, 3, c)?;
-        let k = x[1].transpose(1, 2)?;
-        let v = x[2].permute(&[2, 0, 1])?;
-        q.attention(&k, &v, Some(0.3))?.mul_scalar(2.0)
-    };
-    let r = compare_devices("attention odd", f, &inputs, &[true; 3], gpu, TOL).unwrap();
-    println!("attention odd: {r:?}");
+    for (b, m, n, c, e) in [(3, 71, 71, 32, 32), (3, 71, 50, 32, 24)] {
+        let inputs = [
+            randn(&[b, m, c + 5], 4),
+            randn(&[b, c, n], 5),
+            randn(&[n, e, b], 6),
+        ];
+        let f = |x: &[Tensor]| -> Result<Tensor> {
+            let q = x[0].narrow(2, 3, c)?;
+            let k = x[1].transpose(1, 2)?;
+            let v = x[2].permute(&[2, 0, 1])?;
+            q.attention(&k, &v, Some(0.3))?.mul_scalar(2.0)
+        };
+        let name = format!("attention {b}x{m}x{n}x{c}x{e}");
+        let r = compare_devices(&name, f, &inputs, &[true; 3], gpu, TOL).unwrap();
+        println!("{name}: {r:?}");
+    }
     // Self-attention through one buffer (q = k = v), as gradcheck does.
     let x = [randn(&[3, 71, 32], 7)];
     let f = |x: &[Tensor]| x[0].attention(&x[0], &x[0], None);
     compare_devices("attention self", f, &x, &[true], gpu, TOL).unwrap();
 }
 
-/// A batch larger than one scratch chunk would be at these sizes is not
-/// practical on the CPU side; instead, many small items (one chunk) and a
-/// single long item check the row indexing at larger row counts.
+/// Many small items, then one long item: the row indexing over more rows
+/// and blocks. (A batch big enough for several scratch chunks would take
+/// too long on the CPU side; the kernels crate's host run of the attention
+/// plan checks the chunking.)
 #[test]
 fn attention_matches_cpu_with_many_rows() {
     let Some(gpu) = gpu_or_skip("attention_matches_cpu_with_many_rows") else {

@@ -4,7 +4,7 @@
 //!
 //! The per-sample scalars are uploaded as a small f32 table (2 or 8 floats
 //! per sample). [`CudaDevice::upload`] waits for the stream (the host
-//! slice must outlive the copy, and a copy from pageable memory waits for
+//! slice must outlive the copy; a copy from pageable memory may wait for
 //! the stream anyway), so `q_sample` and `denoise_step` each cost one wait:
 //! in training it falls where the step uploads its batch, in sampling once
 //! per reverse step, behind a whole U-Net forward. A pinned staging buffer
