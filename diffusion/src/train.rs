@@ -170,8 +170,11 @@ impl Trainer {
         }
         let lr = self.warmup.lr(self.step + 1);
         self.opt.set_lr(lr);
-        let grad_norm = self.opt.step_clipped(self.config.grad_clip)?;
+        // Clipping and the update are queued without waiting; the norm is
+        // read (for the log) once the EMA update is queued too.
+        let grad_norm = self.opt.step_clipped_deferred(self.config.grad_clip)?;
         self.ema.update()?;
+        let grad_norm = grad_norm.value()?;
         self.step += 1;
         Ok(StepStats {
             step: self.step,

@@ -9,7 +9,7 @@
 use super::clip::{GradNorm, GradScale, check_max_norm, global_norm};
 use crate::error::{Result, bad_arg};
 use crate::nn::params::check_names_and_shapes;
-use crate::{DType, Tensor};
+use crate::{DType, Device, Tensor};
 use noisegrad_kernels::cpu::optim::AdamStep;
 use std::collections::HashMap;
 
@@ -260,11 +260,13 @@ impl Adam {
     /// buffers: save them before the next step.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for ((name, p), st) in self.params.iter().zip(&self.state) {
+        for ((name, _), st) in self.params.iter().zip(&self.state) {
             let Some(st) = st else { continue };
             out.push((format!("{M}{name}"), st.m.detach()));
             out.push((format!("{V}{name}"), st.v.detach()));
-            let t = Tensor::scalar(st.step as f64, DType::F64, p.device())?;
+            // The update count is bookkeeping, not data: an f64 on the host
+            // whatever the parameter's device (CUDA tensors are f32).
+            let t = Tensor::scalar(st.step as f64, DType::F64, Device::Cpu)?;
             out.push((format!("{STEP}{name}"), t));
         }
         Ok(out)
