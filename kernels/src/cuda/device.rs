@@ -41,8 +41,8 @@ pub struct CudaDevice {
     sm_count: usize,
     name: String,
     /// Loaded modules with the parameter kinds of each of their kernels.
-    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, Arc<Signatures>)>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), (CudaFunction, Arc<[ParamKind]>)>>,
+    modules: Mutex<HashMap<&'static str, LoadedModule>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), Kernel>>,
     pub(crate) pool: Pool,
     tf32: AtomicBool,
 }
@@ -108,6 +108,10 @@ impl Strided {
 }
 
 type Signatures = HashMap<String, Vec<ParamKind>>;
+/// A loaded module and the parameter kinds of its kernels.
+type LoadedModule = (Arc<CudaModule>, Arc<Signatures>);
+/// A kernel and the parameter kinds it takes.
+type Kernel = (CudaFunction, Arc<[ParamKind]>);
 
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
 
@@ -288,7 +292,7 @@ impl CudaDevice {
 
     /// The compiled module `module` (see [`sources::SOURCES`]); compiled by
     /// NVRTC once per process and device.
-    fn module(&self, module: &'static str) -> Result<(Arc<CudaModule>, Arc<Signatures>)> {
+    fn module(&self, module: &'static str) -> Result<LoadedModule> {
         let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = cache.get(module) {
             return Ok(m.clone());
@@ -308,11 +312,7 @@ impl CudaDevice {
     }
 
     /// The kernel `name` of `module` and its parameter kinds, cached.
-    pub fn function(
-        &self,
-        module: &'static str,
-        name: &'static str,
-    ) -> Result<(CudaFunction, Arc<[ParamKind]>)> {
+    pub fn function(&self, module: &'static str, name: &'static str) -> Result<Kernel> {
         if let Some(f) = self
             .functions
             .lock()
