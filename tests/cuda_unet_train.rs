@@ -142,3 +142,37 @@ fn ddim_sampling_on_the_gpu_matches_cpu() {
     let err = scaled_error(&sample(gpu), &sample(Device::Cpu));
     assert!(err <= 1e-3, "DDIM samples differ: {err:.3e}");
 }
+
+#[test]
+fn bits_per_dim_on_the_gpu_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("bits_per_dim_on_the_gpu_matches_cpu") else {
+        return;
+    };
+    use noisegrad::diffusion::data::batch_from;
+    use noisegrad::diffusion::process::ReverseVariance;
+    use noisegrad::diffusion::vlb::bits_per_dim;
+    let schedule = Schedule::new(BetaSchedule::DDPM, 1000);
+    let data = few_images(2);
+    let bpd = |device: Device| {
+        let (_, model) = tiny_unet(device, 5);
+        let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+        let x0 = batch_from(&data, 0, 2).unwrap().to_device(device).unwrap();
+        let steps = [0, 10, 100, 500, 999];
+        bits_per_dim(
+            &schedule,
+            ReverseVariance::FixedLarge,
+            &mut eps,
+            &x0,
+            Some(&steps),
+            true,
+            &mut Philox::new(4),
+        )
+        .unwrap()
+        .total
+    };
+    let (cpu, gpu) = (bpd(Device::Cpu), bpd(gpu));
+    assert!(
+        (cpu - gpu).abs() <= 1e-3 * cpu.abs(),
+        "bits/dim cpu {cpu} vs cuda {gpu}"
+    );
+}

@@ -155,20 +155,26 @@ impl Trainer {
         self.rng.reserve_blocks(0);
         let x0 = self.batcher.next_batch()?.to_device(self.config.device)?;
         let loss = self.loss(&x0)?;
+        self.opt.zero_grad();
+        loss.backward()?;
+        // Read the loss only now: on a GPU, reading waits for the device, and
+        // by now the whole forward and backward pass is queued behind it. It
+        // is still read before the update, so a diverged step changes nothing.
         let loss_value = loss.item()?;
+        drop(loss);
         if !loss_value.is_finite() {
             return Err(Error::Msg(format!(
                 "training diverged at step {}: loss is {loss_value} (lower the learning rate or check the data)",
                 self.step
             )));
         }
-        self.opt.zero_grad();
-        loss.backward()?;
-        drop(loss);
         let lr = self.warmup.lr(self.step + 1);
         self.opt.set_lr(lr);
-        let grad_norm = self.opt.step_clipped(self.config.grad_clip)?;
+        // Clipping and the update are queued without waiting; the norm is
+        // read (for the log) once the EMA update is queued too.
+        let grad_norm = self.opt.step_clipped_deferred(self.config.grad_clip)?;
         self.ema.update()?;
+        let grad_norm = grad_norm.value()?;
         self.step += 1;
         Ok(StepStats {
             step: self.step,

@@ -38,40 +38,12 @@ pub enum RandKind {
     Normal,
 }
 
-macro_rules! same_device {
-    ($op:expr, $a:expr, $b:expr) => {
-        match ($a, $b) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => (a, b),
-            (a, b) => return Err($crate::storage::not_on_one_cpu($op, a, b)),
-        }
-    };
-}
-#[allow(unused_imports)]
-pub(crate) use same_device;
-
 /// The error for two operands on different devices.
 pub(crate) fn device_mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
     Error::DeviceMismatch {
         op,
         lhs: a.device(),
         rhs: b.device(),
-    }
-}
-
-/// What [`same_device!`] (a CPU-only pairing) reports for a non-CPU pair.
-pub(crate) fn not_on_one_cpu(op: &'static str, a: &Storage, b: &Storage) -> Error {
-    if a.device() != b.device() {
-        device_mismatch(op, a, b)
-    } else {
-        cuda_pending(op)
-    }
-}
-
-/// The error of an op with no CUDA kernel yet (never a silent CPU fallback).
-pub(crate) fn cuda_pending(op: &'static str) -> Error {
-    Error::Unsupported {
-        op,
-        msg: "has no CUDA kernel yet; run it on Device::Cpu".into(),
     }
 }
 

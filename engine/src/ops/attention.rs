@@ -6,16 +6,23 @@
 //! `[T, T]` attention matrix: the forward returns O and the per-row
 //! log-sum-exp L, and the backward rebuilds the probabilities from q, k and
 //! L. So the tape saves q, k, v, O and L, all of token × channel size.
+//! The CUDA path (`noisegrad_kernels::cuda::attention`) saves the same and
+//! runs the products on cuBLAS, reading the U-Net's transposed token views
+//! in place.
 
 use super::check_same;
+use super::typed::{CudaView, Placed, cuda_contiguous, placed};
 use crate::Tensor;
 use crate::autograd::record;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
+use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
-use crate::layout::Layout;
+use crate::layout::{Layout, contiguous_strides};
 use crate::storage::Storage;
 use noisegrad_kernels::cpu::attention::{self as kernel, AttnConfig, AttnPath, Qkv, QkvGrads};
 use noisegrad_kernels::cpu::gemm::Gemm;
+use noisegrad_kernels::cuda::attention::{self as cuda_kernel, gemm_view};
+use noisegrad_kernels::cuda::gemm::MatOperand;
 use std::borrow::Cow;
 use std::sync::RwLockReadGuard;
 
@@ -26,8 +33,10 @@ impl Storage {
     /// Attention forward over q `[B, M, C]`, k `[B, N, C]`, v `[B, N, E]`
     /// (any layouts): returns `[out [B, M, E], lse [B, M]]`, both contiguous.
     pub fn attention(qkv: [Operand<'_>; 3], cfg: &AttnConfig) -> Result<[Storage; 2]> {
-        let cpu = on_cpu(qkv)?;
-        Ok(CpuStorage::attention(cpu, cfg)?.map(Storage::Cpu))
+        match placed("attention", qkv)? {
+            Placed::Cpu(x) => Ok(CpuStorage::attention(x, cfg)?.map(Storage::Cpu)),
+            Placed::Cuda(x) => Ok(CudaStorage::attention(x, cfg)?.map(Storage::Cuda)),
+        }
     }
 
     /// Attention backward from `[q, k, v, out, lse, d_out]` (any layouts):
@@ -36,22 +45,102 @@ impl Storage {
         operands: [Operand<'_>; 6],
         cfg: &AttnConfig,
     ) -> Result<[Storage; 3]> {
-        let cpu = on_cpu(operands)?;
-        Ok(CpuStorage::attention_backward(cpu, cfg)?.map(Storage::Cpu))
+        match placed("attention_backward", operands)? {
+            Placed::Cpu(x) => Ok(CpuStorage::attention_backward(x, cfg)?.map(Storage::Cpu)),
+            Placed::Cuda(x) => Ok(CudaStorage::attention_backward(x, cfg)?.map(Storage::Cuda)),
+        }
     }
 }
 
-/// The CPU storages of operands, or an error if any is elsewhere.
-fn on_cpu<const N: usize>(xs: [Operand<'_>; N]) -> Result<[(&CpuStorage, &Layout); N]> {
-    for (s, _) in &xs {
-        if !matches!(s, Storage::Cpu(_)) {
-            return Err(crate::storage::cuda_pending("attention"));
+/// A `[B, rows, cols]` CUDA view as a batched GEMM operand: read in place
+/// when [`gemm_view`] allows (row-major rows, or a transposed matrix such
+/// as the U-Net's token views), else from a packed copy held here until
+/// the launches reading it are queued.
+struct GemmOperand {
+    op: MatOperand,
+    _packed: Option<CudaStorage>,
+}
+
+impl GemmOperand {
+    fn new(op: &'static str, (s, l): CudaView<'_>, shape: [usize; 3]) -> Result<GemmOperand> {
+        if l.shape() != shape {
+            return Err(shape_err(
+                op,
+                l.shape(),
+                &shape,
+                "operand does not match the attention sizes",
+            ));
         }
+        let strides: [usize; 3] = l.strides().try_into().expect("rank checked above");
+        let at = |ptr, (ld, trans, batch_stride)| MatOperand {
+            ptr,
+            ld,
+            trans,
+            batch_stride,
+        };
+        if let Some(view) = gemm_view(shape, strides) {
+            return Ok(GemmOperand {
+                op: at(s.buf.ptr_at(l.offset()), view),
+                _packed: None,
+            });
+        }
+        let packed = s.contiguous(l)?;
+        let dense: [usize; 3] = contiguous_strides(&shape).try_into().expect("rank 3");
+        let view = gemm_view(shape, dense).expect("a contiguous view is row-major");
+        Ok(GemmOperand {
+            op: at(packed.buf.ptr(), view),
+            _packed: Some(packed),
+        })
     }
-    Ok(xs.map(|(s, l)| match s {
-        Storage::Cpu(c) => (c, l),
-        Storage::Cuda(_) => unreachable!("checked above"),
-    }))
+}
+
+/// The contiguous address of a CUDA view with `n` elements.
+fn contiguous_operand(
+    op: &'static str,
+    x: CudaView<'_>,
+    n: usize,
+) -> Result<super::typed::CudaContiguous> {
+    if x.1.numel() != n {
+        return Err(bad_arg(
+            op,
+            format!("operand has {} elements, expected {n}", x.1.numel()),
+        ));
+    }
+    cuda_contiguous(x)
+}
+
+impl CudaStorage {
+    /// See [`Storage::attention`] and `noisegrad_kernels::cuda::attention`.
+    pub fn attention(qkv: [CudaView<'_>; 3], cfg: &AttnConfig) -> Result<[CudaStorage; 2]> {
+        const OP: &str = "attention";
+        let (b, m, n, c, e) = (cfg.batch, cfg.q_len, cfg.kv_len, cfg.qk_dim, cfg.v_dim);
+        let q = GemmOperand::new(OP, qkv[0], [b, m, c])?;
+        let k = GemmOperand::new(OP, qkv[1], [b, n, c])?;
+        let v = GemmOperand::new(OP, qkv[2], [b, n, e])?;
+        let s = qkv[0].0;
+        let (out, lse) = cuda_kernel::forward(&s.dev, cfg, q.op, k.op, v.op)?;
+        Ok([s.wrap(out), s.wrap(lse)])
+    }
+
+    /// See [`Storage::attention_backward`].
+    pub fn attention_backward(
+        operands: [CudaView<'_>; 6],
+        cfg: &AttnConfig,
+    ) -> Result<[CudaStorage; 3]> {
+        const OP: &str = "attention_backward";
+        let (b, m, n, c, e) = (cfg.batch, cfg.q_len, cfg.kv_len, cfg.qk_dim, cfg.v_dim);
+        let [q, k, v, out, lse, d_out] = operands;
+        let q = GemmOperand::new(OP, q, [b, m, c])?;
+        let k = GemmOperand::new(OP, k, [b, n, c])?;
+        let v = GemmOperand::new(OP, v, [b, n, e])?;
+        let d_out = GemmOperand::new(OP, d_out, [b, m, e])?;
+        let out = contiguous_operand(OP, out, b * m * e)?;
+        let lse = contiguous_operand(OP, lse, b * m)?;
+        let s = operands[0].0;
+        let grads =
+            cuda_kernel::backward(&s.dev, cfg, [q.op, k.op, v.op], out.ptr, lse.ptr, d_out.op)?;
+        Ok(grads.map(|g| s.wrap(g)))
+    }
 }
 
 /// Element types the CPU attention runs in, with their `CpuData` variant.
@@ -284,5 +373,40 @@ impl Tensor {
                 ])
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_check::{gpu_or_skip, scaled_error};
+    use crate::{DType, Device, Philox};
+
+    /// The saved lse means the same on both devices (the backward rebuilds
+    /// P from it): L_r = ln Σ_j e^{s·(Q Kᵀ)_rj}, natural log, scale included.
+    #[test]
+    fn cuda_lse_matches_cpu() {
+        let Some(gpu) = gpu_or_skip("cuda_lse_matches_cpu") else {
+            return;
+        };
+        let mut rng = Philox::new(5);
+        let mut randn =
+            |shape: &[usize]| Tensor::randn(shape, DType::F32, Device::Cpu, &mut rng).unwrap();
+        let (q, k, v) = (
+            randn(&[3, 71, 32]),
+            randn(&[3, 50, 32]),
+            randn(&[3, 50, 24]),
+        );
+        let q = q.mul_scalar(3.0).unwrap(); // peaked rows: lse far from ln N
+        let cfg = attention_config(&q, &k, &v, Some(0.3)).unwrap();
+        let lse_of = |q: &Tensor, k: &Tensor, v: &Tensor| -> Vec<f64> {
+            let [_, lse] = with_operands([q, k, v], |ops| Storage::attention(ops, &cfg)).unwrap();
+            Tensor::from_contiguous(lse, &[3, 71]).to_vec_f64()
+        };
+        let want = lse_of(&q, &k, &v);
+        let on = |t: &Tensor| t.to_device(gpu).unwrap();
+        let got = lse_of(&on(&q), &on(&k), &on(&v));
+        let err = scaled_error(&got, &want);
+        assert!(err <= 1e-5, "lse differs between CUDA and CPU by {err:.3e}");
     }
 }

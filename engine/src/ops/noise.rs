@@ -5,41 +5,46 @@
 
 use super::check_same;
 use super::typed::{
-    CpuElem, CpuView, StorageView, by_dtype, cpu_storage, cpu_view, typed, with_all_storages,
+    CpuElem, CpuView, CudaView, Placed, StorageView, by_dtype, cpu_storage, cuda_contiguous,
+    placed, typed, with_all_storages,
 };
 use crate::autograd::{needs_tape, record, refuse_tracked};
 use crate::cpu_backend::{CpuStorage, zeroed};
+use crate::cuda_backend::CudaStorage;
 use crate::error::{Result, bad_arg, shape_err};
 use crate::storage::Storage;
-use crate::{Layout, Tensor};
+use crate::{Device, Layout, Tensor};
 use noisegrad_kernels::cpu::noise::{self as kernel, QSampleCoef, StepCoef};
+use noisegrad_kernels::cuda::noise as cuda_kernel;
 
 impl Storage {
     /// x_t = √ᾱ·x_0 + √(1−ᾱ)·ε per sample (self = x_0).
     pub fn q_sample(&self, l: &Layout, eps: StorageView, coefs: &[QSampleCoef]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(x) => {
-                let e = cpu_view("q_sample", eps)?;
-                Ok(Storage::Cpu(x.q_sample(l, e, coefs)?))
-            }
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("noise")),
+        match placed("q_sample", [(self, l), eps])? {
+            Placed::Cpu([x, e]) => Ok(Storage::Cpu(x.0.q_sample(l, e, coefs)?)),
+            Placed::Cuda([x, e]) => Ok(Storage::Cuda(x.0.q_sample(l, e, coefs)?)),
         }
     }
 
-    /// mean((self − ε)²), and its gradient w.r.t. self when `with_grad`.
+    /// mean((self − ε)²) as a one-element storage on self's device (so a
+    /// GPU loss stays on the GPU until someone reads it), and its gradient
+    /// w.r.t. self when `with_grad`.
     pub fn l_simple(
         &self,
         l: &Layout,
         eps: StorageView,
         with_grad: bool,
-    ) -> Result<(f64, Option<Storage>)> {
-        match self {
-            Storage::Cpu(p) => {
-                let e = cpu_view("l_simple_loss", eps)?;
-                let (loss, grad) = p.l_simple(l, e, with_grad)?;
+    ) -> Result<(Storage, Option<Storage>)> {
+        match placed("l_simple_loss", [(self, l), eps])? {
+            Placed::Cpu([p, e]) => {
+                let (loss, grad) = p.0.l_simple(l, e, with_grad)?;
+                let loss = Storage::full(Device::Cpu, self.dtype(), 1, loss)?;
                 Ok((loss, grad.map(Storage::Cpu)))
             }
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("noise")),
+            Placed::Cuda([p, e]) => {
+                let (loss, grad) = p.0.l_simple(l, e, with_grad)?;
+                Ok((Storage::Cuda(loss), grad.map(Storage::Cuda)))
+            }
         }
     }
 
@@ -51,15 +56,79 @@ impl Storage {
         z: Option<StorageView>,
         coefs: &[StepCoef],
     ) -> Result<Storage> {
-        match self {
-            Storage::Cpu(x) => {
-                let op = "denoise_step";
-                let e = cpu_view(op, eps)?;
-                let z = z.map(|v| cpu_view(op, v)).transpose()?;
-                Ok(Storage::Cpu(x.denoise_step(l, e, z, coefs)?))
+        let op = "denoise_step";
+        // z is checked against x's device too (when given).
+        let z_check = z.unwrap_or(eps);
+        match placed(op, [(self, l), eps, z_check])? {
+            Placed::Cpu([x, e, zc]) => {
+                let z = z.map(|_| zc);
+                Ok(Storage::Cpu(x.0.denoise_step(l, e, z, coefs)?))
             }
-            Storage::Cuda(_) => Err(crate::storage::cuda_pending("noise")),
+            Placed::Cuda([x, e, zc]) => {
+                let z = z.map(|_| zc);
+                Ok(Storage::Cuda(x.0.denoise_step(l, e, z, coefs)?))
+            }
         }
+    }
+}
+
+/// Checks that a CUDA operand has `n` elements (the kernels read `n`).
+fn check_len(op: &'static str, (_, l): CudaView, n: usize) -> Result<()> {
+    if l.numel() != n {
+        return Err(bad_arg(
+            op,
+            format!("operand has {} elements, expected {n}", l.numel()),
+        ));
+    }
+    Ok(())
+}
+
+impl CudaStorage {
+    pub fn q_sample(
+        &self,
+        l: &Layout,
+        eps: CudaView,
+        coefs: &[QSampleCoef],
+    ) -> Result<CudaStorage> {
+        let n = l.numel();
+        check_len("q_sample", eps, n)?;
+        let (x0, e) = (cuda_contiguous((self, l))?, cuda_contiguous(eps)?);
+        let out = cuda_kernel::q_sample(&self.dev, x0.ptr, e.ptr, coefs, n)?;
+        Ok(self.wrap(out))
+    }
+
+    /// The loss as a one-element buffer, reduced on the device (no host read).
+    pub fn l_simple(
+        &self,
+        l: &Layout,
+        eps: CudaView,
+        with_grad: bool,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        let n = l.numel();
+        check_len("l_simple_loss", eps, n)?;
+        let (p, e) = (cuda_contiguous((self, l))?, cuda_contiguous(eps)?);
+        let (loss, grad) = cuda_kernel::l_simple(&self.dev, p.ptr, e.ptr, n, with_grad)?;
+        Ok((self.wrap(loss), grad.map(|g| self.wrap(g))))
+    }
+
+    pub fn denoise_step(
+        &self,
+        l: &Layout,
+        eps: CudaView,
+        z: Option<CudaView>,
+        coefs: &[StepCoef],
+    ) -> Result<CudaStorage> {
+        let op = "denoise_step";
+        let n = l.numel();
+        check_len(op, eps, n)?;
+        if let Some(z) = z {
+            check_len(op, z, n)?;
+        }
+        let (x, e) = (cuda_contiguous((self, l))?, cuda_contiguous(eps)?);
+        let z = z.map(cuda_contiguous).transpose()?;
+        let z_ptr = z.as_ref().map(|z| z.ptr);
+        let out = cuda_kernel::denoise_step(&self.dev, x.ptr, e.ptr, z_ptr, coefs, n)?;
+        Ok(self.wrap(out))
     }
 }
 
@@ -215,18 +284,25 @@ impl Tensor {
         let (loss, grad) = with_all_storages(&[self, eps], |s| {
             s[0].l_simple(self.layout(), (s[1], eps.layout()), with_grad)
         })?;
-        let out = Tensor::scalar(loss, self.dtype(), self.device())?;
+        let out = Tensor::from_contiguous(loss, &[]);
         let Some(grad) = grad else { return Ok(out) };
         let grad = Tensor::from_contiguous(grad, self.shape());
         Ok(record(out, op, &[self, eps], move || {
             Box::new(move |g, needs| {
                 // The upstream gradient is one number (usually 1: the loss is
-                // the root), so scaling is a scalar op, skipped when it is 1.
-                let upstream = g.item()?;
-                let d_pred = if upstream == 1.0 {
-                    grad
-                } else {
-                    grad.mul_scalar(upstream)?
+                // the root). On the CPU it is read and the scaling skipped
+                // when it is 1; on a GPU reading it would make the host wait
+                // for the forward, so it is multiplied in on the device.
+                let d_pred = match g.device() {
+                    Device::Cpu => {
+                        let upstream = g.item()?;
+                        if upstream == 1.0 {
+                            grad
+                        } else {
+                            grad.mul_scalar(upstream)?
+                        }
+                    }
+                    Device::Cuda(_) => grad.mul(g)?,
                 };
                 let d_eps = needs[1].then(|| d_pred.neg()).transpose()?;
                 Ok(vec![needs[0].then_some(d_pred), d_eps])

@@ -1,11 +1,14 @@
 //! Helpers for ops whose kernels take several operands (group norm, the
-//! noise-schedule steps): typed access to CPU buffers, one dtype dispatch,
-//! and locking several tensors' storages without locking one buffer twice.
+//! noise-schedule steps, attention): typed access to CPU buffers, one dtype
+//! dispatch, sorting operands onto their one device, contiguous device
+//! addresses for CUDA kernels, and locking several tensors' storages
+//! without locking one buffer twice.
 
 use crate::Tensor;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice};
+use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result};
-use crate::storage::Storage;
+use crate::storage::{Storage, device_mismatch};
 use crate::{DType, Layout};
 use noisegrad_kernels::Float;
 use std::borrow::Cow;
@@ -101,6 +104,62 @@ pub(crate) type CpuView<'a> = (&'a CpuStorage, &'a Layout);
 /// [`on_cpu`] for a storage view.
 pub(crate) fn cpu_view<'a>(op: &'static str, (s, l): StorageView<'a>) -> Result<CpuView<'a>> {
     Ok((on_cpu(op, s)?, l))
+}
+
+/// A CUDA storage viewed through a layout.
+pub(crate) type CudaView<'a> = (&'a CudaStorage, &'a Layout);
+
+/// The operands of a multi-operand primitive, all on the CPU or all on
+/// one GPU.
+pub(crate) enum Placed<'a, const N: usize> {
+    Cpu([CpuView<'a>; N]),
+    Cuda([CudaView<'a>; N]),
+}
+
+/// Sorts `xs` onto their device, or a device error naming `op` when they
+/// are not all on the same one (never a silent copy).
+pub(crate) fn placed<'a, const N: usize>(
+    op: &'static str,
+    xs: [StorageView<'a>; N],
+) -> Result<Placed<'a, N>> {
+    let first = xs[0].0;
+    if let Some((other, _)) = xs.iter().find(|(s, _)| s.device() != first.device()) {
+        return Err(device_mismatch(op, first, other));
+    }
+    Ok(match first {
+        Storage::Cpu(_) => Placed::Cpu(xs.map(|(s, l)| match s {
+            Storage::Cpu(c) => (c, l),
+            Storage::Cuda(_) => unreachable!("devices checked above"),
+        })),
+        Storage::Cuda(_) => Placed::Cuda(xs.map(|(s, l)| match s {
+            Storage::Cuda(c) => (c, l),
+            Storage::Cpu(_) => unreachable!("devices checked above"),
+        })),
+    })
+}
+
+/// The elements of a CUDA view in row-major order at one device address:
+/// the view's own memory when contiguous, else a packed copy held here
+/// until the kernels reading it are queued (stream order then makes
+/// dropping it safe).
+pub(crate) struct CudaContiguous {
+    pub ptr: u64,
+    _packed: Option<CudaStorage>,
+}
+
+/// [`CudaContiguous`] of `(s, l)`.
+pub(crate) fn cuda_contiguous((s, l): CudaView<'_>) -> Result<CudaContiguous> {
+    if l.is_contiguous() {
+        return Ok(CudaContiguous {
+            ptr: s.buf.ptr_at(l.offset()),
+            _packed: None,
+        });
+    }
+    let packed = s.contiguous(l)?;
+    Ok(CudaContiguous {
+        ptr: packed.buf.ptr(),
+        _packed: Some(packed),
+    })
 }
 
 /// Runs `f` with the storages of `tensors` (in order), read-locking each

@@ -3,11 +3,13 @@
 //! Each step reads θ, g, m, v and writes θ, m, v exactly once per element
 //! ([`noisegrad_kernels::cpu::optim::adam`]); gradient clipping is folded in
 //! as a scale on g, so clipping costs one extra read of g (for the norm).
+//! On a GPU the clip scale stays on the device (see [`super::clip`]), so
+//! a clipped step is queued without the host waiting for the norm.
 
-use super::clip::{check_max_norm, clip_coefficient, grad_norm};
+use super::clip::{GradNorm, GradScale, check_max_norm, global_norm};
 use crate::error::{Result, bad_arg};
 use crate::nn::params::check_names_and_shapes;
-use crate::{DType, Tensor};
+use crate::{DType, Device, Tensor};
 use noisegrad_kernels::cpu::optim::AdamStep;
 use std::collections::HashMap;
 
@@ -193,10 +195,24 @@ impl Adam {
     /// pass over the parameters: same result as
     /// `clip_grad_norm(params, max_norm)` followed by [`Adam::step`], but
     /// the gradients are not rewritten. Returns ‖g‖ before clipping.
+    ///
+    /// On a GPU, returning the norm as a number means one wait: it is read
+    /// back after every update has been queued
+    /// ([`Adam::step_clipped_deferred`] leaves even that to the caller).
     pub fn step_clipped(&mut self, max_norm: f64) -> Result<f64> {
+        self.step_clipped_deferred(max_norm)?.value()
+    }
+
+    /// [`Adam::step_clipped`] without reading the norm back: the norm and
+    /// the clip coefficient are computed where the gradients live and, on a
+    /// GPU, handed to the update kernels in device memory, so nothing waits.
+    /// Read the norm (for logging) with [`GradNorm::value`] whenever it
+    /// suits. Like the CPU path, a non-finite norm does not skip the step
+    /// (see [`super::clip_coefficient`]).
+    pub fn step_clipped_deferred(&mut self, max_norm: f64) -> Result<GradNorm> {
         check_max_norm(max_norm)?;
-        let norm = grad_norm(self.params.iter().map(|(_, p)| p))?;
-        self.step_scaled(clip_coefficient(norm, max_norm))?;
+        let norm = global_norm(self.params.iter().map(|(_, p)| p), max_norm)?;
+        self.update(norm.grad_scale())?;
         Ok(norm)
     }
 
@@ -208,6 +224,12 @@ impl Adam {
                 format!("grad_scale must be finite and ≥ 0, got {grad_scale}"),
             ));
         }
+        self.update(GradScale::Host(grad_scale))
+    }
+
+    /// One update of every parameter that has a gradient, with `scale`·g
+    /// as the gradient.
+    fn update(&mut self, scale: GradScale<'_>) -> Result<()> {
         self.config.check()?;
         for ((name, p), state) in self.params.iter().zip(&mut self.state) {
             let Some(grad) = p.grad() else { continue };
@@ -226,7 +248,7 @@ impl Adam {
             let g = grad.storage();
             let (mut m, mut v) = (st.m.storage_mut(), st.v.storage_mut());
             p.storage_mut()
-                .adam_step(&g, &mut m, &mut v, hyper, grad_scale)?;
+                .adam_step(&g, &mut m, &mut v, hyper, scale)?;
         }
         Ok(())
     }
@@ -238,11 +260,13 @@ impl Adam {
     /// buffers: save them before the next step.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for ((name, p), st) in self.params.iter().zip(&self.state) {
+        for ((name, _), st) in self.params.iter().zip(&self.state) {
             let Some(st) = st else { continue };
             out.push((format!("{M}{name}"), st.m.detach()));
             out.push((format!("{V}{name}"), st.v.detach()));
-            let t = Tensor::scalar(st.step as f64, DType::F64, p.device())?;
+            // The update count is bookkeeping, not data: an f64 on the host
+            // whatever the parameter's device (CUDA tensors are f32).
+            let t = Tensor::scalar(st.step as f64, DType::F64, Device::Cpu)?;
             out.push((format!("{STEP}{name}"), t));
         }
         Ok(out)

@@ -49,6 +49,15 @@ impl Tensor {
                 "in-place copy needs equal shapes",
             ));
         }
+        // A tensor from another device (a checkpoint read on the host into a
+        // GPU parameter) is moved first; dtype conversion happens on the host.
+        let moved;
+        let src = if src.device() != self.device() {
+            moved = src.to_dtype(self.dtype())?.to_device(self.device())?;
+            &moved
+        } else {
+            src
+        };
         let src = if src.dtype() != self.dtype() || src.shares_storage(self) {
             // A private copy: converts the dtype, and avoids locking one
             // buffer for reading and writing at once.

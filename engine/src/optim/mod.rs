@@ -10,6 +10,6 @@ mod inplace;
 pub mod schedule;
 
 pub use adam::{Adam, AdamConfig, WeightDecay};
-pub use clip::{clip_coefficient, clip_grad_norm, grad_norm};
+pub use clip::{GradNorm, GradScale, clip_coefficient, clip_grad_norm, grad_norm};
 pub use ema::Ema;
 pub use schedule::WarmupSchedule;
