@@ -12,11 +12,12 @@
 // instead of hanging.
 //
 // Fibers switch with a few instructions of assembly on x86-64 (glibc's
-// swapcontext makes a sigprocmask system call per switch, which made block
-// reductions ~50x slower); elsewhere they use ucontext.
+// swapcontext makes a sigprocmask system call per switch); elsewhere they
+// use ucontext. A suspended fiber hands control straight to the next
+// runnable one.
 //
-// Everything is per OS thread (`thread_local`), `__shared__` included, so
-// launches from several host threads run side by side without locks.
+// Each OS thread has its own scheduler, and `__shared__` is `thread_local`,
+// so launches from several host threads run side by side without locks.
 #pragma once
 
 #include <cmath>
@@ -73,14 +74,29 @@ namespace emu {
 
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned kWarp = 32;
-constexpr size_t kStackBytes = 64 * 1024;
-constexpr size_t kGuardBytes = 4096;
+// Each fiber owns a kRegion-aligned region: a header page, a guard page,
+// then its stack. Code on the stack finds the header by masking its stack
+// pointer, so `threadIdx` & co. need no thread-local lookup (which cost
+// more than the kernels' arithmetic).
+constexpr size_t kRegion = 64 * 1024;
+constexpr size_t kPage = 4096;
 
 enum class Wait : unsigned char { None, Block, Warp };
 
+struct Sched;
+struct Thread;
+struct Fiber;
+
+// At the start of each fiber's region.
+struct Header {
+    Sched* sched;
+    Fiber* fiber;
+    Thread* thread;  // the CUDA thread the fiber runs
+};
+
 struct Fiber {
     void* sp = nullptr;      // saved stack pointer while switched out
-    char* map = nullptr;     // guard page + stack
+    char* region = nullptr;  // kRegion bytes, kRegion-aligned
 #ifdef EMU_USE_UCONTEXT
     ucontext_t uc;
 #endif
@@ -119,8 +135,7 @@ struct Sched {
     unsigned nfibers = 0;
     Fiber* idle[kMaxThreads];
     unsigned nidle = 0;
-    Fiber* cur_fiber = nullptr;
-    void* sched_sp = nullptr;
+    void* sched_sp = nullptr;  // the launching OS thread's own stack
 #ifdef EMU_USE_UCONTEXT
     ucontext_t sched_uc;
 #endif
@@ -130,33 +145,50 @@ struct Sched {
     char error[2048];
 
     ~Sched() {
-        for (unsigned i = 0; i < nfibers; ++i) munmap(fibers[i].map, kGuardBytes + kStackBytes);
+        for (unsigned i = 0; i < nfibers; ++i) munmap(fibers[i].region, kRegion);
         std::free(dyn_smem);
     }
 };
 
+// The launching thread's scheduler (one per OS thread, so host threads
+// launch side by side); freed when the thread exits.
 struct SchedHolder {
     Sched* s = nullptr;
     ~SchedHolder() { delete s; }
 };
-
 inline thread_local SchedHolder g_holder;
-// Read by `threadIdx`; set by the scheduler before a thread (re)starts.
-inline thread_local Thread* g_thread = nullptr;
-inline thread_local dim3 g_grid_dim, g_block_dim;
-inline thread_local uint3 g_block_idx;
 
-inline Sched& sched() {
+inline Sched& launch_sched() {
     if (!g_holder.s) g_holder.s = new Sched();
     return *g_holder.s;
 }
 
+// The header of the fiber whose stack the caller runs on.
+__forceinline__ Header* here() {
+    uintptr_t sp;
+#ifdef __x86_64__
+    asm("mov %%rsp, %0" : "=r"(sp));
+#else
+    sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+#endif
+    return reinterpret_cast<Header*>(sp & ~uintptr_t(kRegion - 1));
+}
+
 [[noreturn]] inline void fiber_main();
 
+// The top of a fiber's stack: 64 bytes lower per fiber (mod 61), so that
+// the stacks of fibers parked at the same call depth do not share their
+// low 12 address bits (4K aliasing made switches ~25% slower).
+inline uintptr_t stack_top(const Fiber& f) {
+    uintptr_t color = (reinterpret_cast<uintptr_t>(&f) / sizeof(Fiber)) % 61 * 64;
+    return reinterpret_cast<uintptr_t>(f.region + kRegion) - color;
+}
+
 #ifndef EMU_USE_UCONTEXT
-// Saves the callee-saved registers and the SSE/x87 control words on the
-// current stack, stores the stack pointer in *save, and resumes the context
-// whose stack pointer is `load` (saved the same way, or made by init_fiber).
+// Saves the callee-saved registers on the current stack, stores the stack
+// pointer in *save, and resumes the context whose stack pointer is `load`
+// (saved the same way, or made by init_fiber). The SSE/x87 control words
+// are not switched: nothing here changes rounding modes.
 extern "C" __attribute__((visibility("hidden"))) void emu_switch_context(void** save, void* load);
 asm(R"(
     .text
@@ -171,14 +203,8 @@ emu_switch_context:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $16, %rsp
-    stmxcsr 8(%rsp)
-    fnstcw (%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr 8(%rsp)
-    fldcw (%rsp)
-    addq $16, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -192,44 +218,48 @@ emu_switch_context:
 // A fresh frame at the top of the fiber's stack that emu_switch_context
 // "returns" from into fiber_main, with the stack aligned as after a call.
 inline void init_fiber(Fiber& f) {
-    uintptr_t top = reinterpret_cast<uintptr_t>(f.map + kGuardBytes + kStackBytes) & ~uintptr_t(15);
-    uint64_t* frame = reinterpret_cast<uint64_t*>(top - 80);
-    std::memset(frame, 0, 80);
-    frame[0] = 0x037F;  // x87 control word: default
-    frame[1] = 0x1F80;  // MXCSR: default (round to nearest, no FTZ/DAZ)
-    frame[8] = reinterpret_cast<uint64_t>(&fiber_main);
-    frame[9] = 0;  // fiber_main never returns
+    uintptr_t top = stack_top(f);
+    uint64_t* frame = reinterpret_cast<uint64_t*>(top - 64);
+    std::memset(frame, 0, 64);
+    frame[6] = reinterpret_cast<uint64_t>(&fiber_main);  // popped by `ret`
+    frame[7] = 0;                                         // fiber_main never returns
     f.sp = frame;
 }
 
-inline void switch_to_fiber(Sched& s, Fiber& f) { emu_switch_context(&s.sched_sp, f.sp); }
-inline void switch_to_scheduler(Sched& s, Fiber& f) { emu_switch_context(&f.sp, s.sched_sp); }
+inline void switch_fibers(Fiber& from, Fiber& to) { emu_switch_context(&from.sp, to.sp); }
+inline void switch_to_sched(Fiber& from, Sched& s) { emu_switch_context(&from.sp, s.sched_sp); }
+inline void enter_fiber(Sched& s, Fiber& f) { emu_switch_context(&s.sched_sp, f.sp); }
 #else
 inline void init_fiber(Fiber& f) {
     getcontext(&f.uc);
-    f.uc.uc_stack.ss_sp = f.map + kGuardBytes;
-    f.uc.uc_stack.ss_size = kStackBytes;
+    f.uc.uc_stack.ss_sp = f.region + 2 * kPage;
+    f.uc.uc_stack.ss_size = stack_top(f) - reinterpret_cast<uintptr_t>(f.region) - 2 * kPage;
     f.uc.uc_link = nullptr;
     makecontext(&f.uc, reinterpret_cast<void (*)()>(&fiber_main), 0);
 }
 
-inline void switch_to_fiber(Sched& s, Fiber& f) { swapcontext(&s.sched_uc, &f.uc); }
-inline void switch_to_scheduler(Sched& s, Fiber& f) { swapcontext(&f.uc, &s.sched_uc); }
+inline void switch_fibers(Fiber& from, Fiber& to) { swapcontext(&from.uc, &to.uc); }
+inline void switch_to_sched(Fiber& from, Sched& s) { swapcontext(&from.uc, &s.sched_uc); }
+inline void enter_fiber(Sched& s, Fiber& f) { swapcontext(&s.sched_uc, &f.uc); }
 #endif
 
-// An idle fiber, or a new one (stack below a guard page, so an overflow
-// faults instead of corrupting a neighbour).
-inline Fiber* take_fiber(Sched& s) {
-    if (s.nidle) return s.idle[--s.nidle];
+// A new fiber: a kRegion-aligned region (mapped at twice the size, the
+// slack unmapped) with the header page, a guard page (an overflowing stack
+// faults instead of overwriting the header), and the stack.
+inline Fiber* new_fiber(Sched& s) {
     if (s.nfibers == kMaxThreads) return nullptr;
-    Fiber& f = s.fibers[s.nfibers];
-    void* m = mmap(nullptr, kGuardBytes + kStackBytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* m = mmap(nullptr, 2 * kRegion, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return nullptr;
-    mprotect(m, kGuardBytes, PROT_NONE);
-    f.map = static_cast<char*>(m);
+    uintptr_t base = reinterpret_cast<uintptr_t>(m);
+    uintptr_t region = (base + kRegion - 1) & ~uintptr_t(kRegion - 1);
+    if (region > base) munmap(m, region - base);
+    if (base + 2 * kRegion > region + kRegion)
+        munmap(reinterpret_cast<void*>(region + kRegion), base + 2 * kRegion - region - kRegion);
+    Fiber& f = s.fibers[s.nfibers++];
+    f.region = reinterpret_cast<char*>(region);
+    mprotect(f.region + kPage, kPage, PROT_NONE);
+    *reinterpret_cast<Header*>(f.region) = Header{&s, &f, nullptr};
     init_fiber(f);
-    ++s.nfibers;
     return &f;
 }
 
@@ -243,15 +273,43 @@ inline void reset_fibers(Sched& s) {
     }
 }
 
-// Parks the calling thread's fiber; returns when the scheduler resumes it.
-__attribute__((noinline)) inline void suspend() {
-    Sched& s = sched();
-    switch_to_scheduler(s, *s.cur_fiber);
+// What runs next: a thread a barrier released, else a fiber to start the
+// next unstarted thread on. Null when the block is done, failed or stuck:
+// then control goes back to the scheduler loop, which tells which.
+inline Fiber* next_fiber(Sched& s) {
+    if (s.failed) return nullptr;
+    if (s.ready_len) {
+        Thread& t = s.threads[s.ready[s.ready_head]];
+        s.ready_head = (s.ready_head + 1) % kMaxThreads;
+        --s.ready_len;
+        return t.fiber;
+    }
+    if (s.next_unstarted < s.nthreads) {
+        if (s.nidle) return s.idle[--s.nidle];
+        Fiber* f = new_fiber(s);
+        if (!f) {
+            s.failed = true;
+            std::snprintf(s.error, sizeof s.error, "kernel `%s`: could not map a fiber stack", s.kernel);
+        }
+        return f;
+    }
+    return nullptr;
+}
+
+// Parks the calling fiber and runs the next one (straight from fiber to
+// fiber); returns when the scheduler resumes this one.
+__attribute__((noinline)) inline void suspend(Sched& s, Fiber& me) {
+    Fiber* next = next_fiber(s);
+    if (next)
+        switch_fibers(me, *next);
+    else
+        switch_to_sched(me, s);
 }
 
 // Records the first error of the launch and parks the thread for good.
 __attribute__((noinline, format(printf, 1, 2))) inline void fail(const char* fmt, ...) {
-    Sched& s = sched();
+    Header& h = *here();
+    Sched& s = *h.sched;
     if (!s.failed) {
         s.failed = true;
         va_list ap;
@@ -259,27 +317,29 @@ __attribute__((noinline, format(printf, 1, 2))) inline void fail(const char* fmt
         std::vsnprintf(s.error, sizeof s.error, fmt, ap);
         va_end(ap);
     }
-    for (;;) suspend();
+    for (;;) suspend(s, *h.fiber);
 }
 
 // Each fiber runs not-yet-started threads one after another until one of
 // them waits at a barrier; so a kernel without barriers runs a whole block
 // on one fiber with two switches.
 [[noreturn]] inline void fiber_main() {
+    Header& h = *here();
+    Sched& s = *h.sched;
+    Fiber& me = *h.fiber;
     for (;;) {
-        Sched& s = sched();
         while (s.next_unstarted < s.nthreads) {
             Thread& t = s.threads[s.next_unstarted++];
-            t.fiber = s.cur_fiber;
-            g_thread = &t;
+            t.fiber = &me;
+            h.thread = &t;
             s.body(s.ctx);
             t.done = true;
             t.fiber = nullptr;
             ++s.finished;
         }
-        g_thread = nullptr;
-        s.idle[s.nidle++] = s.cur_fiber;
-        suspend();
+        h.thread = nullptr;
+        s.idle[s.nidle++] = &me;
+        suspend(s, me);
     }
 }
 
@@ -290,32 +350,29 @@ inline void make_ready(Sched& s, Thread& t) {
 
 // __syncthreads(): every thread of the block must arrive.
 __attribute__((noinline)) inline void sync_block() {
-    Sched& s = sched();
-    Thread& me = *g_thread;
+    Header& h = *here();
+    Sched& s = *h.sched;
     if (++s.block_arrived == s.nthreads) {
         s.block_arrived = 0;
         for (unsigned i = 0; i < s.nthreads; ++i)
             if (s.threads[i].wait == Wait::Block) make_ready(s, s.threads[i]);
         return;
     }
-    me.wait = Wait::Block;
-    suspend();
+    h.thread->wait = Wait::Block;
+    suspend(s, *h.fiber);
 }
 
 // The lanes that exist in warp `w` (the last warp of a block whose size is
 // not a multiple of 32 is partial).
 inline unsigned warp_lanes(const Sched& s, unsigned w) {
-    unsigned first = w * kWarp;
-    unsigned n = s.nthreads - first < kWarp ? s.nthreads - first : kWarp;
-    return n == kWarp ? 0xffffffffu : (1u << n) - 1;
+    unsigned n = s.nthreads - w * kWarp;
+    return n >= kWarp ? 0xffffffffu : (1u << n) - 1;
 }
 
 // A barrier of the lanes in `mask` of the caller's warp (__syncwarp and
 // every *_sync op). On a GPU naming a lane that does not exist, or calling
 // from a lane outside the mask, is undefined; here it is an error.
-__attribute__((noinline)) inline void sync_warp(unsigned mask, const char* op) {
-    Sched& s = sched();
-    Thread& me = *g_thread;
+__attribute__((noinline)) inline void sync_warp(Sched& s, Thread& me, unsigned mask, const char* op) {
     unsigned w = me.id / kWarp, lane = me.id % kWarp;
     unsigned lanes = warp_lanes(s, w);
     if (!(mask >> lane & 1u))
@@ -324,26 +381,28 @@ __attribute__((noinline)) inline void sync_warp(unsigned mask, const char* op) {
         fail("kernel `%s`: %s with mask 0x%08x names lanes that do not exist in warp %u "
              "(blockDim = (%u, %u, %u), %u threads)",
              s.kernel, op, mask, w, s.block.x, s.block.y, s.block.z, s.nthreads);
-    unsigned expected = __builtin_popcount(mask);
+    unsigned expected = mask == 0xffffffffu ? kWarp : unsigned(__builtin_popcount(mask));
     if (++s.warp_arrived[w] == expected) {
         s.warp_arrived[w] = 0;
-        for (unsigned i = w * kWarp; i < w * kWarp + kWarp && i < s.nthreads; ++i)
+        unsigned end = w * kWarp + kWarp < s.nthreads ? w * kWarp + kWarp : s.nthreads;
+        for (unsigned i = w * kWarp; i < end; ++i)
             if (s.threads[i].wait == Wait::Warp) make_ready(s, s.threads[i]);
         return;
     }
     me.wait = Wait::Warp;
-    suspend();
+    suspend(s, *me.fiber);
 }
 
 // Publishes `v` to the caller's warp, waits for the lanes of `mask`, and
 // returns the value lane `src` published. Returns the caller's slot
 // buffer index through `parity` for ops that read several lanes.
 inline uint64_t exchange(unsigned mask, uint64_t v, unsigned src, const char* op, unsigned* parity = nullptr) {
-    Sched& s = sched();
-    Thread& me = *g_thread;
+    Header& h = *here();
+    Sched& s = *h.sched;
+    Thread& me = *h.thread;
     unsigned p = me.exchanges++ & 1u;
     s.slots[p][me.id] = v;
-    sync_warp(mask, op);
+    sync_warp(s, me, mask, op);
     if (parity) *parity = p;
     if (!(mask >> src & 1u))
         fail("kernel `%s`: %s on lane %u reads lane %u, which is not in the mask 0x%08x", s.kernel, op,
@@ -351,7 +410,7 @@ inline uint64_t exchange(unsigned mask, uint64_t v, unsigned src, const char* op
     return s.slots[p][me.id / kWarp * kWarp + src];
 }
 
-inline void* dynamic_shared() { return sched().dyn_smem; }
+inline void* dynamic_shared() { return here()->sched->dyn_smem; }
 
 inline void report_deadlock(Sched& s) {
     unsigned at_block = 0, at_warp = 0, exited = 0;
@@ -371,7 +430,8 @@ inline void report_deadlock(Sched& s) {
                   s.block.x, s.block.y, s.block.z, at_block, at_warp, exited);
 }
 
-// Runs one block; false on an error (message in s.error).
+// Runs one block; false on an error (message in s.error). Fibers hand
+// control to each other; it comes back here when none can run.
 inline bool run_block(Sched& s) {
     for (unsigned i = 0; i < s.nthreads; ++i) {
         Thread& t = s.threads[i];
@@ -386,28 +446,8 @@ inline bool run_block(Sched& s) {
     s.ready_head = s.ready_len = 0;
     s.block_arrived = 0;
     std::memset(s.warp_arrived, 0, sizeof s.warp_arrived);
-    while (!s.failed && s.finished < s.nthreads) {
-        Fiber* f;
-        if (s.ready_len) {
-            Thread& t = s.threads[s.ready[s.ready_head]];
-            s.ready_head = (s.ready_head + 1) % kMaxThreads;
-            --s.ready_len;
-            g_thread = &t;
-            f = t.fiber;
-        } else if (s.next_unstarted < s.nthreads) {
-            f = take_fiber(s);
-            if (!f) {
-                s.failed = true;
-                std::snprintf(s.error, sizeof s.error, "kernel `%s`: could not map a fiber stack", s.kernel);
-                break;
-            }
-        } else {
-            report_deadlock(s);
-            break;
-        }
-        s.cur_fiber = f;
-        switch_to_fiber(s, *f);
-    }
+    while (Fiber* f = next_fiber(s)) enter_fiber(s, *f);
+    if (!s.failed && s.finished < s.nthreads) report_deadlock(s);
     if (s.failed) reset_fibers(s);
     return !s.failed;
 }
@@ -416,7 +456,7 @@ enum Status : int { kOk = 0, kUnknownKernel = 1, kFailed = 2 };
 
 // Checks the launch as the driver would, then runs every block in order.
 inline int run(const char* kernel, dim3 grid, dim3 block, unsigned smem, void (*body)(void*), void* ctx) {
-    Sched& s = sched();
+    Sched& s = launch_sched();
     s.failed = false;
     s.kernel = kernel;
     unsigned long long n = 1ull * block.x * block.y * block.z;
@@ -445,12 +485,10 @@ inline int run(const char* kernel, dim3 grid, dim3 block, unsigned smem, void (*
     s.nthreads = unsigned(n);
     s.body = body;
     s.ctx = ctx;
-    g_grid_dim = grid;
-    g_block_dim = block;
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
-                s.block_idx = g_block_idx = {x, y, z};
+                s.block_idx = {x, y, z};
                 if (!run_block(s)) return kFailed;
             }
     return kOk;
@@ -468,7 +506,7 @@ int launch(const char* kernel, dim3 grid, dim3 block, unsigned smem, F&& f) {
     return run(kernel, grid, block, smem, &invoke<std::remove_reference_t<F>>, &f);
 }
 
-inline const char* last_error() { return sched().error; }
+inline const char* last_error() { return launch_sched().error; }
 
 template <class T>
 uint64_t to_bits(T v) {
@@ -485,21 +523,24 @@ T from_bits(uint64_t b) {
     return v;
 }
 
-inline unsigned lane() { return g_thread->id % kWarp; }
+inline unsigned lane() { return here()->thread->id % kWarp; }
 
 }  // namespace emu
 
 // ------------------------------------------------------ thread coordinates
 
-#define threadIdx (::emu::g_thread->idx)
-#define blockIdx (::emu::g_block_idx)
-#define blockDim (::emu::g_block_dim)
-#define gridDim (::emu::g_grid_dim)
+#define threadIdx (::emu::here()->thread->idx)
+#define blockIdx (::emu::here()->sched->block_idx)
+#define blockDim (::emu::here()->sched->block)
+#define gridDim (::emu::here()->sched->grid)
 
 // ------------------------------------------------------ synchronisation
 
 inline void __syncthreads() { emu::sync_block(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::sync_warp(mask, "__syncwarp"); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu::Header& h = *emu::here();
+    emu::sync_warp(*h.sched, *h.thread, mask, "__syncwarp");
+}
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
@@ -536,7 +577,7 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = warpSize) {
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     unsigned parity, l = emu::lane();
     emu::exchange(mask, pred != 0, l, "__ballot_sync", &parity);
-    const uint64_t* warp_slots = emu::sched().slots[parity] + (emu::g_thread->id - l);
+    const uint64_t* warp_slots = emu::here()->sched->slots[parity] + (emu::here()->thread->id - l);
     unsigned bits = 0;
     for (unsigned i = 0; i < emu::kWarp; ++i)
         if ((mask >> i & 1u) && warp_slots[i]) bits |= 1u << i;
