@@ -1,6 +1,6 @@
 //! CUDA against CPU for attention, the fused noise-schedule ops and the
 //! optimizer updates (see `noisegrad_engine::device_check`). Without a GPU
-//! each test prints that it skipped.
+//! they run on the CUDA emulator (or skip where it cannot run).
 //!
 //! TF32 stays off in this binary (nothing here turns it on), so the
 //! attention GEMMs run in plain f32 and the f32 tolerance applies.

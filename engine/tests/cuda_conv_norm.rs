@@ -1,7 +1,7 @@
 //! CUDA against CPU for conv2d, group norm (± fused SiLU) and the ×2
 //! nearest upsample, forward and every gradient (see
-//! `noisegrad_engine::device_check`). Without a GPU each test prints that
-//! it skipped.
+//! `noisegrad_engine::device_check`). Without a GPU they run on
+//! the CUDA emulator (or skip where it cannot run).
 //!
 //! The TF32 switch and the conv workspace limit are process-wide, so the
 //! tests here take one lock: a test that turns TF32 on must not overlap one

@@ -1,7 +1,7 @@
 //! CUDA against CPU for the core primitives: reductions, softmax,
 //! index_select / gather_rows (and index_add, their backward), matmul and
 //! the random fills (see `noisegrad_engine::device_check`). Without a GPU
-//! each test prints that it skipped.
+//! they run on the CUDA emulator (or skip where it cannot run).
 
 use noisegrad_engine::device_check::{compare_devices, gpu_or_skip, scaled_error};
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};

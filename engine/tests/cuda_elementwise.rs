@@ -1,6 +1,7 @@
 //! CUDA against CPU for the elementwise primitives, views and transfers
-//! (see `noisegrad_engine::device_check`). Without a GPU each test prints
-//! that it skipped; `no_gpu_is_a_clear_error` runs everywhere.
+//! (see `noisegrad_engine::device_check`). Without a GPU they run on the
+//! CUDA emulator (or skip where it cannot run); `no_gpu_is_a_clear_error`
+//! runs everywhere.
 
 use noisegrad_engine::device_check::{compare_devices, gpu_or_skip};
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
