@@ -176,11 +176,7 @@ impl Driver {
     }
 
     /// The kernel `name` of `module` and its parameter kinds, cached.
-    pub fn function(
-        &self,
-        module: &'static str,
-        name: &'static str,
-    ) -> Result<Function> {
+    pub fn function(&self, module: &'static str, name: &'static str) -> Result<Function> {
         if let Some(f) = self
             .functions
             .lock()

@@ -178,7 +178,20 @@ pub unsafe fn sgemm_strided_batched(g: &BlasCall) {
         // it does not read C.
         unsafe {
             matrixmultiply::sgemm(
-                m, k, n, g.alpha, ap, rsa, csa, bp, rsb, csb, g.beta, cp, 1, c.ld as isize,
+                m,
+                k,
+                n,
+                g.alpha,
+                ap,
+                rsa,
+                csa,
+                bp,
+                rsb,
+                csb,
+                g.beta,
+                cp,
+                1,
+                c.ld as isize,
             )
         };
     }
@@ -243,7 +256,11 @@ mod tests {
                         acc += x as f64 * y as f64;
                     }
                     let ci = (p * g.stride_c + i as i64 + j as i64 * g.ldc as i64) as usize;
-                    let old = if g.beta == 0.0 { 0.0 } else { g.beta as f64 * c[ci] as f64 };
+                    let old = if g.beta == 0.0 {
+                        0.0
+                    } else {
+                        g.beta as f64 * c[ci] as f64
+                    };
                     c[ci] = (g.alpha as f64 * acc + old) as f32;
                 }
             }

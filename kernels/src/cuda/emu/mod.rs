@@ -76,7 +76,10 @@ impl Module {
         // with exactly these C signatures.
         let (launch, last_error) = unsafe {
             (
-                *built.lib.get::<LaunchFn>(b"emu_launch\0").map_err(missing)?,
+                *built
+                    .lib
+                    .get::<LaunchFn>(b"emu_launch\0")
+                    .map_err(missing)?,
                 *built
                     .lib
                     .get::<LastErrorFn>(b"emu_last_error\0")
@@ -208,11 +211,10 @@ impl Emulator {
             if let Arg::Ptr(p) = *a
                 && p != 0
             {
-                self.check(p, 0, "launch")
-                    .map_err(|e| CudaError::Driver {
-                        op: "launch (emulator)",
-                        msg: format!("kernel `{module}::{name}`, argument {i}: {e}"),
-                    })?;
+                self.check(p, 0, "launch").map_err(|e| CudaError::Driver {
+                    op: "launch (emulator)",
+                    msg: format!("kernel `{module}::{name}`, argument {i}: {e}"),
+                })?;
             }
         }
         self.module(module)?.launch(name, cfg, args)
@@ -273,7 +275,8 @@ impl Emulator {
 
     /// Zero-fills `bytes` at `ptr` (cuMemsetD8).
     pub fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
-        self.check(ptr, bytes, "memset").map_err(emu_err("memset"))?;
+        self.check(ptr, bytes, "memset")
+            .map_err(emu_err("memset"))?;
         // SAFETY: checked to lie in a live buffer.
         unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, bytes) };
         Ok(())
@@ -306,7 +309,9 @@ impl Emulator {
         self.check(src, bytes, "copy to host")
             .map_err(emu_err("copy to host"))?;
         // SAFETY: the source lies in a live buffer.
-        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr() as *mut u8, bytes) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr() as *mut u8, bytes)
+        };
         Ok(())
     }
 }

@@ -58,8 +58,15 @@ pub fn param_kind(ty: &str) -> Option<ParamKind> {
         "int" | "signed" | "signed int" | "unsigned" | "unsigned int" | "int32_t" | "uint32_t" => {
             ParamKind::Int32
         }
-        "long long" | "long long int" | "signed long long" | "unsigned long long"
-        | "unsigned long long int" | "long" | "unsigned long" | "int64_t" | "uint64_t"
+        "long long"
+        | "long long int"
+        | "signed long long"
+        | "unsigned long long"
+        | "unsigned long long int"
+        | "long"
+        | "unsigned long"
+        | "int64_t"
+        | "uint64_t"
         | "size_t" => ParamKind::Word64,
         "float" => ParamKind::F32,
         "double" => ParamKind::F64,
@@ -165,9 +172,7 @@ pub fn split_top_level(s: &str) -> Vec<&str> {
 /// One declaration such as `const float* __restrict__ x` as type and name.
 fn parse_param(decl: &str) -> Result<Param, String> {
     let decl = decl.split_whitespace().collect::<Vec<_>>().join(" ");
-    let name_start = decl
-        .rfind(|c: char| !is_ident(c))
-        .map_or(0, |i| i + 1);
+    let name_start = decl.rfind(|c: char| !is_ident(c)).map_or(0, |i| i + 1);
     let (ty, name) = (decl[..name_start].trim(), &decl[name_start..]);
     if ty.is_empty() || name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(format!(
@@ -205,7 +210,9 @@ pub fn parse_kernels(src: &str) -> Result<Vec<Kernel>, String> {
 
 /// The kernel declared at the start of `rest` (`void NAME(PARAMS)...`).
 fn parse_kernel(rest: &str) -> Result<Kernel, String> {
-    let open = rest.find('(').ok_or("`__global__` without a parameter list")?;
+    let open = rest
+        .find('(')
+        .ok_or("`__global__` without a parameter list")?;
     let head = rest[..open].trim();
     let name = head
         .strip_prefix("void")
@@ -244,8 +251,13 @@ pub fn rewrite_dynamic_shared(src: &str) -> Result<String, String> {
         if !after.starts_with("__shared__") {
             continue;
         }
-        let end = at + text[at..].find(';').ok_or("`extern __shared__` without `;`")?;
-        let decl = text[at..end].replace("__shared__", " ").replacen("extern", " ", 1);
+        let end = at
+            + text[at..]
+                .find(';')
+                .ok_or("`extern __shared__` without `;`")?;
+        let decl = text[at..end]
+            .replace("__shared__", " ")
+            .replacen("extern", " ", 1);
         let decl = strip_alignment(&decl);
         let decl = decl.trim();
         let array = decl
@@ -388,15 +400,9 @@ extern "C" __global__ void after_bounds(int a) {}
             ]
         );
         assert_eq!(k[2].params[2], p("unsigned long long", "first"));
-        assert_eq!(
-            k[2].params[3],
-            p("const double* __restrict__", "partials")
-        );
+        assert_eq!(k[2].params[3], p("const double* __restrict__", "partials"));
         assert!(k[3].params.is_empty());
-        assert_eq!(
-            k[4].params,
-            [p("const unsigned*", "ids"), p("double", "d")]
-        );
+        assert_eq!(k[4].params, [p("const unsigned*", "ids"), p("double", "d")]);
     }
 
     #[test]
@@ -427,8 +433,7 @@ extern "C" __global__ void after_bounds(int a) {}
             let src = crate::cuda::sources::source(module).unwrap();
             let kernels = parse_kernels(&src).unwrap_or_else(|e| panic!("{module}: {e}"));
             for k in &kernels {
-                k.param_kinds()
-                    .unwrap_or_else(|e| panic!("{module}: {e}"));
+                k.param_kinds().unwrap_or_else(|e| panic!("{module}: {e}"));
             }
         }
     }
@@ -449,10 +454,7 @@ extern "C" __global__ void after_bounds(int a) {}
             t.contains("fill(*(float**)args[0], *(float*)args[1], *(long long*)args[2]);"),
             "{t}"
         );
-        assert!(
-            t.contains("void (*)(float*, float, long long)"),
-            "{t}"
-        );
+        assert!(t.contains("void (*)(float*, float, long long)"), "{t}");
         let all = trampolines(&parse_kernels(SRC).unwrap());
         assert!(all.contains("int emu_launch(") && all.contains("kUnknownKernel"));
         assert!(all.contains("none(); });"), "{all}");
@@ -472,7 +474,10 @@ extern "C" __global__ void after_bounds(int a) {}
             out.contains("double* buf = (double*)::emu::dynamic_shared();"),
             "{out}"
         );
-        assert!(out.contains("// extern __shared__ int commented[];"), "{out}");
+        assert!(
+            out.contains("// extern __shared__ int commented[];"),
+            "{out}"
+        );
         assert!(rewrite_dynamic_shared("extern __shared__ float s[4];").is_err());
     }
 

@@ -134,7 +134,9 @@ fn warp_and_block_reductions() {
     }
     let m = module();
     let (blocks, threads) = (3usize, 256usize);
-    let x: Vec<f32> = (0..blocks * threads).map(|i| ((i * 37) % 101) as f32).collect();
+    let x: Vec<f32> = (0..blocks * threads)
+        .map(|i| ((i * 37) % 101) as f32)
+        .collect();
     let mut xs = x.clone();
     let mut warp = vec![0f32; blocks * threads / 32];
     let (mut block, mut mx) = (vec![0f32; blocks], vec![0f32; blocks]);
@@ -176,7 +178,11 @@ fn shuffles_read_the_lanes_cuda_defines() {
         let xor8 = if l & 8 != 0 { l - 8 } else { l };
         assert_eq!(row(4)[l], xor8 as f32, "lane {l}");
         assert_eq!(row(5)[l], ballot as f32);
-        assert_eq!(row(6)[l], (31 - l) as f32 * 0.5, "a double through a shuffle");
+        assert_eq!(
+            row(6)[l],
+            (31 - l) as f32 * 0.5,
+            "a double through a shuffle"
+        );
     }
 }
 
@@ -262,7 +268,10 @@ fn a_barrier_that_cannot_complete_is_reported_not_hung() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("kernel `early_return` deadlocks"), "{err}");
-    assert!(err.contains("100 thread(s) wait at __syncthreads()"), "{err}");
+    assert!(
+        err.contains("100 thread(s) wait at __syncthreads()"),
+        "{err}"
+    );
     assert!(err.contains("28 have exited"), "{err}");
     // The fibers are reset: the module keeps working.
     m.launch(
@@ -316,19 +325,29 @@ fn launches_are_checked_like_the_driver_checks_them() {
         .launch("nope", cfg((1, 1, 1), (1, 1, 1), 0), &[ptr(&mut y)])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("emu_selftest::nope") && err.contains("no such kernel"), "{err}");
+    assert!(
+        err.contains("emu_selftest::nope") && err.contains("no such kernel"),
+        "{err}"
+    );
     let err = m
         .launch("early_return", cfg((1, 1, 1), (4, 1, 1), 0), &[ptr(&mut y)])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("[Word64, Int32]") && err.contains("[Word64]"), "{err}");
+    assert!(
+        err.contains("[Word64, Int32]") && err.contains("[Word64]"),
+        "{err}"
+    );
     let err = m
         .launch("rotate", cfg((1, 1, 1), (2048, 1, 1), 0), &[ptr(&mut y)])
         .unwrap_err()
         .to_string();
     assert!(err.contains("invalid launch"), "{err}");
     let err = m
-        .launch("rotate", cfg((1, 1, 1), (4, 1, 1), 64 * 1024), &[ptr(&mut y)])
+        .launch(
+            "rotate",
+            cfg((1, 1, 1), (4, 1, 1), 64 * 1024),
+            &[ptr(&mut y)],
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("dynamic shared memory"), "{err}");
@@ -368,7 +387,10 @@ fn a_compile_error_names_the_module_and_shows_gxx_output() {
     .to_string();
     assert!(err.contains("`emu_broken`"), "{err}");
     assert!(err.contains("undefined_thing"), "{err}");
-    assert!(err.contains("emu_broken.cu:1"), "line numbers are the module's: {err}");
+    assert!(
+        err.contains("emu_broken.cu:1"),
+        "line numbers are the module's: {err}"
+    );
 }
 
 /// The emulated device behind the real launchers (this binary's `cuda:0`;
@@ -396,7 +418,10 @@ fn emulated_device_memory_is_checked() {
     let err = elementwise::copy_d2d(&dev, a.ptr(), b.ptr_at(3), 3)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("run past the end of the 20-byte buffer"), "{err}");
+    assert!(
+        err.contains("run past the end of the 20-byte buffer"),
+        "{err}"
+    );
     let stale = a.ptr();
     drop(a);
     let err = elementwise::copy_d2d(&dev, stale, b.ptr(), 1)
@@ -432,8 +457,12 @@ fn emulated_row_major_gemm_matches_the_definition() {
         let (ar, ac) = if ta { (k, m) } else { (m, k) };
         let (br, bc) = if tb { (n, k) } else { (k, n) };
         let (lda, ldb) = (ac + 2, bc + 1);
-        let a: Vec<f32> = (0..batch * ar * lda).map(|i| (i % 13) as f32 - 6.0).collect();
-        let b: Vec<f32> = (0..batch * br * ldb).map(|i| (i % 7) as f32 - 3.0).collect();
+        let a: Vec<f32> = (0..batch * ar * lda)
+            .map(|i| (i % 13) as f32 - 6.0)
+            .collect();
+        let b: Vec<f32> = (0..batch * br * ldb)
+            .map(|i| (i % 7) as f32 - 3.0)
+            .collect();
         let at = |p: usize, i: usize, l: usize| {
             let (r, c) = if ta { (l, i) } else { (i, l) };
             a[p * ar * lda + r * lda + c]
@@ -474,7 +503,11 @@ fn emulated_row_major_gemm_matches_the_definition() {
             for i in 0..m {
                 for j in 0..n {
                     let want: f32 = (0..k).map(|l| at(p, i, l) * bt(p, l, j)).sum();
-                    assert_eq!(c[p * m * n + i * n + j], want, "ta={ta} tb={tb} ({p},{i},{j})");
+                    assert_eq!(
+                        c[p * m * n + i * n + j],
+                        want,
+                        "ta={ta} tb={tb} ({p},{i},{j})"
+                    );
                 }
             }
         }
