@@ -438,6 +438,33 @@ extern "C" __global__ void after_bounds(int a) {}
         }
     }
 
+    /// Where libnvrtc is present (CI), the kinds read from the C text are
+    /// the ones NVRTC's PTX declares, kernel for kernel: the emulator checks
+    /// launches exactly as a GPU does.
+    #[test]
+    fn kinds_agree_with_the_ptx_signatures() {
+        use crate::cuda::compile::{compile_module, nvrtc_available};
+        if !nvrtc_available() {
+            eprintln!("kinds_agree_with_the_ptx_signatures: SKIPPED (libnvrtc not found)");
+            return;
+        }
+        for (module, _) in crate::cuda::sources::SOURCES {
+            let src = crate::cuda::sources::source(module).unwrap();
+            let ptx = compile_module(module, &src, "sm_90").unwrap().to_src();
+            let entries = crate::cuda::signature::parse_entries(&ptx);
+            let kernels = parse_kernels(&src).unwrap();
+            assert_eq!(kernels.len(), entries.len(), "{module}: kernel count");
+            for k in &kernels {
+                assert_eq!(
+                    k.param_kinds().unwrap(),
+                    entries[&k.name],
+                    "{module}::{}",
+                    k.name
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_declarations_are_errors() {
         assert!(parse_kernels("extern \"C\" __global__ int k(int a) {}").is_err());
