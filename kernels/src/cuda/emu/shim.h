@@ -158,6 +158,21 @@ struct SchedHolder {
 };
 inline thread_local SchedHolder g_holder;
 
+// NOISEGRAD_EMU_ORDER=reverse runs blocks, and the threads of each block,
+// in reverse order. Correct kernels give the same results (up to the order
+// of atomic additions); a kernel whose result depends on an order CUDA does
+// not guarantee (a race between warps or between blocks) does not.
+inline bool reverse_order() {
+    static const bool reverse = [] {
+        const char* v = std::getenv("NOISEGRAD_EMU_ORDER");
+        return v && !std::strcmp(v, "reverse");
+    }();
+    return reverse;
+}
+
+// The thread that runs k-th (k-th released, k-th started).
+inline unsigned nth(unsigned k, unsigned n) { return reverse_order() ? n - 1 - k : k; }
+
 inline Sched& launch_sched() {
     if (!g_holder.s) g_holder.s = new Sched();
     return *g_holder.s;
@@ -329,7 +344,7 @@ __attribute__((noinline, format(printf, 1, 2))) inline void fail(const char* fmt
     Fiber& me = *h.fiber;
     for (;;) {
         while (s.next_unstarted < s.nthreads) {
-            Thread& t = s.threads[s.next_unstarted++];
+            Thread& t = s.threads[nth(s.next_unstarted++, s.nthreads)];
             t.fiber = &me;
             h.thread = &t;
             s.body(s.ctx);
@@ -354,8 +369,10 @@ __attribute__((noinline)) inline void sync_block() {
     Sched& s = *h.sched;
     if (++s.block_arrived == s.nthreads) {
         s.block_arrived = 0;
-        for (unsigned i = 0; i < s.nthreads; ++i)
-            if (s.threads[i].wait == Wait::Block) make_ready(s, s.threads[i]);
+        for (unsigned k = 0; k < s.nthreads; ++k) {
+            Thread& t = s.threads[nth(k, s.nthreads)];
+            if (t.wait == Wait::Block) make_ready(s, t);
+        }
         return;
     }
     h.thread->wait = Wait::Block;
@@ -385,8 +402,10 @@ __attribute__((noinline)) inline void sync_warp(Sched& s, Thread& me, unsigned m
     if (++s.warp_arrived[w] == expected) {
         s.warp_arrived[w] = 0;
         unsigned end = w * kWarp + kWarp < s.nthreads ? w * kWarp + kWarp : s.nthreads;
-        for (unsigned i = w * kWarp; i < end; ++i)
-            if (s.threads[i].wait == Wait::Warp) make_ready(s, s.threads[i]);
+        for (unsigned k = 0; k < end - w * kWarp; ++k) {
+            Thread& t = s.threads[w * kWarp + nth(k, end - w * kWarp)];
+            if (t.wait == Wait::Warp) make_ready(s, t);
+        }
         return;
     }
     me.wait = Wait::Warp;
@@ -485,12 +504,12 @@ inline int run(const char* kernel, dim3 grid, dim3 block, unsigned smem, void (*
     s.nthreads = unsigned(n);
     s.body = body;
     s.ctx = ctx;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                s.block_idx = {x, y, z};
-                if (!run_block(s)) return kFailed;
-            }
+    unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
+    for (unsigned long long k = 0; k < blocks; ++k) {
+        unsigned long long b = reverse_order() ? blocks - 1 - k : k;
+        s.block_idx = {unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / grid.x / grid.y)};
+        if (!run_block(s)) return kFailed;
+    }
     return kOk;
 }
 
