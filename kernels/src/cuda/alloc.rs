@@ -97,7 +97,7 @@ impl Pool {
             Some(p) => p,
             None => self.alloc_from_driver(bytes)?,
         };
-        self.0.backend.handed_out(ptr, len * 4);
+        self.0.backend.handed_out(ptr, len * 4, bytes);
         Ok(DeviceBuffer {
             ptr,
             len,

@@ -116,11 +116,12 @@ impl Backend {
         }
     }
 
-    /// The pool hands out a buffer of `bytes` at `ptr` (the emulator
-    /// tracks live buffers, see [`Emulator::handed_out`]).
-    pub(crate) fn handed_out(&self, ptr: u64, bytes: usize) {
+    /// The pool hands out a buffer of `len` bytes at `ptr`, from a block of
+    /// `block` bytes (the emulator tracks live buffers, see
+    /// [`Emulator::handed_out`]).
+    pub(crate) fn handed_out(&self, ptr: u64, len: usize, block: usize) {
         if let Backend::Emulated(e) = self {
-            e.handed_out(ptr, bytes)
+            e.handed_out(ptr, len, block)
         }
     }
 

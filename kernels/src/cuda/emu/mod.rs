@@ -9,8 +9,11 @@
 //!   the caching pool sits in front as on a GPU. The emulator also keeps the
 //!   extent of every buffer the pool hands out, so copies, GEMM operands and
 //!   kernel pointer arguments that leave their buffer (or point into a freed
-//!   one) are errors, and fresh buffers are filled with NaN, so a kernel
-//!   that reads memory nobody wrote shows up in the results;
+//!   one) are errors; fresh buffers are filled with NaN, so a kernel that
+//!   reads memory nobody wrote shows up in the results; and the bytes around
+//!   each buffer (the pool block's slack plus a red zone on both sides) are
+//!   checked after every launch, so a kernel that writes out of bounds is an
+//!   error naming it;
 //! - **kernels**: each module is compiled by g++ against `shim.h` (CUDA's
 //!   builtins, and a fiber scheduler that runs a block's threads and their
 //!   barriers deterministically on one OS thread), see [`build`];
@@ -41,6 +44,22 @@ use std::sync::{Arc, Mutex};
 
 /// Alignment of emulated allocations (cudaMalloc gives at least 256).
 pub const ALIGN: usize = 256;
+
+/// Bytes before and after every block, filled with a pattern that a kernel
+/// writing out of bounds overwrites. A multiple of [`ALIGN`].
+pub const RED_ZONE: usize = 256;
+
+/// The pattern fresh memory and red zones hold (as f32: a NaN).
+const POISON: u8 = 0xff;
+
+/// A buffer the pool has handed out.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    /// Bytes the buffer holds.
+    len: usize,
+    /// Bytes of its pool block (at least `len`).
+    block: usize,
+}
 
 /// `emu_launch(name, grid xyz, block xyz, shared bytes, args)`.
 type LaunchFn = unsafe extern "C" fn(
@@ -174,9 +193,8 @@ fn arg_pointers(args: &[Arg]) -> Vec<*mut c_void> {
 #[derive(Default)]
 pub struct Emulator {
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
-    /// Start → byte length of every buffer the pool has handed out and not
-    /// taken back.
-    live: Mutex<BTreeMap<u64, usize>>,
+    /// Every buffer the pool has handed out and not taken back, by start.
+    live: Mutex<BTreeMap<u64, Live>>,
 }
 
 impl Emulator {
@@ -199,7 +217,9 @@ impl Emulator {
         Ok(m)
     }
 
-    /// Launches `module::name` after checking its pointer arguments.
+    /// Launches `module::name` after checking that its pointer arguments
+    /// point into live buffers, and checks afterwards that it wrote nothing
+    /// around them.
     pub fn launch(
         &self,
         module: &'static str,
@@ -207,25 +227,34 @@ impl Emulator {
         cfg: LaunchConfig,
         args: &[Arg],
     ) -> Result<()> {
-        for (i, a) in args.iter().enumerate() {
-            if let Arg::Ptr(p) = *a
-                && p != 0
-            {
-                self.check(p, 0, "launch").map_err(|e| CudaError::Driver {
-                    op: "launch (emulator)",
-                    msg: format!("kernel `{module}::{name}`, argument {i}: {e}"),
-                })?;
-            }
+        let err = |i: usize, e: String| CudaError::Driver {
+            op: "launch (emulator)",
+            msg: format!("kernel `{module}::{name}`, argument {i}: {e}"),
+        };
+        let ptrs = args.iter().enumerate().filter_map(|(i, a)| match *a {
+            Arg::Ptr(p) if p != 0 => Some((i, p)),
+            _ => None,
+        });
+        for (i, p) in ptrs.clone() {
+            self.check(p, 0, "launch").map_err(|e| err(i, e))?;
         }
-        self.module(module)?.launch(name, cfg, args)
+        self.module(module)?.launch(name, cfg, args)?;
+        for (i, p) in ptrs {
+            self.check_red_zones(p).map_err(|e| err(i, e))?;
+        }
+        Ok(())
     }
 
-    /// `bytes` of fresh memory, or `None` when the host has none.
+    fn layout(bytes: usize) -> Option<Layout> {
+        Layout::from_size_align(bytes + 2 * RED_ZONE, ALIGN).ok()
+    }
+
+    /// `bytes` of fresh memory (between two red zones), or `None` when the
+    /// host has none.
     pub fn malloc(&self, bytes: usize) -> Option<u64> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).ok()?;
         // SAFETY: the layout has a non-zero size.
-        let p = unsafe { std::alloc::alloc(layout) };
-        (!p.is_null()).then_some(p as u64)
+        let p = unsafe { std::alloc::alloc(Self::layout(bytes)?) };
+        (!p.is_null()).then(|| p as u64 + RED_ZONE as u64)
     }
 
     /// Frees memory from [`Self::malloc`].
@@ -233,17 +262,61 @@ impl Emulator {
     /// # Safety
     /// `ptr` came from `malloc(bytes)` and is not used afterwards.
     pub unsafe fn free(&self, ptr: u64, bytes: usize) {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).expect("valid layout");
-        // SAFETY: as the caller promises.
-        unsafe { std::alloc::dealloc(ptr as *mut u8, layout) }
+        let layout = Self::layout(bytes).expect("the layout malloc used");
+        // SAFETY: as the caller promises; malloc returned the allocation
+        // plus RED_ZONE.
+        unsafe { std::alloc::dealloc((ptr - RED_ZONE as u64) as *mut u8, layout) }
     }
 
-    /// The pool hands out `bytes` at `ptr`: remember the extent and fill
-    /// it with NaN (all-ones bytes), as a stand-in for stale data.
-    pub fn handed_out(&self, ptr: u64, bytes: usize) {
-        // SAFETY: the pool owns a block of at least `bytes` at `ptr`.
-        unsafe { std::ptr::write_bytes(ptr as *mut u8, 0xff, bytes) };
-        self.live_map().insert(ptr, bytes);
+    /// The pool hands out `len` bytes at `ptr` from a block of `block`
+    /// bytes: remember the extent, and poison the block and its red zones
+    /// (NaN as a stand-in for stale data, and a pattern for
+    /// [`Self::check_red_zones`]).
+    pub fn handed_out(&self, ptr: u64, len: usize, block: usize) {
+        // SAFETY: malloc(block) made these bytes, red zones included.
+        unsafe {
+            std::ptr::write_bytes(
+                (ptr - RED_ZONE as u64) as *mut u8,
+                POISON,
+                block + 2 * RED_ZONE,
+            )
+        };
+        self.live_map().insert(ptr, Live { len, block });
+    }
+
+    /// Ok unless the bytes before or after the live buffer holding `ptr`
+    /// (red zones and block slack) lost their poison: an out-of-bounds write.
+    fn check_red_zones(&self, ptr: u64) -> std::result::Result<(), String> {
+        let live = self.live_map();
+        let Some((&start, l)) = live.range(..=ptr).next_back() else {
+            return Ok(());
+        };
+        // SAFETY: the bytes around a live buffer belong to its allocation.
+        let (before, after) = unsafe {
+            (
+                std::slice::from_raw_parts((start - RED_ZONE as u64) as *const u8, RED_ZONE),
+                std::slice::from_raw_parts(
+                    (start + l.len as u64) as *const u8,
+                    l.block - l.len + RED_ZONE,
+                ),
+            )
+        };
+        if let Some(i) = before.iter().position(|&b| b != POISON) {
+            return Err(format!(
+                "the kernel wrote {} bytes before the start of the {}-byte buffer at 0x{start:x}",
+                RED_ZONE - i,
+                l.len
+            ));
+        }
+        if let Some(i) = after.iter().rposition(|&b| b != POISON) {
+            return Err(format!(
+                "the kernel wrote past the end of the {}-byte buffer at 0x{start:x} (up to {} \
+                 bytes past it)",
+                l.len,
+                i + 1
+            ));
+        }
+        Ok(())
     }
 
     /// The pool took the buffer at `ptr` back.
@@ -251,7 +324,7 @@ impl Emulator {
         self.live_map().remove(&ptr);
     }
 
-    fn live_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+    fn live_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Live>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -261,8 +334,8 @@ impl Emulator {
         let live = self.live_map();
         let hit = live.range(..=ptr).next_back();
         match hit {
-            Some((&start, &len)) if ptr + bytes as u64 <= start + len as u64 => Ok(()),
-            Some((&start, &len)) if ptr <= start + len as u64 => Err(format!(
+            Some((&start, &Live { len, .. })) if ptr + bytes as u64 <= start + len as u64 => Ok(()),
+            Some((&start, &Live { len, .. })) if ptr <= start + len as u64 => Err(format!(
                 "{op}: {bytes} bytes at 0x{ptr:x} run past the end of the {len}-byte buffer at \
                  0x{start:x} (by {} bytes)",
                 ptr + bytes as u64 - start - len as u64

@@ -438,6 +438,23 @@ fn emulated_device_memory_is_checked() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("elementwise::fill`, argument 0"), "{err}");
+    // A kernel that writes past its buffer (here: told a larger n).
+    let small = dev.alloc(10).unwrap();
+    let err = dev
+        .launch(
+            "elementwise",
+            "fill",
+            crate::cuda::grid_1d(&dev, 13),
+            &[Arg::Ptr(small.ptr()), Arg::F32(1.0), Arg::I64(13)],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("elementwise::fill`, argument 0")
+            && err.contains("wrote past the end of the 40-byte buffer")
+            && err.contains("up to 12 bytes past it"),
+        "{err}"
+    );
     let z = dev.zeros(7).unwrap();
     assert_eq!(dev.download(&z, 0, 7).unwrap(), [0.0; 7]);
     let f = elementwise::fill(&dev, 1000, 2.5).unwrap();
