@@ -65,7 +65,17 @@ pub fn use_emulator_if_no_gpu() -> bool {
 
 /// SMs the emulated device reports: few, so grid-stride launches (sized
 /// from the SM count) run few blocks, and every block runs in turn anyway.
+/// `NOISEGRAD_EMU_SM_COUNT=N` overrides it, to exercise the launch plans a
+/// GPU with N SMs gets (132 on an H100).
 pub const EMULATED_SM_COUNT: usize = 4;
+
+fn emulated_sm_count() -> usize {
+    std::env::var("NOISEGRAD_EMU_SM_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(EMULATED_SM_COUNT)
+}
 
 /// Where a device's work runs.
 pub enum Backend {
@@ -245,7 +255,7 @@ impl CudaDevice {
             ordinal,
             Backend::Emulated(Emulator::new()),
             "emulated",
-            EMULATED_SM_COUNT,
+            emulated_sm_count(),
             "CUDA emulator (CPU)".into(),
         ))
     }
