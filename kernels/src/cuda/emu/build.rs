@@ -1,5 +1,5 @@
 //! Compiling a module for the emulator: the module's CUDA text (after
-//! [`rewrite_dynamic_shared`]) with `shim.h` in front and the generated
+//! [`rewrite_shared`]) with `shim.h` in front and the generated
 //! trampolines behind, built by g++ into one shared library per module
 //! (modules may define helpers with the same names), then `dlopen`ed.
 //!
@@ -8,7 +8,7 @@
 //! so a changed kernel or shim is rebuilt and an unchanged one is reused
 //! by later processes (each test binary is one).
 
-use super::source::{Kernel, parse_kernels, rewrite_dynamic_shared, trampolines};
+use super::source::{Kernel, parse_kernels, rewrite_shared, trampolines};
 use crate::cuda::{CudaError, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,7 +47,7 @@ pub fn compiler_available() -> bool {
 
 /// The C++ file g++ compiles for `module` with source `src`.
 pub fn translation_unit(module: &'static str, src: &str, kernels: &[Kernel]) -> Result<String> {
-    let body = rewrite_dynamic_shared(src).map_err(|e| compile_err(module, e))?;
+    let body = rewrite_shared(src).map_err(|e| compile_err(module, e))?;
     Ok(format!(
         "#include \"shim.h\"\n#line 1 \"{module}.cu\"\n{body}\n#line 1 \"{module} (emulator trampolines)\"\n{}",
         trampolines(kernels)

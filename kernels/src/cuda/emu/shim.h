@@ -44,9 +44,14 @@
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 // Blocks run one at a time on one OS thread, so a per-thread static is the
-// block's shared memory (not cleared between blocks, like on a GPU).
+// block's shared memory; each block finds it full of NaN bytes, like the
+// garbage a GPU block finds (EMU_POISON_SHARED).
 #define __shared__ static thread_local
 #define __constant__ static
+// Added after each __shared__ declaration inside a function (source.rs).
+#define EMU_POISON_SHARED(name)                                  \
+    static thread_local unsigned long long emu_epoch_##name = 0; \
+    ::emu::poison_shared(&(name), sizeof(name), &emu_epoch_##name)
 
 struct uint3 {
     unsigned x, y, z;
@@ -140,7 +145,10 @@ struct Sched {
     ucontext_t sched_uc;
 #endif
     unsigned char* dyn_smem = nullptr;
-    size_t dyn_smem_cap = 0;
+    size_t dyn_smem_cap = 0, dyn_smem_len = 0;
+    // Counts blocks run by this scheduler (never 0 while one runs): shared
+    // arrays remember the block that last poisoned them.
+    unsigned long long epoch = 0;
     bool failed = false;
     char error[2048];
 
@@ -431,6 +439,17 @@ inline uint64_t exchange(unsigned mask, uint64_t v, unsigned src, const char* op
 
 inline void* dynamic_shared() { return here()->sched->dyn_smem; }
 
+// Fills a `__shared__` array with 0xff bytes (NaN as float or double) the
+// first time the running block reaches its declaration, as the garbage a
+// GPU's shared memory starts a block with. See rewrite_shared in source.rs.
+inline void poison_shared(void* p, size_t bytes, unsigned long long* epoch) {
+    unsigned long long now = here()->sched->epoch;
+    if (*epoch != now) {
+        std::memset(p, 0xff, bytes);
+        *epoch = now;
+    }
+}
+
 inline void report_deadlock(Sched& s) {
     unsigned at_block = 0, at_warp = 0, exited = 0;
     for (unsigned i = 0; i < s.nthreads; ++i) {
@@ -461,6 +480,8 @@ inline bool run_block(Sched& s) {
         t.done = false;
         t.fiber = nullptr;
     }
+    ++s.epoch;
+    if (s.dyn_smem_len) std::memset(s.dyn_smem, 0xff, s.dyn_smem_len);
     s.next_unstarted = s.finished = 0;
     s.ready_head = s.ready_len = 0;
     s.block_arrived = 0;
@@ -499,6 +520,7 @@ inline int run(const char* kernel, dim3 grid, dim3 block, unsigned smem, void (*
         s.dyn_smem = static_cast<unsigned char*>(std::aligned_alloc(256, (smem + 255) / 256 * 256));
         s.dyn_smem_cap = smem;
     }
+    s.dyn_smem_len = smem;
     s.grid = grid;
     s.block = block;
     s.nthreads = unsigned(n);

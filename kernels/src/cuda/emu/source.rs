@@ -239,44 +239,75 @@ fn parse_kernel(rest: &str) -> Result<Kernel, String> {
     })
 }
 
-/// Rewrites each `extern __shared__ T name[];` (dynamic shared memory,
-/// sized by the launch) to a pointer to the scheduler's per-launch buffer:
-/// a local `T* name` inside a function, a macro at file scope.
-pub fn rewrite_dynamic_shared(src: &str) -> Result<String, String> {
+/// Rewrites the module's shared memory for the host:
+/// - each `extern __shared__ T name[];` (dynamic shared memory, sized by
+///   the launch) becomes a pointer to the scheduler's per-launch buffer: a
+///   local `T* name` inside a function, a macro at file scope;
+/// - after each `__shared__ T a[N], b[M];` inside a function comes
+///   `EMU_POISON_SHARED(a); EMU_POISON_SHARED(b);`, which fills the arrays
+///   with NaN bytes when a block first reaches them (`__shared__` is a
+///   `static thread_local`, so without this a block would read what the
+///   previous block left, hiding reads of memory it never wrote).
+pub fn rewrite_shared(src: &str) -> Result<String, String> {
     let text = blank_comments(src);
     let mut out = String::with_capacity(src.len());
     let mut copied = 0;
-    for at in find_words(&text, "extern") {
-        let after = text[at + "extern".len()..].trim_start();
-        if !after.starts_with("__shared__") {
-            continue;
-        }
-        let end = at
-            + text[at..]
-                .find(';')
-                .ok_or("`extern __shared__` without `;`")?;
-        let decl = text[at..end]
-            .replace("__shared__", " ")
-            .replacen("extern", " ", 1);
-        let decl = strip_alignment(&decl);
-        let decl = decl.trim();
-        let array = decl
-            .strip_suffix("[]")
-            .ok_or_else(|| format!("`extern __shared__ {decl}`: expected an unsized array"))?;
-        let Param { ty, name } = parse_param(array)?;
+    for at in find_words(&text, "__shared__") {
+        let end = at + text[at..].find(';').ok_or("`__shared__` without `;`")?;
         let depth = brace_depth(&text[..at]);
-        out.push_str(&src[copied..at]);
-        if depth == 0 {
-            out.push_str(&format!(
-                "\n#define {name} (({ty}*)::emu::dynamic_shared())\n"
-            ));
-        } else {
-            out.push_str(&format!("{ty}* {name} = ({ty}*)::emu::dynamic_shared();"));
+        let before = text[..at].trim_end();
+        if let Some(ext) = before
+            .strip_suffix("extern")
+            .filter(|b| !b.ends_with(is_ident))
+        {
+            let decl = strip_alignment(&text[at + "__shared__".len()..end]);
+            let decl = decl.trim();
+            let array = decl
+                .strip_suffix("[]")
+                .ok_or_else(|| format!("`extern __shared__ {decl}`: expected an unsized array"))?;
+            let Param { ty, name } = parse_param(array)?;
+            out.push_str(&src[copied..ext.len()]);
+            out.push_str(&if depth == 0 {
+                format!("\n#define {name} (({ty}*)::emu::dynamic_shared())\n")
+            } else {
+                format!("{ty}* {name} = ({ty}*)::emu::dynamic_shared();")
+            });
+            copied = end + 1;
+        } else if depth > 0 {
+            out.push_str(&src[copied..=end]);
+            for name in declared_names(&text[at + "__shared__".len()..end])? {
+                out.push_str(&format!(" EMU_POISON_SHARED({name});"));
+            }
+            copied = end + 1;
         }
-        copied = end + 1;
     }
     out.push_str(&src[copied..]);
     Ok(out)
+}
+
+/// The names declared by `T a[N], b[M]` (declarators after the first have
+/// no type).
+fn declared_names(decl: &str) -> Result<Vec<String>, String> {
+    let decl = strip_alignment(decl);
+    split_top_level(&decl)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let head = d.split('[').next().unwrap_or(d).trim();
+            let name = if i == 0 {
+                parse_param(head)?.name
+            } else {
+                head.trim_start_matches('*').trim().to_string()
+            };
+            if name.is_empty() || !name.chars().all(is_ident) {
+                return Err(format!(
+                    "cannot read the `__shared__` declaration `{}`",
+                    decl.trim()
+                ));
+            }
+            Ok(name)
+        })
+        .collect()
 }
 
 /// `decl` without `__align__(N)` / `alignas(N)` (the buffer is 256-aligned).
@@ -492,7 +523,7 @@ extern "C" __global__ void after_bounds(int a) {}
         let src = "extern __shared__ float tile[];\n\
                    __global__ void k() {\n    extern __shared__ __align__(16) double buf[];\n}\n\
                    // extern __shared__ int commented[];\n";
-        let out = rewrite_dynamic_shared(src).unwrap();
+        let out = rewrite_shared(src).unwrap();
         assert!(
             out.contains("#define tile ((float*)::emu::dynamic_shared())"),
             "{out}"
@@ -505,7 +536,28 @@ extern "C" __global__ void after_bounds(int a) {}
             out.contains("// extern __shared__ int commented[];"),
             "{out}"
         );
-        assert!(rewrite_dynamic_shared("extern __shared__ float s[4];").is_err());
+        assert!(rewrite_shared("extern __shared__ float s[4];").is_err());
+    }
+
+    #[test]
+    fn static_shared_arrays_are_poisoned_per_block() {
+        let src = "__shared__ float global_tile[8];\n\
+                   __global__ void k() {\n    __shared__ double scratch[32];\n    \
+                   __shared__ __align__(16) float a[4][4], b[2];\n}\n";
+        let out = rewrite_shared(src).unwrap();
+        assert!(
+            out.contains("__shared__ double scratch[32]; EMU_POISON_SHARED(scratch);"),
+            "{out}"
+        );
+        assert!(
+            out.contains("b[2]; EMU_POISON_SHARED(a); EMU_POISON_SHARED(b);"),
+            "{out}"
+        );
+        // File scope takes no statement: left as it is.
+        assert!(
+            out.starts_with("__shared__ float global_tile[8];\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -81,6 +81,14 @@ extern "C" __global__ void divergent_shuffle(float* y) {
     if (threadIdx.x < 16) y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
 }
 
+// Only block 0 writes the shared array: block 1 reads what it never wrote.
+extern "C" __global__ void stale_shared(float* y) {
+    __shared__ float s[64];
+    if (blockIdx.x == 0) s[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
+
 // Grid-stride fill with atomics: the total must be exact.
 extern "C" __global__ void count(float* total, long long n) {
     GRID_STRIDE(i, n) atomicAdd(total, 1.0f);
@@ -250,6 +258,26 @@ fn dynamic_shared_memory_and_atomics() {
     )
     .unwrap();
     assert_eq!(total[0], 12_345.0);
+}
+
+#[test]
+fn each_block_finds_its_shared_memory_full_of_nan() {
+    if !have_gxx("each_block_finds_its_shared_memory_full_of_nan") {
+        return;
+    }
+    let mut y = vec![0f32; 128];
+    module()
+        .launch(
+            "stale_shared",
+            cfg((2, 1, 1), (64, 1, 1), 0),
+            &[ptr(&mut y)],
+        )
+        .unwrap();
+    assert!(y[..64].iter().all(|&v| v == 1.0));
+    assert!(
+        y[64..].iter().all(|v| v.is_nan()),
+        "block 1 saw block 0's values"
+    );
 }
 
 #[test]
