@@ -26,7 +26,9 @@ use noisegrad_kernels::rng::Philox;
 /// # Panics
 /// When `NOISEGRAD_REQUIRE_GPU=1` (set by `scripts/gpu_suite.sh run`) and no
 /// GPU is usable: on the GPU machine neither a skip nor the emulator may
-/// stand in for a broken setup.
+/// stand in for a broken setup. When `NOISEGRAD_REQUIRE_EMULATOR=1` (set by
+/// CI) and the test would skip: there, a missing g++ must not quietly turn
+/// every CUDA test into a skip.
 pub fn gpu_or_skip(test: &str) -> Option<Device> {
     if Device::cuda_available() && !emulation_requested() {
         return Some(Device::Cuda(0));
@@ -37,6 +39,12 @@ pub fn gpu_or_skip(test: &str) -> Option<Device> {
     if use_emulator_if_no_gpu() {
         eprintln!("{test}: running on the CUDA emulator (no GPU)");
         return Some(Device::Cuda(0));
+    }
+    if std::env::var("NOISEGRAD_REQUIRE_EMULATOR").is_ok_and(|v| v == "1") {
+        panic!(
+            "{test}: NOISEGRAD_REQUIRE_EMULATOR=1 but neither a GPU nor the CUDA emulator \
+             (which needs g++, and NOISEGRAD_NO_EMULATOR unset) is usable"
+        );
     }
     eprintln!("{test}: SKIPPED (no CUDA device on this machine, and no CUDA emulator: needs g++)");
     None
