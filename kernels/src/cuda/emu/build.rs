@@ -29,10 +29,24 @@ const FLAGS: &[&str] = &[
     "-shared",
     "-fPIC",
     "-fvisibility=hidden",
-    "-ffp-contract=off",
     "-fno-math-errno",
     "-fno-exceptions",
 ];
+
+/// `NOISEGRAD_EMU_FMA=1` fuses a·b + c into FMAs as NVRTC does by default
+/// (`--fmad=true`; the contraction choices differ in detail), to see which
+/// results depend on it. Needs a CPU with FMA.
+fn contraction_flags() -> &'static [&'static str] {
+    if std::env::var("NOISEGRAD_EMU_FMA").is_ok_and(|v| v == "1") {
+        &["-ffp-contract=fast", "-mfma"]
+    } else {
+        &["-ffp-contract=off"]
+    }
+}
+
+fn flags() -> Vec<&'static str> {
+    FLAGS.iter().chain(contraction_flags()).copied().collect()
+}
 
 /// Whether g++ can be run (the emulator needs it).
 pub fn compiler_available() -> bool {
@@ -86,7 +100,7 @@ pub struct Library {
 pub fn load(module: &'static str, src: &str) -> Result<Library> {
     let kernels = parse_kernels(src).map_err(|e| compile_err(module, e))?;
     let tu = translation_unit(module, src, &kernels)?;
-    let hash = fnv1a(&[SHIM, &tu, CXX, &FLAGS.join(" ")]);
+    let hash = fnv1a(&[SHIM, &tu, CXX, &flags().join(" ")]);
     let dir = cache_dir();
     let path = dir.join(format!("{module}-{hash:016x}.so"));
     if !path.exists() {
@@ -116,7 +130,7 @@ fn compile(module: &'static str, dir: &Path, tu: &str, dest: &Path) -> Result<()
     std::fs::write(&cpp, tu).map_err(io)?;
     let out = work.join(format!("{module}.so"));
     let run = Command::new(CXX)
-        .args(FLAGS)
+        .args(flags())
         .arg("-o")
         .arg(&out)
         .arg(&cpp)

@@ -23,7 +23,14 @@
 //! What it does not model: concurrency between threads outside barriers
 //! (a data race runs in one fixed order), FMA contraction (NVRTC fuses
 //! a·b + c by default, g++ here does not), the GPU's libm (`expf` & co. may
-//! differ in the last ulp), and timing.
+//! differ in the last ulp), and timing. Knobs to probe the first two, and
+//! the launch plans of a bigger GPU (each a separate run of the tests):
+//! - `NOISEGRAD_EMU_ORDER=reverse`: blocks and threads run in reverse order;
+//!   a result that changes depends on an order CUDA does not promise;
+//! - `NOISEGRAD_EMU_FMA=1`: g++ contracts a·b + c into FMAs, roughly as
+//!   NVRTC does (`__fmul_rn` & co. still round each step);
+//! - `NOISEGRAD_EMU_SM_COUNT=N`: the device reports N SMs (default 4, so
+//!   grid-stride launches run few blocks); 132 gives an H100's launch plans.
 //!
 //! [`use_emulator_if_no_gpu`]: super::device::use_emulator_if_no_gpu
 

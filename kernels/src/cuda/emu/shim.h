@@ -685,17 +685,28 @@ inline float __powf(float x, float y) { return powf(x, y); }
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 
-// Correctly rounded single operations: the module is compiled with
-// -ffp-contract=off, so none of these is fused into an FMA.
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
+// Correctly rounded single operations, never fused into an FMA (as on a
+// GPU): the result passes through an empty asm, which contraction cannot
+// see through even when NOISEGRAD_EMU_FMA=1 turns it on.
+template <class T>
+__forceinline__ T emu_rounded(T v) {
+#ifdef __x86_64__
+    asm("" : "+x"(v));
+#else
+    volatile T t = v;
+    v = t;
+#endif
+    return v;
+}
+inline float __fadd_rn(float a, float b) { return emu_rounded(a + b); }
+inline float __fsub_rn(float a, float b) { return emu_rounded(a - b); }
+inline float __fmul_rn(float a, float b) { return emu_rounded(a * b); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-inline double __dadd_rn(double a, double b) { return a + b; }
-inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return emu_rounded(a + b); }
+inline double __dmul_rn(double a, double b) { return emu_rounded(a * b); }
 inline double __ddiv_rn(double a, double b) { return a / b; }
 inline double __dsqrt_rn(double a) { return sqrt(a); }
 inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
