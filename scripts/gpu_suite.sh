@@ -11,6 +11,8 @@
 # cannot find the GPU fails instead of skipping. With the `device` tool:
 #   run(command="bash scripts/gpu_suite.sh run", carry=["gpu-bin", ".device/reference"])
 # (.device/reference: a copy of ../shared/reference for the PyTorch anchors.)
+# A dry run without a GPU: NOISEGRAD_CUDA_EMULATOR=1 scripts/gpu_suite.sh run
+# runs the same binaries on the CUDA emulator (no PyTorch, no benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,14 +59,22 @@ find_cuda_libs() {
 run() {
   local out="${OUT:-gpu-out}"
   mkdir -p "$out"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-  find_cuda_libs
-  export NOISEGRAD_REQUIRE_GPU=1 NOISEGRAD_REQUIRE_NVRTC=1
+  local emulated=0
+  [ "${NOISEGRAD_CUDA_EMULATOR:-}" = 1 ] && emulated=1
+  if [ $emulated = 0 ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+    find_cuda_libs
+    export NOISEGRAD_REQUIRE_GPU=1 NOISEGRAD_REQUIRE_NVRTC=1
+  fi
   local failed=0
   for t in gpu-bin/tests/*; do
     echo "== $t" | tee -a "$out/tests.log"
     "$t" --test-threads=1 2>&1 | tee -a "$out/tests.log" || failed=1
   done
+  if [ $emulated = 1 ]; then
+    gpu-bin/noisegrad bench-train --device cuda --preset tiny --batch-size 4 --steps 1 --warmup 1 2>&1 | tee "$out/bench_train.txt"
+    return $failed
+  fi
   for preset in "cifar10 --batch-size 128" "cifar10 --batch-size 128 --tf32"; do
     # shellcheck disable=SC2086
     gpu-bin/noisegrad bench-train --device cuda --preset $preset --steps 20 2>&1 | tee -a "$out/bench_train.txt"
