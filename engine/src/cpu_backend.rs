@@ -314,26 +314,12 @@ impl CpuStorage {
     /// Reduces over `axes` (sorted, unique) one contiguous run of axes at a
     /// time, from the last run to the first, with the block kernel.
     pub fn reduce(&self, layout: &Layout, op: ReduceOp, axes: &[usize]) -> Self {
+        let runs = crate::layout::reduce_runs(layout.shape(), axes);
         Self::new(map_data!(&self.data, v => {
-            let mut shape = layout.shape().to_vec();
             let mut cur = contiguous_slice(v, layout);
-            let mut i = axes.len();
-            while i > 0 {
-                let end = axes[i - 1];
-                let mut start = end;
-                while i > 1 && axes[i - 2] + 1 == start {
-                    i -= 1;
-                    start -= 1;
-                }
-                i -= 1;
-                let outer: usize = shape[..start].iter().product();
-                let r: usize = shape[start..=end].iter().product();
-                let inner: usize = shape[end + 1..].iter().product();
+            for &(outer, r, inner) in &runs {
                 let mut out = zeroed(outer * inner);
                 reduce::reduce(op, &cur, outer, r, inner, &mut out);
-                for s in &mut shape[start..=end] {
-                    *s = 1;
-                }
                 cur = std::borrow::Cow::Owned(out);
             }
             cur.into_owned()

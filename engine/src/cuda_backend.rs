@@ -8,6 +8,7 @@
 
 use crate::cpu_backend::split_at_axis;
 use crate::error::{Error, Result, shape_err};
+use crate::layout::reduce_runs;
 use crate::memory::MemTicket;
 use crate::storage::{BinaryOp, MatmulDims, RandKind, ReduceOp, UnaryOp};
 use crate::{DType, Device, Layout};
@@ -400,33 +401,6 @@ impl CudaStorage {
 /// layout's own offset.
 fn offset_if(packed: &Option<DeviceBuffer>, layout: &Layout) -> usize {
     if packed.is_some() { 0 } else { layout.offset() }
-}
-
-/// The `(outer, r, inner)` blocks that reduce `axes` (sorted, unique) of
-/// `shape`, one per run of adjacent axes, last run first; each block is
-/// shaped by what the earlier ones left (reduced axes become 1). The same
-/// sequence as `CpuStorage::reduce`.
-pub(crate) fn reduce_runs(shape: &[usize], axes: &[usize]) -> Vec<(usize, usize, usize)> {
-    let mut shape = shape.to_vec();
-    let mut runs = Vec::new();
-    let mut i = axes.len();
-    while i > 0 {
-        let end = axes[i - 1];
-        let mut start = end;
-        while i > 1 && axes[i - 2] + 1 == start {
-            i -= 1;
-            start -= 1;
-        }
-        i -= 1;
-        let outer: usize = shape[..start].iter().product();
-        let r: usize = shape[start..=end].iter().product();
-        let inner: usize = shape[end + 1..].iter().product();
-        runs.push((outer, r, inner));
-        for s in &mut shape[start..=end] {
-            *s = 1;
-        }
-    }
-    runs
 }
 
 /// How cuBLAS can read a `rows × cols` matrix whose element `(i, j)` is at

@@ -273,6 +273,33 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     Ok(out)
 }
 
+/// The `(outer, r, inner)` blocks that reduce `axes` (sorted, unique) of
+/// `shape`, one per run of adjacent axes, last run first; each block is
+/// shaped by what the earlier ones left (reduced axes become 1). Both devices
+/// reduce in this order, so their sums round the same way.
+pub fn reduce_runs(shape: &[usize], axes: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut shape = shape.to_vec();
+    let mut runs = Vec::new();
+    let mut i = axes.len();
+    while i > 0 {
+        let end = axes[i - 1];
+        let mut start = end;
+        while i > 1 && axes[i - 2] + 1 == start {
+            i -= 1;
+            start -= 1;
+        }
+        i -= 1;
+        let outer: usize = shape[..start].iter().product();
+        let r: usize = shape[start..=end].iter().product();
+        let inner: usize = shape[end + 1..].iter().product();
+        runs.push((outer, r, inner));
+        for s in &mut shape[start..=end] {
+            *s = 1;
+        }
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
