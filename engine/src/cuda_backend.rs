@@ -14,7 +14,7 @@ use crate::storage::{BinaryOp, MatmulDims, RandKind, ReduceOp, UnaryOp};
 use crate::{DType, Device, Layout};
 use noisegrad_kernels::cpu::collapse_dims;
 use noisegrad_kernels::cuda::device::{MAX_RANK, Strided};
-use noisegrad_kernels::cuda::elementwise::{self as ew, View};
+use noisegrad_kernels::cuda::elementwise::{self as ew, Dense, View};
 use noisegrad_kernels::cuda::gemm::{self, MatOperand, MatOut};
 use noisegrad_kernels::cuda::{CudaDevice, CudaError, DeviceBuffer};
 use noisegrad_kernels::cuda::{index as kindex, random as krandom, reduce as kreduce};
@@ -203,15 +203,16 @@ impl CudaStorage {
 /// Inputs that are not one contiguous run are packed first (as the CPU's
 /// `contiguous_slice` does); results are new contiguous buffers.
 impl CudaStorage {
-    /// The elements of `layout` as one contiguous run: the address of its
-    /// first element, and the packed copy that holds it when the layout was
-    /// not contiguous (keep it alive while the address is used).
-    fn packed(&self, layout: &Layout) -> Result<(u64, Option<DeviceBuffer>)> {
-        if layout.is_contiguous() {
-            return Ok((self.buf.ptr_at(layout.offset()), None));
-        }
-        let y = ew::contiguous(&self.dev, self.view(layout)?, layout.numel())?;
-        Ok((y.ptr(), Some(y)))
+    /// The elements of `layout` as one contiguous run: this buffer when the
+    /// layout is one, else a packed copy (keep it alive while its address is
+    /// used). `op` names the caller in errors.
+    pub(crate) fn dense(&self, layout: &Layout, op: &'static str) -> Result<Dense<'_>> {
+        Ok(Dense::new(
+            &self.dev,
+            self.view(layout)?,
+            layout.numel(),
+            op,
+        )?)
     }
 
     /// Reduces over `axes` (sorted, unique) one contiguous run of axes at a
@@ -222,7 +223,8 @@ impl CudaStorage {
         if runs.is_empty() {
             return self.contiguous(layout);
         }
-        let (x, _packed) = self.packed(layout)?;
+        let x = self.dense(layout, "reduce")?;
+        let x = x.ptr();
         let mut cur: Option<DeviceBuffer> = None;
         for (outer, r, inner) in runs {
             let src = cur.as_ref().map_or(x, |b| b.ptr());
@@ -288,8 +290,8 @@ impl CudaStorage {
     /// Rows `ids` along `axis`.
     pub fn index_select(&self, layout: &Layout, axis: usize, ids: &[usize]) -> Result<Self> {
         let dims = split_at_axis(layout.shape(), axis);
-        let (x, _packed) = self.packed(layout)?;
-        Ok(self.wrap(kindex::index_select(&self.dev, x, dims, ids)?))
+        let x = self.dense(layout, "index_select")?;
+        Ok(self.wrap(kindex::index_select(&self.dev, x.ptr(), dims, ids)?))
     }
 
     /// A zero tensor of `shape` with this storage's rows (seen through
@@ -310,10 +312,10 @@ impl CudaStorage {
                 "source does not have ids.len() rows along the axis",
             ));
         }
-        let (src, _packed) = self.packed(src_layout)?;
+        let src = self.dense(src_layout, "index_add")?;
         Ok(self.wrap(kindex::index_add_zeros(
             &self.dev,
-            src,
+            src.ptr(),
             (outer, dim, inner),
             ids,
         )?))

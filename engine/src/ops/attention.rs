@@ -11,7 +11,7 @@
 //! in place.
 
 use super::check_same;
-use super::typed::{CudaView, Placed, cuda_contiguous, placed};
+use super::typed::{CudaView, Placed, placed};
 use crate::Tensor;
 use crate::autograd::record;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
@@ -22,6 +22,7 @@ use crate::storage::Storage;
 use noisegrad_kernels::cpu::attention::{self as kernel, AttnConfig, AttnPath, Qkv, QkvGrads};
 use noisegrad_kernels::cpu::gemm::Gemm;
 use noisegrad_kernels::cuda::attention::{self as cuda_kernel, gemm_view};
+use noisegrad_kernels::cuda::elementwise::Dense;
 use noisegrad_kernels::cuda::gemm::MatOperand;
 use std::borrow::Cow;
 use std::sync::RwLockReadGuard;
@@ -94,19 +95,9 @@ impl GemmOperand {
     }
 }
 
-/// The contiguous address of a CUDA view with `n` elements.
-fn contiguous_operand(
-    op: &'static str,
-    x: CudaView<'_>,
-    n: usize,
-) -> Result<super::typed::CudaContiguous> {
-    if x.1.numel() != n {
-        return Err(bad_arg(
-            op,
-            format!("operand has {} elements, expected {n}", x.1.numel()),
-        ));
-    }
-    cuda_contiguous(x)
+/// A CUDA view that must hold `n` elements, as one contiguous run.
+fn contiguous_operand<'a>(op: &'static str, (s, l): CudaView<'a>, n: usize) -> Result<Dense<'a>> {
+    Ok(Dense::new(&s.dev, s.view(l)?, n, op)?)
 }
 
 impl CudaStorage {
@@ -137,8 +128,14 @@ impl CudaStorage {
         let out = contiguous_operand(OP, out, b * m * e)?;
         let lse = contiguous_operand(OP, lse, b * m)?;
         let s = operands[0].0;
-        let grads =
-            cuda_kernel::backward(&s.dev, cfg, [q.op, k.op, v.op], out.ptr, lse.ptr, d_out.op)?;
+        let grads = cuda_kernel::backward(
+            &s.dev,
+            cfg,
+            [q.op, k.op, v.op],
+            out.ptr(),
+            lse.ptr(),
+            d_out.op,
+        )?;
         Ok(grads.map(|g| s.wrap(g)))
     }
 }

@@ -92,8 +92,9 @@ impl CudaStorage {
     ) -> Result<CudaStorage> {
         let n = l.numel();
         check_len("q_sample", eps, n)?;
-        let (x0, e) = (cuda_contiguous((self, l))?, cuda_contiguous(eps)?);
-        let out = cuda_kernel::q_sample(&self.dev, x0.ptr, e.ptr, coefs, n)?;
+        let op = "q_sample";
+        let (x0, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
+        let out = cuda_kernel::q_sample(&self.dev, x0.ptr(), e.ptr(), coefs, n)?;
         Ok(self.wrap(out))
     }
 
@@ -106,8 +107,9 @@ impl CudaStorage {
     ) -> Result<(CudaStorage, Option<CudaStorage>)> {
         let n = l.numel();
         check_len("l_simple_loss", eps, n)?;
-        let (p, e) = (cuda_contiguous((self, l))?, cuda_contiguous(eps)?);
-        let (loss, grad) = cuda_kernel::l_simple(&self.dev, p.ptr, e.ptr, n, with_grad)?;
+        let op = "l_simple_loss";
+        let (p, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
+        let (loss, grad) = cuda_kernel::l_simple(&self.dev, p.ptr(), e.ptr(), n, with_grad)?;
         Ok((self.wrap(loss), grad.map(|g| self.wrap(g))))
     }
 
@@ -124,10 +126,10 @@ impl CudaStorage {
         if let Some(z) = z {
             check_len(op, z, n)?;
         }
-        let (x, e) = (cuda_contiguous((self, l))?, cuda_contiguous(eps)?);
-        let z = z.map(cuda_contiguous).transpose()?;
-        let z_ptr = z.as_ref().map(|z| z.ptr);
-        let out = cuda_kernel::denoise_step(&self.dev, x.ptr, e.ptr, z_ptr, coefs, n)?;
+        let (x, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
+        let z = z.map(|z| cuda_contiguous(op, z)).transpose()?;
+        let z_ptr = z.as_ref().map(|z| z.ptr());
+        let out = cuda_kernel::denoise_step(&self.dev, x.ptr(), e.ptr(), z_ptr, coefs, n)?;
         Ok(self.wrap(out))
     }
 }

@@ -71,8 +71,12 @@ fn lengths_differ(op: &'static str, lens: &[usize]) -> Error {
 
 impl CudaStorage {
     pub fn sum_squares(&self, layout: &Layout) -> Result<f64> {
-        let x = super::typed::cuda_contiguous((self, layout))?;
-        Ok(cuda_kernel::sum_squares(&self.dev, x.ptr, layout.numel())?)
+        let x = self.dense(layout, "sum_squares")?;
+        Ok(cuda_kernel::sum_squares(
+            &self.dev,
+            x.ptr(),
+            layout.numel(),
+        )?)
     }
 
     /// One fused Adam step over the whole buffers (as the CPU's

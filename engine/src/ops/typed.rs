@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::storage::{Storage, device_mismatch};
 use crate::{DType, Layout};
 use noisegrad_kernels::Float;
+use noisegrad_kernels::cuda::elementwise::Dense;
 use std::borrow::Cow;
 
 /// A storage viewed through a layout (one operand of a multi-operand primitive).
@@ -138,28 +139,10 @@ pub(crate) fn placed<'a, const N: usize>(
     })
 }
 
-/// The elements of a CUDA view in row-major order at one device address:
-/// the view's own memory when contiguous, else a packed copy held here
-/// until the kernels reading it are queued (stream order then makes
-/// dropping it safe).
-pub(crate) struct CudaContiguous {
-    pub ptr: u64,
-    _packed: Option<CudaStorage>,
-}
-
-/// [`CudaContiguous`] of `(s, l)`.
-pub(crate) fn cuda_contiguous((s, l): CudaView<'_>) -> Result<CudaContiguous> {
-    if l.is_contiguous() {
-        return Ok(CudaContiguous {
-            ptr: s.buf.ptr_at(l.offset()),
-            _packed: None,
-        });
-    }
-    let packed = s.contiguous(l)?;
-    Ok(CudaContiguous {
-        ptr: packed.buf.ptr(),
-        _packed: Some(packed),
-    })
+/// The elements of a CUDA view as one contiguous run (see
+/// [`CudaStorage::dense`]); `op` names the caller in errors.
+pub(crate) fn cuda_contiguous<'a>(op: &'static str, (s, l): CudaView<'a>) -> Result<Dense<'a>> {
+    s.dense(l, op)
 }
 
 /// Runs `f` with the storages of `tensors` (in order), read-locking each

@@ -31,11 +31,10 @@
 //! tensor cores when [`CudaDevice::set_tf32`] is on.
 
 use super::device::Arg;
-use super::elementwise::{self as ew, View};
+use super::elementwise::{Dense, View};
 use super::gemm::{MatOperand, MatOut, gemm};
 use super::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_1d, grid_rows};
 use crate::cpu::conv::Conv2dGeometry;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const MODULE: &str = "conv";
@@ -65,58 +64,6 @@ pub fn workspace_limit() -> usize {
 pub fn images_per_chunk(floats_per_image: usize, batch: usize, limit_bytes: usize) -> usize {
     let per_image = floats_per_image.max(1).saturating_mul(4);
     (limit_bytes / per_image).clamp(1, batch.max(1))
-}
-
-/// A view's elements as one contiguous run on the device: the view's own
-/// memory when it already is one, otherwise a packed copy kept alive here
-/// (the borrow keeps the viewed buffer alive as long as the pointer is used).
-pub struct Dense<'a> {
-    ptr: u64,
-    _packed: Option<DeviceBuffer>,
-    _view: PhantomData<&'a DeviceBuffer>,
-}
-
-impl<'a> Dense<'a> {
-    /// `v` (of `n` elements) as a contiguous run; `op` names the caller in
-    /// the error if the view does not hold `n` elements.
-    pub fn new(dev: &CudaDevice, v: View<'a>, n: usize, op: &'static str) -> Result<Dense<'a>> {
-        let s = &v.strided;
-        let numel: usize = s.shape[..s.rank as usize]
-            .iter()
-            .map(|&d| d as usize)
-            .product();
-        if numel != n {
-            return Err(CudaError::Driver {
-                op,
-                msg: format!("an operand has {numel} elements where {n} were expected"),
-            });
-        }
-        Ok(match v.contiguous_ptr() {
-            Some(ptr) => Dense {
-                ptr,
-                _packed: None,
-                _view: PhantomData,
-            },
-            None => {
-                let packed = ew::contiguous(dev, v, n)?;
-                Dense {
-                    ptr: packed.ptr(),
-                    _packed: Some(packed),
-                    _view: PhantomData,
-                }
-            }
-        })
-    }
-
-    /// Device address of element 0.
-    pub fn ptr(&self) -> u64 {
-        self.ptr
-    }
-
-    /// Device address of element `i`.
-    pub fn ptr_at(&self, i: usize) -> u64 {
-        self.ptr + 4 * i as u64
-    }
 }
 
 /// What the `im2col` / `col2im` kernels need to know about the images and

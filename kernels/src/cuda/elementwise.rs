@@ -4,8 +4,9 @@
 //! the `_contig` kernels, which skip the index arithmetic.
 
 use super::device::{Arg, Strided};
-use super::{CudaDevice, DeviceBuffer, Result, grid_1d};
+use super::{CudaDevice, CudaError, DeviceBuffer, Result, grid_1d};
 use crate::cpu::elementwise::{BinaryOp, UnaryOp};
+use std::marker::PhantomData;
 
 const MODULE: &str = "elementwise";
 
@@ -23,6 +24,58 @@ impl View<'_> {
     pub fn contiguous_ptr(&self) -> Option<u64> {
         self.contiguous
             .then(|| self.buf.ptr_at(self.strided.offset as usize))
+    }
+}
+
+/// A view's elements as one contiguous run on the device: the view's own
+/// memory when it already is one, otherwise a packed copy kept alive here
+/// (the borrow keeps the viewed buffer alive as long as the pointer is used).
+pub struct Dense<'a> {
+    ptr: u64,
+    _packed: Option<DeviceBuffer>,
+    _view: PhantomData<&'a DeviceBuffer>,
+}
+
+impl<'a> Dense<'a> {
+    /// `v` (of `n` elements) as a contiguous run; `op` names the caller in
+    /// the error if the view does not hold `n` elements.
+    pub fn new(dev: &CudaDevice, v: View<'a>, n: usize, op: &'static str) -> Result<Dense<'a>> {
+        let s = &v.strided;
+        let numel: usize = s.shape[..s.rank as usize]
+            .iter()
+            .map(|&d| d as usize)
+            .product();
+        if numel != n {
+            return Err(CudaError::Driver {
+                op,
+                msg: format!("an operand has {numel} elements where {n} were expected"),
+            });
+        }
+        Ok(match v.contiguous_ptr() {
+            Some(ptr) => Dense {
+                ptr,
+                _packed: None,
+                _view: PhantomData,
+            },
+            None => {
+                let packed = contiguous(dev, v, n)?;
+                Dense {
+                    ptr: packed.ptr(),
+                    _packed: Some(packed),
+                    _view: PhantomData,
+                }
+            }
+        })
+    }
+
+    /// Device address of element 0.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Device address of element `i`.
+    pub fn ptr_at(&self, i: usize) -> u64 {
+        self.ptr + 4 * i as u64
     }
 }
 

@@ -8,8 +8,8 @@
 //! r·Σdh·(x − μ), then one block per channel reducing those over n into dβ
 //! and dγ (a fixed order, so no atomics and deterministic results).
 
-use super::conv::Dense;
 use super::device::Arg;
+use super::elementwise::Dense;
 use super::elementwise::View;
 use super::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_rows};
 use crate::cpu::group_norm::GroupNormDims;

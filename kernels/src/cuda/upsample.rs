@@ -3,8 +3,8 @@
 //! [`crate::cpu::upsample`]. Pure data movement: grid-stride loops, one
 //! thread per element written.
 
-use super::conv::Dense;
 use super::device::Arg;
+use super::elementwise::Dense;
 use super::elementwise::View;
 use super::{CudaDevice, DeviceBuffer, Result, grid_1d};
 
