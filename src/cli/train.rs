@@ -1,0 +1,217 @@
+//! `noisegrad train`: the training loop with its progress bar, log,
+//! checkpoints, loss plot and sample grids.
+
+use super::{DeviceArgs, io_err, load_train_data, open_device};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use noisegrad::diffusion::image::{save_grid, save_loss_plot};
+use noisegrad::diffusion::process::DdimSpacing;
+use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::train::{TrainConfig, Trainer};
+use noisegrad::diffusion::unet::UNetConfig;
+use noisegrad::engine::{Philox, Result, Tensor};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Dataset: a cifar-10-batches-bin folder, a Fashion-MNIST folder or IDX file, or a folder of PNGs.
+    /// Default: the CIFAR-10 sample embedded in the binary.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Model preset: tiny, small (4.4 M parameters) or cifar10 (35.7 M, the DDPM model).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Override the preset's base channel count.
+    #[arg(long)]
+    pub ch: Option<usize>,
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 1500)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Linear learning-rate warmup steps (DDPM: 5000).
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// EMA decay of the weights used for sampling (DDPM: 0.9999).
+    #[arg(long, default_value_t = 0.995)]
+    pub ema: f64,
+    /// Disable random horizontal flips.
+    #[arg(long)]
+    pub no_flip: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run folder (checkpoint, log.jsonl, loss.png, samples.png).
+    #[arg(long, default_value = "runs/default")]
+    pub out: PathBuf,
+    /// Save a checkpoint every N steps (and at the end, and on Ctrl-C).
+    #[arg(long, default_value_t = 250)]
+    pub ckpt_every: u64,
+    /// Write a sample grid every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub sample_every: u64,
+    /// DDIM steps for the periodic and final sample grids.
+    #[arg(long, default_value_t = 50)]
+    pub sample_steps: usize,
+    /// Continue from the run folder's checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+/// Set by Ctrl-C; the training loop checks it between steps.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let data = Arc::new(load_train_data(&a.data)?);
+    let mut model = UNetConfig::preset(&a.preset)?;
+    model.in_channels = data.channels;
+    model.image_size = data.height;
+    if let Some(ch) = a.ch {
+        model.ch = ch;
+    }
+    if let Some(d) = a.dropout {
+        model.dropout = d;
+    }
+    let mut cfg = TrainConfig::ddpm(model);
+    cfg.batch_size = a.batch_size;
+    cfg.lr = a.lr;
+    cfg.warmup_steps = a.warmup;
+    cfg.grad_clip = a.grad_clip;
+    cfg.ema_decay = a.ema;
+    cfg.random_flip = !a.no_flip;
+    cfg.seed = a.seed;
+    cfg.device = open_device(a.dev)?;
+    cfg.tf32 = a.dev.tf32;
+    std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+    let ckpt = a.out.join("checkpoint.safetensors");
+    let mut trainer = Trainer::new(cfg, data.clone())?;
+    if a.resume {
+        trainer.load_checkpoint(&ckpt)?;
+        println!("resumed from {} at step {}", ckpt.display(), trainer.step());
+    }
+    println!(
+        "training {} U-Net ({} parameters) on {} ({} images {}×{}×{}), batch {}, {} steps → {}",
+        a.preset,
+        trainer.store.num_elements(),
+        data.source,
+        data.len(),
+        data.channels,
+        data.height,
+        data.width,
+        a.batch_size,
+        a.steps,
+        a.out.display()
+    );
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).map_err(|e| {
+        noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}"))
+    })?;
+    let log_path = a.out.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| io_err(&log_path, e))?;
+    let mut losses = read_loss_log(&log_path, trainer.step());
+    let bar = ProgressBar::new(a.steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(trainer.step());
+    let started = Instant::now();
+    while trainer.step() < a.steps {
+        let s = trainer.train_step()?;
+        losses.push((s.step, s.loss));
+        let line = format!(
+            "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.4},\"lr\":{:.3e},\"elapsed_s\":{:.2}}}",
+            s.step,
+            s.loss,
+            s.grad_norm,
+            s.lr,
+            started.elapsed().as_secs_f64()
+        );
+        writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
+        bar.set_position(s.step);
+        bar.set_message(format!("loss {:.4}", s.loss));
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if s.step % a.ckpt_every == 0 || s.step == a.steps || interrupted {
+            trainer.save_checkpoint(&ckpt)?;
+            save_loss_plot(&a.out.join("loss.png"), &losses)?;
+        }
+        if interrupted {
+            bar.abandon_with_message(format!("interrupted: checkpoint saved at step {}", s.step));
+            return Ok(());
+        }
+        if a.sample_every > 0 && s.step % a.sample_every == 0 && s.step != a.steps {
+            write_samples(
+                &mut trainer,
+                &a.out.join(format!("samples_{:06}.png", s.step)),
+                a.sample_steps,
+                16,
+            )?;
+        }
+    }
+    bar.finish_with_message("done");
+    let steps_per_s = (a.steps as f64) / started.elapsed().as_secs_f64();
+    println!(
+        "{steps_per_s:.2} steps/s ({:.1} img/s)",
+        steps_per_s * a.batch_size as f64
+    );
+    write_samples(&mut trainer, &a.out.join("samples.png"), a.sample_steps, 36)?;
+    println!(
+        "wrote {0}/samples.png, {0}/loss.png, {0}/checkpoint.safetensors, {0}/log.jsonl",
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn write_samples(trainer: &mut Trainer, path: &Path, steps: usize, n: usize) -> Result<()> {
+    let cfg = trainer.model.config.clone();
+    let schedule = trainer.schedule.clone();
+    let device = trainer.config.device;
+    let images = trainer.with_ema(|model| {
+        let mut rng = Philox::new(1234);
+        let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+        let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
+        let opts = SampleOptions::default();
+        Ok(ddim_sample(
+            &schedule,
+            &mut eps,
+            &shape,
+            device,
+            steps,
+            DdimSpacing::Quadratic,
+            0.0,
+            &mut rng,
+            &opts,
+            |_| {},
+        )?
+        .images)
+    })?;
+    save_grid(path, &images, (n as f64).sqrt().ceil() as usize)
+}
+
+fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |line: &str, key: &str| -> Option<f64> {
+        let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+        line[start..].split([',', '}']).next()?.parse().ok()
+    };
+    text.lines()
+        .filter_map(|l| Some((field(l, "step")? as u64, field(l, "loss")?)))
+        .filter(|&(s, _)| s <= up_to)
+        .collect()
+}
