@@ -150,6 +150,15 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with the tape on, even inside [`no_grad`]: for input
+/// gradients taken during sampling (classifier guidance's ∇ₓ log p(y|x)).
+pub fn enable_grad<R>(f: impl FnOnce() -> R) -> R {
+    let prev = GRAD_ENABLED.with(|g| g.replace(true));
+    let out = f();
+    GRAD_ENABLED.with(|g| g.set(prev));
+    out
+}
+
 /// True when an op over `inputs` must record a node.
 pub fn needs_tape(inputs: &[&Tensor]) -> bool {
     is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())

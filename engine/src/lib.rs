@@ -22,7 +22,7 @@ pub mod optim;
 pub mod storage;
 pub mod tensor;
 
-pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
+pub use autograd::{NoGradGuard, enable_grad, is_grad_enabled, no_grad};
 pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ mod conv;
 mod elementwise;
 mod group_norm;
 mod index;
+mod loss;
 mod matmul;
 mod nn;
 mod noise;
