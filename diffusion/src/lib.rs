@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod gaussian;
+pub mod guidance;
 pub mod image;
 pub mod process;
 pub mod sample;

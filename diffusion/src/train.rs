@@ -35,6 +35,12 @@ pub struct TrainConfig {
     /// On CUDA, let cuBLAS use TF32 tensor cores for f32 GEMMs (PyTorch's
     /// `allow_tf32`); ignored on the CPU.
     pub tf32: bool,
+    /// Class-conditional training: the probability of replacing a label
+    /// by the null label ∅ (Ho & Salimans 2022: 0.1), so one network
+    /// learns ε(x, t, y) and ε(x, t, ∅).
+    pub p_uncond: f64,
+    /// Names of the classes (stored in the checkpoint metadata).
+    pub class_names: Vec<String>,
 }
 
 impl TrainConfig {
@@ -53,6 +59,8 @@ impl TrainConfig {
             seed: 0,
             device: Device::Cpu,
             tf32: false,
+            p_uncond: 0.1,
+            class_names: Vec::new(),
         }
     }
 }
@@ -100,6 +108,13 @@ impl Trainer {
         if data.is_empty() {
             return Err(Error::Msg(format!("dataset {} is empty", data.source)));
         }
+        check_labels_fit(&data, m.num_classes)?;
+        if !(0.0..=1.0).contains(&config.p_uncond) {
+            return Err(Error::Msg(format!(
+                "--p-uncond {} must be in [0, 1]",
+                config.p_uncond
+            )));
+        }
         let store = ParamStore::new(DType::F32, config.device, config.seed);
         let model = UNet::new(config.model.clone(), &store)?;
         let opt = Adam::new(store.params(), AdamConfig::adam(config.lr))?;
@@ -140,12 +155,36 @@ impl Trainer {
 
     /// L_simple for a batch, with the graph recorded for backward.
     pub fn loss(&mut self, x0: &Tensor) -> Result<Tensor> {
+        self.loss_cond(x0, None)
+    }
+
+    /// L_simple with class labels (class-conditional models): each label
+    /// becomes ∅ with probability `p_uncond` (classifier-free guidance
+    /// training, Ho & Salimans 2022 Alg. 1).
+    pub fn loss_cond(&mut self, x0: &Tensor, labels: Option<&[usize]>) -> Result<Tensor> {
         let n = x0.dim(0)?;
         let t = self.sample_timesteps(n);
         let eps = Tensor::randn(x0.shape(), x0.dtype(), x0.device(), &mut self.rng)?;
         let xt = x0.q_sample(&eps, &q_sample_coefs(&self.schedule, &t))?;
-        let pred = self.model.forward(&xt, &t, true, &mut self.rng)?;
+        let dropped = labels.map(|y| self.drop_labels(y));
+        let pred = self
+            .model
+            .forward_cond(&xt, &t, dropped.as_deref(), true, &mut self.rng)?;
         pred.l_simple_loss(&eps)
+    }
+
+    /// Replaces each label by ∅ (= num_classes) with probability p_uncond.
+    fn drop_labels(&mut self, labels: &[usize]) -> Vec<usize> {
+        use rand::Rng;
+        let null = self.config.model.num_classes.unwrap_or(0);
+        let p = self.config.p_uncond;
+        labels
+            .iter()
+            .map(|&y| {
+                let u = self.rng.next_u32() as f64 / 4_294_967_296.0;
+                if u < p { null } else { y }
+            })
+            .collect()
     }
 
     /// One optimisation step on the next batch.
@@ -153,8 +192,10 @@ impl Trainer {
         // Start each step on a fresh Philox block, so the saved stream
         // position is exact at every step boundary.
         self.rng.reserve_blocks(0);
-        let x0 = self.batcher.next_batch()?.to_device(self.config.device)?;
-        let loss = self.loss(&x0)?;
+        let (x0, labels) = self.batcher.next_batch_labelled()?;
+        let x0 = x0.to_device(self.config.device)?;
+        let conditional = self.config.model.num_classes.is_some();
+        let loss = self.loss_cond(&x0, conditional.then_some(&labels[..]))?;
         self.opt.zero_grad();
         loss.backward()?;
         // Read the loss only now: on a GPU, reading waits for the device, and
@@ -229,6 +270,10 @@ impl Trainer {
             ("data_position".to_string(), b.position.to_string()),
             ("model_config".to_string(), self.config.model.to_json()),
             ("train_config".to_string(), format!("{:?}", self.config)),
+            (
+                "class_names".to_string(),
+                serde_json::to_string(&self.config.class_names).expect("strings serialise"),
+            ),
         ]);
         noisegrad_engine::io::save(path, &tensors, &meta)
     }
@@ -273,4 +318,24 @@ impl Trainer {
         });
         Ok(())
     }
+}
+
+/// A class-conditional model needs a label in 0..num_classes for every image.
+fn check_labels_fit(data: &ImageDataset, num_classes: Option<usize>) -> Result<()> {
+    let Some(k) = num_classes else {
+        return Ok(());
+    };
+    if data.labels.len() != data.len() {
+        return Err(Error::Msg(format!(
+            "--class-cond needs class labels, but {} has none (use CIFAR-10 batches, an IDX file with its labels-idx1 file beside it, or a folder of class subfolders)",
+            data.source
+        )));
+    }
+    if let Some(&bad) = data.labels.iter().find(|&&y| y as usize >= k) {
+        return Err(Error::Msg(format!(
+            "{} has label {bad} but the model has {k} classes",
+            data.source
+        )));
+    }
+    Ok(())
 }

@@ -25,6 +25,10 @@ pub struct UNetConfig {
     pub dropout: f64,
     pub groups: usize,
     pub norm_eps: f64,
+    /// Class-conditional with this many classes (None: unconditional).
+    /// Absent in older checkpoints, which therefore load as unconditional.
+    #[serde(default)]
+    pub num_classes: Option<usize>,
 }
 
 impl UNetConfig {
@@ -40,6 +44,7 @@ impl UNetConfig {
             dropout: 0.1,
             groups: 32,
             norm_eps: 1e-6,
+            num_classes: None,
         }
     }
 
@@ -109,6 +114,9 @@ impl UNetConfig {
                 ));
             }
         }
+        if self.num_classes == Some(0) {
+            return bad("num_classes must be at least 1".into());
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
@@ -117,25 +125,25 @@ impl UNetConfig {
 }
 
 /// GroupNorm γ, β (PyTorch names `weight`, `bias`).
-struct Norm {
+pub(crate) struct Norm {
     gamma: Tensor,
     beta: Tensor,
 }
 
 impl Norm {
-    fn new(s: &ParamScope, c: usize) -> Result<Norm> {
+    pub(crate) fn new(s: &ParamScope, c: usize) -> Result<Norm> {
         Ok(Norm {
             gamma: s.param("weight", &[c], Init::Ones)?,
             beta: s.param("bias", &[c], Init::Zeros)?,
         })
     }
-    fn forward(&self, x: &Tensor, cfg: &UNetConfig, silu: bool) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, cfg: &UNetConfig, silu: bool) -> Result<Tensor> {
         x.group_norm(cfg.groups, &self.gamma, &self.beta, cfg.norm_eps, silu)
     }
 }
 
 /// A 2-D convolution with bias.
-struct Conv {
+pub(crate) struct Conv {
     w: Tensor,
     b: Tensor,
     stride: usize,
@@ -165,7 +173,7 @@ impl Conv {
 
 /// GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU →
 /// dropout → conv3×3, plus a 1×1 skip when the channel count changes.
-struct ResBlock {
+pub(crate) struct ResBlock {
     n1: Norm,
     c1: Conv,
     t: Linear,
@@ -175,7 +183,7 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(s: &ParamScope, cin: usize, cout: usize, temb: usize) -> Result<ResBlock> {
+    pub(crate) fn new(s: &ParamScope, cin: usize, cout: usize, temb: usize) -> Result<ResBlock> {
         Ok(ResBlock {
             n1: Norm::new(&s.sub("n1"), cin)?,
             c1: Conv::new(&s.sub("c1"), cin, cout, 3, 1, 1.0)?,
@@ -190,7 +198,7 @@ impl ResBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let h = self.c1.forward(&self.n1.forward(x, ctx.cfg, true)?)?;
         let t = self.t.forward(temb_act)?;
         let h = h.add(&t.reshape(&[t.dim(0)?, t.dim(1)?, 1, 1])?)?;
@@ -209,7 +217,7 @@ impl ResBlock {
 
 /// Single-head self-attention over the H·W positions with separate q, k, v
 /// (one 1×1 conv to 3C) and a residual 1×1 output projection.
-struct Attn {
+pub(crate) struct Attn {
     n: Norm,
     qkv: Conv,
     o: Conv,
@@ -224,7 +232,7 @@ impl Attn {
         })
     }
 
-    fn forward(&self, x: &Tensor, cfg: &UNetConfig) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, cfg: &UNetConfig) -> Result<Tensor> {
         let (b, c, h, w) = dims4(x)?;
         let qkv = self
             .qkv
@@ -242,7 +250,7 @@ impl Attn {
     }
 }
 
-enum Block {
+pub(crate) enum Block {
     Res(ResBlock, Option<Attn>),
     Down(Conv),
     Up(Conv),
@@ -250,10 +258,10 @@ enum Block {
 
 /// What a forward pass needs besides the input: config, mode and the
 /// dropout stream.
-struct Ctx<'a> {
-    cfg: &'a UNetConfig,
-    train: bool,
-    rng: &'a mut Philox,
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a UNetConfig,
+    pub(crate) train: bool,
+    pub(crate) rng: &'a mut Philox,
 }
 
 pub struct UNet {
@@ -268,6 +276,9 @@ pub struct UNet {
     up: Vec<Block>,
     nout: Norm,
     cout: Conv,
+    /// Class embedding [num_classes + 1, 4·ch] (improved-diffusion's
+    /// `label_emb`); the last row is the null label ∅.
+    label_emb: Option<Tensor>,
 }
 
 impl UNet {
@@ -276,31 +287,15 @@ impl UNet {
         config.validate()?;
         let (ch, temb) = (config.ch, config.ch * 4);
         let root = store.root();
-        let temb0 = Linear::with_init(&root.sub("temb").sub(0), ch, temb, default_init(1.0))?;
-        let temb2 = Linear::with_init(&root.sub("temb").sub(2), temb, temb, default_init(1.0))?;
-        let cin = Conv::new(&root.sub("cin"), config.in_channels, ch, 3, 1, 1.0)?;
-        let (mut down, mut chans, mut c, mut res) = (Vec::new(), vec![ch], ch, config.image_size);
-        let levels = config.ch_mult.len();
-        for (level, &m) in config.ch_mult.iter().enumerate() {
-            for _ in 0..config.num_res_blocks {
-                let s = root.sub("down").sub(down.len());
-                let rb = ResBlock::new(&s.sub(0), c, ch * m, temb)?;
-                c = ch * m;
-                let attn = config
-                    .attn_resolutions
-                    .contains(&res)
-                    .then(|| Attn::new(&s.sub(1), c))
-                    .transpose()?;
-                down.push(Block::Res(rb, attn));
-                chans.push(c);
-            }
-            if level != levels - 1 {
-                let s = root.sub("down").sub(down.len());
-                down.push(Block::Down(Conv::new(&s.sub(0), c, c, 3, 2, 1.0)?));
-                chans.push(c);
-                res /= 2;
-            }
-        }
+        let Encoder {
+            temb0,
+            temb2,
+            cin,
+            down,
+            mut chans,
+            mut c,
+            mut res,
+        } = Encoder::new(&config, &root)?;
         let mid1 = ResBlock::new(&root.sub("mid1"), c, c, temb)?;
         let mida = Attn::new(&root.sub("mida"), c)?;
         let mid2 = ResBlock::new(&root.sub("mid2"), c, c, temb)?;
@@ -326,6 +321,10 @@ impl UNet {
         }
         let nout = Norm::new(&root.sub("nout"), c)?;
         let cout = Conv::new(&root.sub("cout"), c, config.in_channels, 3, 1, 0.0)?;
+        let label_emb = config
+            .num_classes
+            .map(|k| root.sub("label_emb").param("weight", &[k + 1, temb], default_init(1.0)))
+            .transpose()?;
         Ok(UNet {
             config,
             temb0,
@@ -338,11 +337,13 @@ impl UNet {
             up,
             nout,
             cout,
+            label_emb,
         })
     }
 
     /// ε_θ(x_t, t) for images [B, C, H, W] and per-sample steps `t`.
-    /// `train` enables dropout, drawn from `rng`.
+    /// `train` enables dropout, drawn from `rng`. A class-conditional
+    /// model gives its unconditional prediction ε_θ(x_t, t, ∅) here.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -350,37 +351,41 @@ impl UNet {
         train: bool,
         rng: &mut Philox,
     ) -> Result<Tensor> {
-        let (b, c, h, w) = dims4(x)?;
+        self.forward_cond(x, t, None, train, rng)
+    }
+
+    /// ε_θ(x_t, t, y) with per-sample labels y ∈ 0..=num_classes, where
+    /// y = num_classes is the null label ∅ (`None`: ∅ for every sample).
+    pub fn forward_cond(
+        &self,
+        x: &Tensor,
+        t: &[usize],
+        labels: Option<&[usize]>,
+        train: bool,
+        rng: &mut Philox,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
-        if c != cfg.in_channels || h != cfg.image_size || w != cfg.image_size || t.len() != b {
-            return Err(Error::Msg(format!(
-                "U-Net: expected input [B, {}, {}, {}] with B steps, got {:?} with {} steps",
-                cfg.in_channels,
-                cfg.image_size,
-                cfg.image_size,
-                x.shape(),
-                t.len()
-            )));
-        }
+        check_input(cfg, x, t)?;
         let mut ctx = Ctx { cfg, train, rng };
-        let emb = timestep_embedding(t, cfg.ch, x.dtype(), x.device())?;
+        let temb = time_embedding(&self.temb0, &self.temb2, t, cfg.ch, x)?;
+        let temb = match (&self.label_emb, labels) {
+            (Some(table), labels) => {
+                let k = cfg.num_classes.unwrap_or(0);
+                let ids = labels.map_or_else(|| vec![k; t.len()], <[usize]>::to_vec);
+                check_labels(&ids, k, t.len())?;
+                temb.add(&table.index_select(0, &ids)?)?
+            }
+            (None, None) => temb,
+            (None, Some(_)) => {
+                return Err(Error::Msg(
+                    "class labels given to an unconditional U-Net (trained without --class-cond)"
+                        .into(),
+                ));
+            }
+        };
         // SiLU(temb) feeds every ResBlock's projection: computed once.
-        let temb_act = self
-            .temb2
-            .forward(&self.temb0.forward(&emb)?.silu()?)?
-            .silu()?;
-        let mut hs = vec![self.cin.forward(x)?];
-        for blk in &self.down {
-            let prev = hs.last().expect("non-empty");
-            let h = match blk {
-                Block::Res(rb, attn) => {
-                    apply_attn(attn, rb.forward(prev, &temb_act, &mut ctx)?, cfg)?
-                }
-                Block::Down(conv) => conv.forward(prev)?,
-                Block::Up(_) => unreachable!("no upsampling on the way down"),
-            };
-            hs.push(h);
-        }
+        let temb_act = temb.silu()?;
+        let mut hs = down_pass(&self.cin, &self.down, x, &temb_act, &mut ctx)?;
         let h = hs.last().expect("non-empty").clone();
         let h = self.mid1.forward(&h, &temb_act, &mut ctx)?;
         let h = self.mida.forward(&h, cfg)?;
@@ -398,6 +403,126 @@ impl UNet {
         }
         self.cout.forward(&self.nout.forward(&h, cfg, true)?)
     }
+}
+
+/// The U-Net's downsampling half (time-embedding MLP, input conv, the
+/// down blocks) with the channel bookkeeping the up path needs; the
+/// noise-aware classifier reuses it.
+pub(crate) struct Encoder {
+    pub(crate) temb0: Linear,
+    pub(crate) temb2: Linear,
+    pub(crate) cin: Conv,
+    pub(crate) down: Vec<Block>,
+    /// Channels of every skip activation, in order.
+    pub(crate) chans: Vec<usize>,
+    /// Channels and resolution at the bottom.
+    pub(crate) c: usize,
+    pub(crate) res: usize,
+}
+
+impl Encoder {
+    pub(crate) fn new(config: &UNetConfig, root: &ParamScope) -> Result<Encoder> {
+        let (ch, temb) = (config.ch, config.ch * 4);
+        let temb0 = Linear::with_init(&root.sub("temb").sub(0), ch, temb, default_init(1.0))?;
+        let temb2 = Linear::with_init(&root.sub("temb").sub(2), temb, temb, default_init(1.0))?;
+        let cin = Conv::new(&root.sub("cin"), config.in_channels, ch, 3, 1, 1.0)?;
+        let (mut down, mut chans, mut c, mut res) = (Vec::new(), vec![ch], ch, config.image_size);
+        let levels = config.ch_mult.len();
+        for (level, &m) in config.ch_mult.iter().enumerate() {
+            for _ in 0..config.num_res_blocks {
+                let s = root.sub("down").sub(down.len());
+                let rb = ResBlock::new(&s.sub(0), c, ch * m, temb)?;
+                c = ch * m;
+                let attn = config
+                    .attn_resolutions
+                    .contains(&res)
+                    .then(|| Attn::new(&s.sub(1), c))
+                    .transpose()?;
+                down.push(Block::Res(rb, attn));
+                chans.push(c);
+            }
+            if level != levels - 1 {
+                let s = root.sub("down").sub(down.len());
+                down.push(Block::Down(Conv::new(&s.sub(0), c, c, 3, 2, 1.0)?));
+                chans.push(c);
+                res /= 2;
+            }
+        }
+        Ok(Encoder {
+            temb0,
+            temb2,
+            cin,
+            down,
+            chans,
+            c,
+            res,
+        })
+    }
+}
+
+/// temb = Linear(SiLU(Linear(sinusoidal(t)))), before its final SiLU.
+pub(crate) fn time_embedding(
+    temb0: &Linear,
+    temb2: &Linear,
+    t: &[usize],
+    ch: usize,
+    like: &Tensor,
+) -> Result<Tensor> {
+    let emb = timestep_embedding(t, ch, like.dtype(), like.device())?;
+    temb2.forward(&temb0.forward(&emb)?.silu()?)
+}
+
+/// Input conv then the down blocks; returns every activation (the skips).
+pub(crate) fn down_pass(
+    cin: &Conv,
+    down: &[Block],
+    x: &Tensor,
+    temb_act: &Tensor,
+    ctx: &mut Ctx,
+) -> Result<Vec<Tensor>> {
+    let mut hs = vec![cin.forward(x)?];
+    for blk in down {
+        let prev = hs.last().expect("non-empty");
+        let h = match blk {
+            Block::Res(rb, attn) => apply_attn(attn, rb.forward(prev, temb_act, ctx)?, ctx.cfg)?,
+            Block::Down(conv) => conv.forward(prev)?,
+            Block::Up(_) => unreachable!("no upsampling on the way down"),
+        };
+        hs.push(h);
+    }
+    Ok(hs)
+}
+
+/// Images [B, C, H, W] of the configured size with one step per image.
+pub(crate) fn check_input(cfg: &UNetConfig, x: &Tensor, t: &[usize]) -> Result<()> {
+    let (b, c, h, w) = dims4(x)?;
+    if c != cfg.in_channels || h != cfg.image_size || w != cfg.image_size || t.len() != b {
+        return Err(Error::Msg(format!(
+            "U-Net: expected input [B, {}, {}, {}] with B steps, got {:?} with {} steps",
+            cfg.in_channels,
+            cfg.image_size,
+            cfg.image_size,
+            x.shape(),
+            t.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Labels y ∈ 0..=k (k = ∅), one per image.
+fn check_labels(labels: &[usize], k: usize, batch: usize) -> Result<()> {
+    if labels.len() != batch {
+        return Err(Error::Msg(format!(
+            "U-Net: {} class labels for a batch of {batch}",
+            labels.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&y| y > k) {
+        return Err(Error::Msg(format!(
+            "U-Net: class {bad} is outside 0..{k} (and {k} = the null label)"
+        )));
+    }
+    Ok(())
 }
 
 fn apply_attn(attn: &Option<Attn>, h: Tensor, cfg: &UNetConfig) -> Result<Tensor> {

@@ -67,8 +67,14 @@ impl Batcher {
 
     /// The next batch as an f32 CPU tensor [B, C, H, W] in [−1, 1].
     pub fn next_batch(&mut self) -> Result<Tensor> {
+        Ok(self.next_batch_labelled()?.0)
+    }
+
+    /// The next batch and its class labels (empty when the data has none).
+    pub fn next_batch_labelled(&mut self) -> Result<(Tensor, Vec<usize>)> {
         let (c, h, w) = (self.data.channels, self.data.height, self.data.width);
         let mut out = Vec::with_capacity(self.batch_size * c * h * w);
+        let mut labels = Vec::with_capacity(self.batch_size);
         for _ in 0..self.batch_size {
             if self.state.position as usize >= self.order.len() {
                 self.state = BatcherState {
@@ -78,7 +84,11 @@ impl Batcher {
                 self.order = self.epoch_order(self.state.epoch);
             }
             let global = self.state.epoch * self.data.len() as u64 + self.state.position;
-            let img = self.data.image(self.order[self.state.position as usize]);
+            let index = self.order[self.state.position as usize];
+            if let Some(&y) = self.data.labels.get(index) {
+                labels.push(y as usize);
+            }
+            let img = self.data.image(index);
             let flip = self.flipped(global);
             for row in img.chunks_exact(w) {
                 if flip {
@@ -89,7 +99,8 @@ impl Batcher {
             }
             self.state.position += 1;
         }
-        Tensor::from_vec(&out, &[self.batch_size, c, h, w], DType::F32, Device::Cpu)
+        let x = Tensor::from_vec(&out, &[self.batch_size, c, h, w], DType::F32, Device::Cpu)?;
+        Ok((x, labels))
     }
 }
 

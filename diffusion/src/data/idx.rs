@@ -7,22 +7,38 @@ use noisegrad_engine::{Error, Result};
 use std::io::Read;
 use std::path::Path;
 
+/// Loads an IDX image file, with the labels of the
+/// `*-labels-idx1-ubyte[.gz]` file beside it when there is one.
 pub fn load_idx_images(path: &Path) -> Result<ImageDataset> {
+    let ds = parse_idx_images(&read_maybe_gzip(path)?, &path.display().to_string())?;
+    match super::idx_labels_beside(path) {
+        Some(lp) => {
+            let name = lp.display().to_string();
+            let labels = super::parse_idx_labels(&read_maybe_gzip(&lp)?, &name)?;
+            super::attach_labels(ds, labels, &name)
+        }
+        None => Ok(ds),
+    }
+}
+
+/// A file's bytes, gunzipped when it starts with the gzip magic.
+pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let err = |msg: String| Error::Io {
         path: path.display().to_string(),
         msg,
     };
     let raw = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| err(format!("bad gzip data: {e}")))?;
-        out
-    } else {
-        raw
-    };
-    parse_idx_images(&bytes, &path.display().to_string())
+    gunzip_if_compressed(raw).map_err(|e| err(format!("bad gzip data: {e}")))
+}
+
+/// `raw` itself, or its gunzipped content when it starts with the gzip magic.
+pub fn gunzip_if_compressed(raw: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 pub fn parse_idx_images(bytes: &[u8], name: &str) -> Result<ImageDataset> {

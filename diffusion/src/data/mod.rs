@@ -7,12 +7,17 @@
 mod batcher;
 mod cifar;
 mod idx;
+mod labels;
 mod png_folder;
 
 pub use batcher::{Batcher, BatcherState};
 pub use cifar::{CIFAR10_RECORD_BYTES, load_cifar10, parse_cifar10};
-pub use idx::{load_idx_images, parse_idx_images};
-pub use png_folder::load_png_folder;
+pub use idx::{gunzip_if_compressed, load_idx_images, parse_idx_images, read_maybe_gzip};
+pub use labels::{
+    CIFAR10_CLASSES, FASHION_MNIST_CLASSES, attach_labels, class_names, idx_labels_beside,
+    parse_idx_labels,
+};
+pub use png_folder::{decode_png, load_png_folder};
 
 use noisegrad_engine::{Error, Result};
 use std::path::Path;

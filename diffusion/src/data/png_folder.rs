@@ -5,25 +5,79 @@ use super::ImageDataset;
 use noisegrad_engine::{Error, Result};
 use std::path::Path;
 
+/// A folder of PNGs, or a folder of class subfolders of PNGs (labels =
+/// subfolder index in name order, the subfolder names are the class names).
 pub fn load_png_folder(dir: &Path) -> Result<ImageDataset> {
-    let err = |p: &Path, msg: String| Error::Io {
+    let files = png_files(dir)?;
+    let classes = class_folders(dir)?;
+    if files.is_empty() && !classes.is_empty() {
+        if classes.len() > 256 {
+            return Err(err(dir, format!("{} class folders (at most 256)", classes.len())));
+        }
+        let mut all: Option<ImageDataset> = None;
+        for (label, sub) in classes.iter().enumerate() {
+            let part = decode_all(&png_files(sub)?, dir, all.as_ref())?;
+            let n = part.len();
+            let acc = all.get_or_insert_with(|| ImageDataset {
+                pixels: Vec::new(),
+                ..part.clone()
+            });
+            acc.pixels.extend_from_slice(&part.pixels);
+            acc.labels.extend(std::iter::repeat_n(label as u8, n));
+        }
+        return Ok(all.expect("at least one class folder"));
+    }
+    if files.is_empty() {
+        return Err(err(
+            dir,
+            "no .png files, class subfolders of PNGs, CIFAR-10 batches or IDX files found here"
+                .into(),
+        ));
+    }
+    decode_all(&files, dir, None)
+}
+
+fn err(p: &Path, msg: String) -> Error {
+    Error::Io {
         path: p.display().to_string(),
         msg,
-    };
+    }
+}
+
+/// The `.png` files directly in `dir`, in name order.
+fn png_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| err(dir, format!("cannot list: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")))
         .collect();
     files.sort();
-    if files.is_empty() {
-        return Err(err(
-            dir,
-            "no .png files, CIFAR-10 batches or IDX files found here".into(),
-        ));
-    }
-    let mut ds: Option<ImageDataset> = None;
-    for f in &files {
+    Ok(files)
+}
+
+/// Subfolders of `dir` that hold PNGs, in name order (one per class).
+pub(crate) fn class_folders(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut subs: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| err(dir, format!("cannot list: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && png_files(p).is_ok_and(|f| !f.is_empty()))
+        .collect();
+    subs.sort();
+    Ok(subs)
+}
+
+/// Decodes `files` into one dataset; all images must share the size of
+/// the first (or of `like`).
+fn decode_all(
+    files: &[std::path::PathBuf],
+    dir: &Path,
+    like: Option<&ImageDataset>,
+) -> Result<ImageDataset> {
+    let mut ds: Option<ImageDataset> = like.map(|l| ImageDataset {
+        pixels: Vec::new(),
+        ..l.clone()
+    });
+    for f in files {
         let (c, h, w, planar) = decode_png(f)?;
         let acc = ds.get_or_insert_with(|| ImageDataset {
             pixels: Vec::new(),
@@ -44,11 +98,11 @@ pub fn load_png_folder(dir: &Path) -> Result<ImageDataset> {
         }
         acc.pixels.extend_from_slice(&planar);
     }
-    Ok(ds.expect("at least one file"))
+    ds.ok_or_else(|| err(dir, "a class folder without PNGs".into()))
 }
 
 /// Decodes one PNG to planar (CHW) 8-bit pixels.
-fn decode_png(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+pub fn decode_png(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     let err = |msg: String| Error::Io {
         path: path.display().to_string(),
         msg,
