@@ -39,7 +39,8 @@ impl Canvas {
         }
     }
 
-    /// Text in a 3×5 pixel font scaled by `scale` (digits, '.', '-', 'e', 'k').
+    /// Text in a 3×5 pixel font scaled by `scale` (digits, letters drawn
+    /// as capitals except 'e' and 'k', '.', '-', '/', '=', ',').
     pub fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: [u8; 3]) {
         for (k, ch) in s.chars().enumerate() {
             let glyph = glyph(ch);
@@ -88,7 +89,43 @@ fn glyph(c: char) -> [u8; 5] {
         '-' => [0, 0, 0b111, 0, 0],
         'e' => [0, 0b111, 0b111, 0b100, 0b111],
         'k' => [0b100, 0b101, 0b110, 0b101, 0b101],
+        '/' => [0b001, 0b001, 0b010, 0b100, 0b100],
+        '=' => [0, 0b111, 0, 0b111, 0],
+        ',' => [0, 0, 0, 0b010, 0b100],
+        c if c.is_ascii_alphabetic() => letter(c.to_ascii_uppercase()),
         _ => [0; 5],
+    }
+}
+
+/// Capital letters of the 3×5 font.
+fn letter(c: char) -> [u8; 5] {
+    match c {
+        'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
+        'B' => [0b110, 0b101, 0b110, 0b101, 0b110],
+        'C' => [0b011, 0b100, 0b100, 0b100, 0b011],
+        'D' => [0b110, 0b101, 0b101, 0b101, 0b110],
+        'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
+        'F' => [0b111, 0b100, 0b110, 0b100, 0b100],
+        'G' => [0b011, 0b100, 0b101, 0b101, 0b011],
+        'H' => [0b101, 0b101, 0b111, 0b101, 0b101],
+        'I' => [0b111, 0b010, 0b010, 0b010, 0b111],
+        'J' => [0b001, 0b001, 0b001, 0b101, 0b010],
+        'K' => [0b101, 0b101, 0b110, 0b101, 0b101],
+        'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
+        'M' => [0b101, 0b111, 0b111, 0b101, 0b101],
+        'N' => [0b110, 0b101, 0b101, 0b101, 0b101],
+        'O' => [0b010, 0b101, 0b101, 0b101, 0b010],
+        'P' => [0b110, 0b101, 0b110, 0b100, 0b100],
+        'Q' => [0b010, 0b101, 0b101, 0b110, 0b011],
+        'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
+        'S' => [0b011, 0b100, 0b010, 0b001, 0b110],
+        'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
+        'U' => [0b101, 0b101, 0b101, 0b101, 0b111],
+        'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
+        'W' => [0b101, 0b101, 0b111, 0b111, 0b101],
+        'X' => [0b101, 0b101, 0b010, 0b101, 0b101],
+        'Y' => [0b101, 0b101, 0b010, 0b010, 0b010],
+        _ => [0b111, 0b001, 0b010, 0b100, 0b111], // 'Z'
     }
 }
 
@@ -115,6 +152,30 @@ fn encode_png(path: &Path, w: usize, h: usize, color: png::ColorType, data: &[u8
 /// Saves images [N, C, H, W] with values in [−1, 1] as a grid of `ncol`
 /// columns (2-pixel gaps). C = 1 gives grayscale, C = 3 RGB.
 pub fn save_grid(path: &Path, images: &Tensor, ncol: usize) -> Result<()> {
+    grid_canvas(images, ncol)?.save_png(path)
+}
+
+/// [`save_grid`] with a text label left of each row (e.g. class names).
+pub fn save_labelled_grid(path: &Path, images: &Tensor, ncol: usize, rows: &[String]) -> Result<()> {
+    let grid = grid_canvas(images, ncol)?;
+    let tile = images.shape()[2] + 2;
+    let scale = ((tile / 14) as i64).max(1);
+    let chars = rows.iter().map(|r| r.chars().count()).max().unwrap_or(0);
+    let margin = chars * 4 * scale as usize + 6;
+    let mut c = Canvas::new(grid.width + margin, grid.height, [255, 255, 255]);
+    for y in 0..grid.height {
+        let (src, dst) = (y * grid.width * 3, (y * c.width + margin) * 3);
+        c.rgb[dst..dst + grid.width * 3].copy_from_slice(&grid.rgb[src..src + grid.width * 3]);
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = 2 + i * tile + (tile - 5 * scale as usize) / 2;
+        c.text(3, y as i64, r, scale, [0, 0, 0]);
+    }
+    c.save_png(path)
+}
+
+/// The grid picture of [`save_grid`].
+fn grid_canvas(images: &Tensor, ncol: usize) -> Result<Canvas> {
     let s = images.shape();
     if s.len() != 4 || !(s[1] == 1 || s[1] == 3) {
         return Err(Error::Msg(format!(
@@ -145,7 +206,7 @@ pub fn save_grid(path: &Path, images: &Tensor, ncol: usize) -> Result<()> {
             }
         }
     }
-    canvas.save_png(path)
+    Ok(canvas)
 }
 
 /// Plots the loss (log scale): raw values as light dots, an exponential

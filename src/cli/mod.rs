@@ -12,14 +12,62 @@ use std::sync::Arc;
 
 pub mod bench;
 pub mod eval;
+pub mod info;
 pub mod sample;
+pub mod score;
 pub mod train;
+pub mod train_classifier;
 
 /// The embedded default dataset (real CIFAR-10 records; see assets/cifar10-sample/README.md).
 pub const EMBEDDED_TRAIN: &[u8] =
     include_bytes!("../../assets/cifar10-sample/cifar-10-batches-bin/data_batch_1.bin");
 pub const EMBEDDED_TEST: &[u8] =
     include_bytes!("../../assets/cifar10-sample/cifar-10-batches-bin/test_batch.bin");
+
+/// The embedded Fashion-MNIST sample (300 train and 100 test images per
+/// class; see assets/fashion-mnist-sample/README.md): the default data of
+/// the class-conditional commands.
+const FASHION: [&[u8]; 4] = [
+    include_bytes!("../../assets/fashion-mnist-sample/train-images-idx3-ubyte.gz"),
+    include_bytes!("../../assets/fashion-mnist-sample/train-labels-idx1-ubyte.gz"),
+    include_bytes!("../../assets/fashion-mnist-sample/t10k-images-idx3-ubyte.gz"),
+    include_bytes!("../../assets/fashion-mnist-sample/t10k-labels-idx1-ubyte.gz"),
+];
+
+/// A labelled dataset and its class names: `path`, or the embedded
+/// Fashion-MNIST sample (train or test split) when None.
+pub fn load_labelled_data(path: &Option<PathBuf>, train: bool) -> Result<(ImageDataset, Vec<String>)> {
+    use noisegrad::diffusion::data as d;
+    let ds = match path {
+        Some(p) => {
+            let ds = load_dataset(p, train)?;
+            let names = d::class_names(p, &ds)?;
+            return Ok((ds, names));
+        }
+        None => {
+            let (imgs, labels) = if train { (FASHION[0], FASHION[1]) } else { (FASHION[2], FASHION[3]) };
+            let name = format!(
+                "embedded Fashion-MNIST sample ({} split)",
+                if train { "train" } else { "test" }
+            );
+            let unzip = |b: &[u8]| {
+                d::gunzip_if_compressed(b.to_vec())
+                    .map_err(|e| noisegrad::engine::Error::Msg(format!("{name}: {e}")))
+            };
+            let ds = d::parse_idx_images(&unzip(imgs)?, &name)?;
+            d::attach_labels(ds, d::parse_idx_labels(&unzip(labels)?, &name)?, &name)?
+        }
+    };
+    let names = d::FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+    Ok((ds, names))
+}
+
+/// Class names stored in a checkpoint's metadata (empty if none).
+pub fn checkpoint_class_names(meta: &std::collections::HashMap<String, String>) -> Vec<String> {
+    meta.get("class_names")
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
 
 /// Where to run, shared by every command.
 #[derive(Args, Clone, Copy)]

@@ -1,10 +1,12 @@
 //! `noisegrad train`: the training loop with its progress bar, log,
 //! checkpoints, loss plot and sample grids.
 
-use super::{DeviceArgs, io_err, load_train_data, open_device};
+use super::{DeviceArgs, io_err, load_labelled_data, load_train_data, open_device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use noisegrad::diffusion::image::{save_grid, save_loss_plot};
+use noisegrad::diffusion::guidance::cfg_eps;
+use noisegrad::diffusion::image::{save_grid, save_labelled_grid, save_loss_plot};
+use noisegrad::diffusion::vlb::EpsModel;
 use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
@@ -18,8 +20,9 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Dataset: a cifar-10-batches-bin folder, a Fashion-MNIST folder or IDX file, or a folder of PNGs.
-    /// Default: the CIFAR-10 sample embedded in the binary.
+    /// Dataset: a cifar-10-batches-bin folder, a Fashion-MNIST folder or IDX file, or a folder of PNGs
+    /// (class subfolders give labels). Default: the Fashion-MNIST sample embedded in the binary,
+    /// trained class-conditionally.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Model preset: tiny, small (4.4 M parameters) or cifar10 (35.7 M, the DDPM model).
@@ -65,6 +68,16 @@ pub struct TrainArgs {
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Class-conditional model (on by default for the embedded data): labels are
+    /// dropped to the null label with probability --p-uncond, for classifier-free guidance.
+    #[arg(long)]
+    pub class_cond: bool,
+    /// Probability of training a class-conditional model on the null label (Ho & Salimans: 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub p_uncond: f64,
+    /// Classifier-free guidance weight w of the class-conditional sample grids.
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f64,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -73,8 +86,17 @@ pub struct TrainArgs {
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let data = Arc::new(load_train_data(&a.data)?);
+    let class_cond = a.class_cond || a.data.is_none();
+    let (data, class_names) = if class_cond {
+        load_labelled_data(&a.data, true)?
+    } else {
+        (load_train_data(&a.data)?, Vec::new())
+    };
+    let data = Arc::new(data);
     let mut model = UNetConfig::preset(&a.preset)?;
+    if class_cond {
+        model.num_classes = Some(class_names.len());
+    }
     model.in_channels = data.channels;
     model.image_size = data.height;
     if let Some(ch) = a.ch {
@@ -93,6 +115,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.seed = a.seed;
     cfg.device = open_device(a.dev)?;
     cfg.tf32 = a.dev.tf32;
+    cfg.p_uncond = a.p_uncond;
+    cfg.class_names = class_names;
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::new(cfg, data.clone())?;
@@ -161,6 +185,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 &a.out.join(format!("samples_{:06}.png", s.step)),
                 a.sample_steps,
                 16,
+                a.guidance,
             )?;
         }
     }
@@ -170,7 +195,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "{steps_per_s:.2} steps/s ({:.1} img/s)",
         steps_per_s * a.batch_size as f64
     );
-    write_samples(&mut trainer, &a.out.join("samples.png"), a.sample_steps, 36)?;
+    write_samples(
+        &mut trainer,
+        &a.out.join("samples.png"),
+        a.sample_steps,
+        36,
+        a.guidance,
+    )?;
     println!(
         "wrote {0}/samples.png, {0}/loss.png, {0}/checkpoint.safetensors, {0}/log.jsonl",
         a.out.display()
@@ -178,18 +209,41 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn write_samples(trainer: &mut Trainer, path: &Path, steps: usize, n: usize) -> Result<()> {
+/// A grid of `n` samples (DDIM, EMA weights); a class-conditional model
+/// gets one labelled row per class, guided with weight `w`.
+pub fn write_samples(
+    trainer: &mut Trainer,
+    path: &Path,
+    steps: usize,
+    n: usize,
+    w: f64,
+) -> Result<()> {
     let cfg = trainer.model.config.clone();
+    let names = trainer.config.class_names.clone();
+    let per_row = if cfg.num_classes.is_some() { 8 } else { (n as f64).sqrt().ceil() as usize };
+    let labels: Option<Vec<usize>> = cfg
+        .num_classes
+        .map(|k| (0..k).flat_map(|y| std::iter::repeat_n(y, per_row)).collect());
+    let n = labels.as_ref().map_or(n, Vec::len);
     let schedule = trainer.schedule.clone();
     let device = trainer.config.device;
     let images = trainer.with_ema(|model| {
         let mut rng = Philox::new(1234);
-        let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
         let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
         let opts = SampleOptions::default();
+        let mut plain = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+        let net = |x: &Tensor, t: &[usize], y: &[usize]| {
+            model.forward_cond(x, t, Some(y), false, &mut Philox::new(0))
+        };
+        let null = cfg.num_classes.unwrap_or(0);
+        let mut guided = labels.clone().map(|y| cfg_eps(net, y, null, w));
+        let eps: &mut EpsModel = match guided.as_mut() {
+            Some(g) => g,
+            None => &mut plain,
+        };
         Ok(ddim_sample(
             &schedule,
-            &mut eps,
+            eps,
             &shape,
             device,
             steps,
@@ -201,7 +255,17 @@ pub fn write_samples(trainer: &mut Trainer, path: &Path, steps: usize, n: usize)
         )?
         .images)
     })?;
-    save_grid(path, &images, (n as f64).sqrt().ceil() as usize)
+    match labels {
+        Some(_) => {
+            let rows: Vec<String> = (0..cfg.num_classes.unwrap_or(0))
+                .map(|k| names.get(k).cloned().unwrap_or_else(|| k.to_string()))
+                .collect();
+            save_labelled_grid(path, &images, per_row, &rows)?;
+            println!("rows of {} (w = {w}): {}", path.display(), rows.join(", "));
+            Ok(())
+        }
+        None => save_grid(path, &images, per_row),
+    }
 }
 
 fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
