@@ -10,8 +10,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 use cli::bench::{BenchTrainArgs, bench_train};
 use cli::eval::{EvalArgs, eval};
+use cli::info::{InfoArgs, info};
 use cli::sample::{SampleArgs, sample};
+use cli::score::{ScoreArgs, score};
 use cli::train::{TrainArgs, train};
+use cli::train_classifier::{TrainClassifierArgs, train_classifier};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +38,12 @@ enum Command {
     /// Training throughput: timed steps of a preset at a batch size (img/s,
     /// ms/step, peak memory). The numbers BENCHMARKS.md quotes for whole steps.
     BenchTrain(BenchTrainArgs),
+    /// Train a classifier p(y | x_t, t) for classifier guidance (--clean: on clean images, for `score`).
+    TrainClassifier(TrainClassifierArgs),
+    /// Class consistency: how often a clean classifier agrees with the class samples were asked for.
+    Score(ScoreArgs),
+    /// Print a checkpoint's model and training config and its class names.
+    Info(InfoArgs),
 }
 
 fn main() {
@@ -44,6 +53,9 @@ fn main() {
         Command::Sample(a) => sample(a),
         Command::Eval(a) => eval(a),
         Command::BenchTrain(a) => bench_train(a),
+        Command::TrainClassifier(a) => train_classifier(a),
+        Command::Score(a) => score(a),
+        Command::Info(a) => info(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

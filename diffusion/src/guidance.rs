@@ -14,7 +14,9 @@ use noisegrad_engine::{Result, Tensor, enable_grad};
 /// ε̃ = (1 + w) ε(x_t, t, y) − w ε(x_t, t, ∅). w = 0 is plain conditional
 /// sampling; diffusers' `guidance_scale` is 1 + w.
 pub fn cfg_combine(eps_cond: &Tensor, eps_uncond: &Tensor, w: f64) -> Result<Tensor> {
-    eps_cond.mul_scalar(1.0 + w)?.sub(&eps_uncond.mul_scalar(w)?)
+    eps_cond
+        .mul_scalar(1.0 + w)?
+        .sub(&eps_uncond.mul_scalar(w)?)
 }
 
 /// The ε-model of classifier-free guidance for per-image `labels`, from a
@@ -47,16 +49,13 @@ pub fn cfg_eps<'a>(
 /// ∇_x Σ_i log p(y_i | x_i, t_i), the input gradient of a classifier's
 /// log-likelihood `log_p(x, t) -> [N]`, by the engine's autodiff on a
 /// copy of x that requires grad (also inside `no_grad`, as sampling runs).
-pub fn input_gradient(
-    log_p: impl FnOnce(&Tensor) -> Result<Tensor>,
-    x: &Tensor,
-) -> Result<Tensor> {
+pub fn input_gradient(log_p: impl FnOnce(&Tensor) -> Result<Tensor>, x: &Tensor) -> Result<Tensor> {
     enable_grad(|| {
         let leaf = x.detach().set_requires_grad(true);
         log_p(&leaf)?.sum_all()?.backward()?;
-        leaf.grad()
-            .map(|g| g.detach())
-            .ok_or_else(|| noisegrad_engine::Error::Msg("the classifier does not depend on x".into()))
+        leaf.grad().map(|g| g.detach()).ok_or_else(|| {
+            noisegrad_engine::Error::Msg("the classifier does not depend on x".into())
+        })
     })
 }
 
@@ -69,7 +68,11 @@ pub fn ddim_guided_eps(
     t: &[usize],
     scale: f64,
 ) -> Result<Tensor> {
-    let table: Vec<f64> = sched.alphas_cumprod.iter().map(|a| (1.0 - a).sqrt()).collect();
+    let table: Vec<f64> = sched
+        .alphas_cumprod
+        .iter()
+        .map(|a| (1.0 - a).sqrt())
+        .collect();
     eps.sub(&grad.mul(&extract(&table, t, eps)?)?.mul_scalar(scale)?)
 }
 
@@ -91,7 +94,11 @@ pub fn ddpm_guided_eps(
         .map(|i| {
             let shift = sched.alphas[i].sqrt() * (1.0 - sched.alphas_cumprod[i]).sqrt();
             // No noise, hence no shift, at the last step (σ_0 = 0 there).
-            if i == 0 { 0.0 } else { shift * sigma2[i] / sched.betas[i] }
+            if i == 0 {
+                0.0
+            } else {
+                shift * sigma2[i] / sched.betas[i]
+            }
         })
         .collect();
     eps.sub(&grad.mul(&extract(&table, t, eps)?)?.mul_scalar(scale)?)
@@ -205,7 +212,9 @@ mod tests {
                 let eg = ddpm_guided_eps(&s, var, &eps, &g, &[step], scale).unwrap();
                 let guided = ddpm_step(&s, var, &x, &[step], &eg, &z, false).unwrap();
                 let plain = ddpm_step(&s, var, &x, &[step], &eps, &z, false).unwrap();
-                let want = plain.add(&g.mul_scalar(scale * sigma2[step]).unwrap()).unwrap();
+                let want = plain
+                    .add(&g.mul_scalar(scale * sigma2[step]).unwrap())
+                    .unwrap();
                 assert!(max_diff(&guided, &want) < 1e-9, "{var:?} t={step}");
             }
         }
@@ -217,7 +226,10 @@ mod tests {
         let x = t(&[1.0, -2.0, 3.0], &[1, 3]);
         let a = t(&[0.5, 1.0, 2.0], &[1, 3]);
         let g = noisegrad_engine::no_grad(|| {
-            input_gradient(|x| x.square()?.mul(&a)?.mul_scalar(0.5)?.sum(&[1], false), &x)
+            input_gradient(
+                |x| x.square()?.mul(&a)?.mul_scalar(0.5)?.sum(&[1], false),
+                &x,
+            )
         })
         .unwrap();
         assert_eq!(g.to_vec_f64(), vec![0.5, -2.0, 6.0]);

@@ -155,8 +155,14 @@ pub fn save_grid(path: &Path, images: &Tensor, ncol: usize) -> Result<()> {
     grid_canvas(images, ncol)?.save_png(path)
 }
 
-/// [`save_grid`] with a text label left of each row (e.g. class names).
-pub fn save_labelled_grid(path: &Path, images: &Tensor, ncol: usize, rows: &[String]) -> Result<()> {
+/// [`save_grid`] with a text label left of each row (e.g. class names);
+/// returns the width of the label margin (the grid's x offset).
+pub fn save_labelled_grid(
+    path: &Path,
+    images: &Tensor,
+    ncol: usize,
+    rows: &[String],
+) -> Result<usize> {
     let grid = grid_canvas(images, ncol)?;
     let tile = images.shape()[2] + 2;
     let scale = ((tile / 14) as i64).max(1);
@@ -169,9 +175,10 @@ pub fn save_labelled_grid(path: &Path, images: &Tensor, ncol: usize, rows: &[Str
     }
     for (i, r) in rows.iter().enumerate() {
         let y = 2 + i * tile + (tile - 5 * scale as usize) / 2;
-        c.text(3, y as i64, r, scale, [0, 0, 0]);
+        c.text(3, y as i64, &r.to_uppercase(), scale, [0, 0, 0]);
     }
-    c.save_png(path)
+    c.save_png(path)?;
+    Ok(margin)
 }
 
 /// The grid picture of [`save_grid`].

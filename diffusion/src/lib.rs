@@ -3,6 +3,7 @@
 //! DDPM and DDIM on the noisegrad engine: [`schedule`] (β, ᾱ and posterior
 //! tables), [`data`] (CIFAR-10, Fashion-MNIST, PNG folders).
 
+pub mod classifier;
 pub mod data;
 pub mod gaussian;
 pub mod guidance;

@@ -323,7 +323,10 @@ impl UNet {
         let cout = Conv::new(&root.sub("cout"), c, config.in_channels, 3, 1, 0.0)?;
         let label_emb = config
             .num_classes
-            .map(|k| root.sub("label_emb").param("weight", &[k + 1, temb], default_init(1.0)))
+            .map(|k| {
+                root.sub("label_emb")
+                    .param("weight", &[k + 1, temb], default_init(1.0))
+            })
             .transpose()?;
         Ok(UNet {
             config,

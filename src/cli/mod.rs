@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub mod bench;
 pub mod eval;
+pub mod guide;
 pub mod info;
 pub mod sample;
 pub mod score;
@@ -36,7 +37,10 @@ const FASHION: [&[u8]; 4] = [
 
 /// A labelled dataset and its class names: `path`, or the embedded
 /// Fashion-MNIST sample (train or test split) when None.
-pub fn load_labelled_data(path: &Option<PathBuf>, train: bool) -> Result<(ImageDataset, Vec<String>)> {
+pub fn load_labelled_data(
+    path: &Option<PathBuf>,
+    train: bool,
+) -> Result<(ImageDataset, Vec<String>)> {
     use noisegrad::diffusion::data as d;
     let ds = match path {
         Some(p) => {
@@ -45,7 +49,11 @@ pub fn load_labelled_data(path: &Option<PathBuf>, train: bool) -> Result<(ImageD
             return Ok((ds, names));
         }
         None => {
-            let (imgs, labels) = if train { (FASHION[0], FASHION[1]) } else { (FASHION[2], FASHION[3]) };
+            let (imgs, labels) = if train {
+                (FASHION[0], FASHION[1])
+            } else {
+                (FASHION[2], FASHION[3])
+            };
             let name = format!(
                 "embedded Fashion-MNIST sample ({} split)",
                 if train { "train" } else { "test" }
@@ -58,7 +66,10 @@ pub fn load_labelled_data(path: &Option<PathBuf>, train: bool) -> Result<(ImageD
             d::attach_labels(ds, d::parse_idx_labels(&unzip(labels)?, &name)?, &name)?
         }
     };
-    let names = d::FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+    let names = d::FASHION_MNIST_CLASSES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     Ok((ds, names))
 }
 
@@ -137,6 +148,7 @@ pub fn trainer_from_checkpoint(
     };
     let mut cfg = TrainConfig::ddpm(model);
     cfg.device = device;
+    cfg.class_names = checkpoint_class_names(&loaded.metadata);
     let mut trainer = Trainer::new(cfg, Arc::new(dummy.clone()))?;
     trainer.load_checkpoint(path)?;
     if use_ema {

@@ -1,12 +1,21 @@
 //! `noisegrad sample`: DDPM or DDIM sample grids from a checkpoint.
 
-use super::{DeviceArgs, open_device, trainer_from_checkpoint};
+use super::guide::{check_classifier_fits, parse_classes};
+use super::{DeviceArgs, io_err, open_device, trainer_from_checkpoint};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
+use noisegrad::diffusion::classifier::load_classifier;
+use noisegrad::diffusion::guidance::{
+    GuidedSampler, cfg_eps, classifier_guided_eps, input_gradient,
+};
 use noisegrad::diffusion::image::save_grid;
+use noisegrad::diffusion::image::save_labelled_grid;
 use noisegrad::diffusion::process::{DdimSpacing, ReverseVariance};
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample, ddpm_sample};
+use noisegrad::diffusion::vlb::EpsModel;
+use noisegrad::engine::Error;
 use noisegrad::engine::{Philox, Result, Tensor};
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -47,6 +56,20 @@ pub struct SampleArgs {
     pub progressive: bool,
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
+    /// Class to draw: a number, a class name, or `all` (one row of --n / K samples per class).
+    /// Needs a class-conditional checkpoint or --classifier.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Classifier-free guidance weight w: ε̃ = (1 + w) ε(x, y) − w ε(x, ∅); 0 = plain
+    /// conditional. diffusers' guidance_scale is 1 + w.
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance: f64,
+    /// Noise-aware classifier (from `train-classifier`) for classifier guidance.
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Classifier guidance scale s (Dhariwal & Nichol): the step moves by s·Σ·∇ log p(y|x_t).
+    #[arg(long, default_value_t = 1.0)]
+    pub classifier_scale: f64,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -55,14 +78,84 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     let cfg = &trainer.model.config;
-    let shape = [a.n, cfg.in_channels, cfg.image_size, cfg.image_size];
     let opts = SampleOptions {
         clip: true,
         progressive_every: if a.progressive { 100 } else { 0 },
     };
     let mut rng = Philox::new(a.seed);
     let model = &trainer.model;
-    let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+    let classifier = a
+        .classifier
+        .as_ref()
+        .map(|p| load_classifier(p, device))
+        .transpose()?;
+    if let Some(c) = &classifier {
+        check_classifier_fits(c, cfg, trainer.schedule.steps())?;
+    }
+    if !(0.0..=1000.0).contains(&a.guidance) || !a.classifier_scale.is_finite() {
+        return Err(Error::Msg(format!(
+            "--guidance {} must be in [0, 1000] and --classifier-scale finite",
+            a.guidance
+        )));
+    }
+    if a.guidance != 0.0 && cfg.num_classes.is_none() {
+        return Err(Error::Msg(
+            "--guidance needs a class-conditional checkpoint (train with --class-cond); this one is unconditional".into(),
+        ));
+    }
+    let k = cfg
+        .num_classes
+        .or_else(|| classifier.as_ref().and_then(|c| c.model.config.num_classes));
+    let names = if trainer.config.class_names.is_empty() {
+        classifier
+            .as_ref()
+            .map(|c| c.class_names.clone())
+            .unwrap_or_default()
+    } else {
+        trainer.config.class_names.clone()
+    };
+    let labels = match (&a.class, k) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::Msg(
+                "--class needs a class-conditional checkpoint or a --classifier".into(),
+            ));
+        }
+        (Some(spec), Some(k)) => {
+            let per = if spec == "all" { (a.n / k).max(1) } else { a.n };
+            Some(parse_classes(spec, &names, k, per)?)
+        }
+    };
+    let n = labels.as_ref().map_or(a.n, Vec::len);
+    let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let mut plain = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+    let net = |x: &Tensor, t: &[usize], y: &[usize]| {
+        model.forward_cond(x, t, Some(y), false, &mut Philox::new(0))
+    };
+    let mut cfg_guided = labels
+        .clone()
+        .filter(|_| cfg.num_classes.is_some())
+        .map(|y| cfg_eps(net, y, cfg.num_classes.unwrap_or(0), a.guidance));
+    let base: &mut EpsModel = match cfg_guided.as_mut() {
+        Some(g) => g,
+        None => &mut plain,
+    };
+    let guided_sampler = match a.sampler {
+        Sampler::Ddpm => GuidedSampler::Ddpm(parse_variance(&a.variance)?),
+        Sampler::Ddim => GuidedSampler::Ddim,
+    };
+    let wanted = labels.clone().unwrap_or_default();
+    let scale = match (&classifier, &labels) {
+        (Some(_), Some(_)) => a.classifier_scale,
+        _ => 0.0, // no classifier guidance: the wrapper passes ε through
+    };
+    let grad = |x: &Tensor, t: &[usize]| match &classifier {
+        Some(c) => input_gradient(|xl| c.model.log_prob(xl, t, &wanted), x),
+        None => Err(Error::Msg(
+            "classifier guidance without a classifier".into(),
+        )),
+    };
+    let mut eps = classifier_guided_eps(base, grad, &trainer.schedule, guided_sampler, scale);
     let total = match a.sampler {
         Sampler::Ddpm => trainer.schedule.steps(),
         Sampler::Ddim => a.steps.min(trainer.schedule.steps()),
@@ -71,15 +164,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let started = Instant::now();
     let out = match a.sampler {
         Sampler::Ddpm => {
-            let var = match a.variance.as_str() {
-                "large" => ReverseVariance::FixedLarge,
-                "small" => ReverseVariance::FixedSmall,
-                v => {
-                    return Err(noisegrad::engine::Error::Msg(format!(
-                        "--variance must be large or small, got '{v}'"
-                    )));
-                }
-            };
+            let var = parse_variance(&a.variance)?;
             ddpm_sample(
                 &trainer.schedule,
                 var,
@@ -124,17 +209,19 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
     };
     bar.finish();
-    let ncol = (a.n as f64).sqrt().ceil() as usize;
-    save_grid(&a.out, &out.images, ncol)?;
+    match &labels {
+        Some(y) => save_class_grid(&a.out, &out.images, y, &names)?,
+        None => save_grid(&a.out, &out.images, (n as f64).sqrt().ceil() as usize)?,
+    }
     println!(
         "wrote {} ({} samples in {:.1}s)",
         a.out.display(),
-        a.n,
+        n,
         started.elapsed().as_secs_f64()
     );
     if a.progressive && !out.progressive.is_empty() {
         // One row per sample (up to 8), one column per kept step: coarse to fine.
-        let rows = a.n.min(8);
+        let rows = n.min(8);
         let mut frames = Vec::new();
         for i in 0..rows {
             for (_, x0) in &out.progressive {
@@ -154,4 +241,40 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn parse_variance(v: &str) -> Result<ReverseVariance> {
+    match v {
+        "large" => Ok(ReverseVariance::FixedLarge),
+        "small" => Ok(ReverseVariance::FixedSmall),
+        v => Err(Error::Msg(format!(
+            "--variance must be large or small, got '{v}'"
+        ))),
+    }
+}
+
+/// One labelled row per run of equal labels, and `<out>.labels.json`
+/// beside it (the asked-for class of every tile, for `noisegrad score`).
+fn save_class_grid(out: &Path, images: &Tensor, labels: &[usize], names: &[String]) -> Result<()> {
+    let per_row = labels
+        .iter()
+        .take_while(|&&y| y == labels[0])
+        .count()
+        .max(1);
+    let rows: Vec<String> = labels
+        .chunks(per_row)
+        .map(|c| names.get(c[0]).cloned().unwrap_or_else(|| c[0].to_string()))
+        .collect();
+    let left = save_labelled_grid(out, images, per_row, &rows)?;
+    let sidecar = labels_sidecar(out);
+    let json = format!(
+        "{{\"columns\":{per_row},\"left\":{left},\"labels\":{}}}",
+        serde_json::to_string(labels).expect("numbers serialise")
+    );
+    std::fs::write(&sidecar, json).map_err(|e| io_err(&sidecar, e))
+}
+
+/// `samples.png` → `samples.labels.json`.
+pub fn labels_sidecar(png: &Path) -> PathBuf {
+    png.with_extension("labels.json")
 }

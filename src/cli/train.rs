@@ -6,11 +6,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegrad::diffusion::guidance::cfg_eps;
 use noisegrad::diffusion::image::{save_grid, save_labelled_grid, save_loss_plot};
-use noisegrad::diffusion::vlb::EpsModel;
 use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
+use noisegrad::diffusion::vlb::EpsModel;
 use noisegrad::engine::{Philox, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -220,10 +220,16 @@ pub fn write_samples(
 ) -> Result<()> {
     let cfg = trainer.model.config.clone();
     let names = trainer.config.class_names.clone();
-    let per_row = if cfg.num_classes.is_some() { 8 } else { (n as f64).sqrt().ceil() as usize };
-    let labels: Option<Vec<usize>> = cfg
-        .num_classes
-        .map(|k| (0..k).flat_map(|y| std::iter::repeat_n(y, per_row)).collect());
+    let per_row = if cfg.num_classes.is_some() {
+        8
+    } else {
+        (n as f64).sqrt().ceil() as usize
+    };
+    let labels: Option<Vec<usize>> = cfg.num_classes.map(|k| {
+        (0..k)
+            .flat_map(|y| std::iter::repeat_n(y, per_row))
+            .collect()
+    });
     let n = labels.as_ref().map_or(n, Vec::len);
     let schedule = trainer.schedule.clone();
     let device = trainer.config.device;

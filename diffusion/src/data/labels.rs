@@ -94,7 +94,12 @@ pub fn class_names(path: &Path, ds: &ImageDataset) -> Result<Vec<String>> {
     if path.is_dir() && !super::png_folder::class_folders(path)?.is_empty() {
         return Ok(super::png_folder::class_folders(path)?
             .iter()
-            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().to_string())
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string()
+            })
             .collect());
     }
     Ok(if ds.channels == 3 {

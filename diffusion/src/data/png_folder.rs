@@ -12,7 +12,10 @@ pub fn load_png_folder(dir: &Path) -> Result<ImageDataset> {
     let classes = class_folders(dir)?;
     if files.is_empty() && !classes.is_empty() {
         if classes.len() > 256 {
-            return Err(err(dir, format!("{} class folders (at most 256)", classes.len())));
+            return Err(err(
+                dir,
+                format!("{} class folders (at most 256)", classes.len()),
+            ));
         }
         let mut all: Option<ImageDataset> = None;
         for (label, sub) in classes.iter().enumerate() {
