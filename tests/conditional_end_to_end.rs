@@ -106,7 +106,10 @@ fn conditional_model_draws_the_asked_for_class() {
         .filter(|(img, y)| shown_class(img) == **y)
         .count();
     let consistency = hits as f64 / labels.len() as f64;
-    assert!(consistency >= 0.9, "class consistency {consistency} (chance 0.5)");
+    assert!(
+        consistency >= 0.9,
+        "class consistency {consistency} (chance 0.5)"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod data;
 pub mod gaussian;
 pub mod guidance;
 pub mod image;
+pub mod inpaint;
 pub mod process;
 pub mod sample;
 pub mod schedule;

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod eval;
 pub mod guide;
 pub mod info;
+pub mod inpaint;
 pub mod sample;
 pub mod score;
 pub mod train;
