@@ -72,6 +72,10 @@ pub struct SampleArgs {
     /// Classifier guidance scale s (Dhariwal & Nichol): the step moves by s·Σ·∇ log p(y|x_t).
     #[arg(long, default_value_t = 1.0)]
     pub classifier_scale: f64,
+    /// Use a class-conditional model's unconditional prediction ε(x, ∅) (with --class and
+    /// --classifier: classifier guidance alone).
+    #[arg(long)]
+    pub uncond: bool,
     /// Inpaint this PNG (DDPM with the replacement method): --n completions of it.
     #[arg(long, requires = "mask")]
     pub inpaint: Option<PathBuf>,
@@ -145,7 +149,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     };
     let mut cfg_guided = labels
         .clone()
-        .filter(|_| cfg.num_classes.is_some())
+        .filter(|_| cfg.num_classes.is_some() && !a.uncond)
         .map(|y| cfg_eps(net, y, cfg.num_classes.unwrap_or(0), a.guidance));
     let base: &mut EpsModel = match cfg_guided.as_mut() {
         Some(g) => g,
