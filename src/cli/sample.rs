@@ -113,6 +113,11 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             a.guidance
         )));
     }
+    if a.guidance != 0.0 && a.uncond {
+        return Err(Error::Msg(
+            "--guidance needs the conditional prediction; drop --uncond".into(),
+        ));
+    }
     if a.guidance != 0.0 && cfg.num_classes.is_none() {
         return Err(Error::Msg(
             "--guidance needs a class-conditional checkpoint (train with --class-cond); this one is unconditional".into(),
