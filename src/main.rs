@@ -10,6 +10,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 use cli::bench::{BenchTrainArgs, bench_train};
 use cli::eval::{EvalArgs, eval};
+use cli::interpolate::{InterpolateArgs, interpolate};
 use cli::sample::{SampleArgs, sample};
 use cli::train::{TrainArgs, train};
 
@@ -35,6 +36,9 @@ enum Command {
     /// Training throughput: timed steps of a preset at a batch size (img/s,
     /// ms/step, peak memory). The numbers BENCHMARKS.md quotes for whole steps.
     BenchTrain(BenchTrainArgs),
+    /// Interpolate between two images through the diffusion (Ho et al. Fig. 8):
+    /// q-noised linear/spherical mixes decoded by DDPM, and DDIM-inversion slerp.
+    Interpolate(InterpolateArgs),
 }
 
 fn main() {
@@ -44,6 +48,7 @@ fn main() {
         Command::Sample(a) => sample(a),
         Command::Eval(a) => eval(a),
         Command::BenchTrain(a) => bench_train(a),
+        Command::Interpolate(a) => interpolate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -44,6 +44,7 @@ fn fixture_config() -> UNetConfig {
         dropout: 0.1,
         groups: 32,
         norm_eps: 1e-6,
+        out_mult: 1,
     }
 }
 

@@ -6,9 +6,16 @@
 pub mod data;
 pub mod gaussian;
 pub mod image;
+pub mod interpolate;
+pub mod langevin;
+pub mod objective;
+pub mod parameterization;
 pub mod process;
+pub mod resample;
+pub mod respace;
 pub mod sample;
 pub mod schedule;
 pub mod train;
 pub mod unet;
+pub mod variance;
 pub mod vlb;

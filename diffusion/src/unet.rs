@@ -25,6 +25,14 @@ pub struct UNetConfig {
     pub dropout: f64,
     pub groups: usize,
     pub norm_eps: f64,
+    /// Output channels = in_channels × out_mult: 2 when the model also
+    /// predicts its variance (improved DDPM's learned Σ_θ).
+    #[serde(default = "one")]
+    pub out_mult: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl UNetConfig {
@@ -40,6 +48,7 @@ impl UNetConfig {
             dropout: 0.1,
             groups: 32,
             norm_eps: 1e-6,
+            out_mult: 1,
         }
     }
 
@@ -108,6 +117,9 @@ impl UNetConfig {
                     self.groups
                 ));
             }
+        }
+        if !(1..=2).contains(&self.out_mult) {
+            return bad(format!("out_mult {} must be 1 or 2", self.out_mult));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
@@ -325,7 +337,8 @@ impl UNet {
             }
         }
         let nout = Norm::new(&root.sub("nout"), c)?;
-        let cout = Conv::new(&root.sub("cout"), c, config.in_channels, 3, 1, 0.0)?;
+        let out_c = config.in_channels * config.out_mult;
+        let cout = Conv::new(&root.sub("cout"), c, out_c, 3, 1, 0.0)?;
         Ok(UNet {
             config,
             temb0,

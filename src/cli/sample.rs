@@ -1,11 +1,14 @@
 //! `noisegrad sample`: DDPM or DDIM sample grids from a checkpoint.
 
-use super::{DeviceArgs, open_device, trainer_from_checkpoint};
+use super::{DeviceArgs, open_device, reverse_model, trainer_from_checkpoint};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use noisegrad::diffusion::image::save_grid;
+use noisegrad::diffusion::langevin::LangevinCorrector;
 use noisegrad::diffusion::process::{DdimSpacing, ReverseVariance};
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample, ddpm_sample};
+use noisegrad::diffusion::respace::{Respaced, Spacing};
+use noisegrad::diffusion::sample::{SampleOptions, ddim_sample, respaced_ddpm_sample};
+use noisegrad::diffusion::variance::Sigma;
 use noisegrad::engine::{Philox, Result, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,18 +26,27 @@ pub struct SampleArgs {
     pub checkpoint: PathBuf,
     #[arg(long, value_enum, default_value_t = Sampler::Ddim)]
     pub sampler: Sampler,
-    /// DDIM steps (DDPM always uses all T).
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
+    /// Sampling steps: DDIM's (default 100), or DDPM's respaced K ≤ T
+    /// (default T: the full chain; fewer: β recomputed on the subsequence).
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// DDIM noise scale η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// DDIM timestep spacing.
-    #[arg(long, default_value = "quadratic")]
-    pub spacing: String,
-    /// DDPM reverse variance: large (σ² = β, the reference default) or small (β̃).
-    #[arg(long, default_value = "large")]
-    pub variance: String,
+    /// Timestep spacing: uniform or quadratic (DDIM default quadratic; DDPM
+    /// default uniform, which also takes section counts such as 10,15,20).
+    #[arg(long)]
+    pub spacing: Option<String>,
+    /// DDPM reverse variance: large (σ² = β) or small (β̃). Default: the
+    /// model's own — learned Σ_θ when trained with --variance learned, else large.
+    #[arg(long)]
+    pub variance: Option<String>,
+    /// Langevin corrector steps after each DDPM/DDIM step (predictor–corrector sampling).
+    #[arg(long, default_value_t = 0)]
+    pub corrector_steps: usize,
+    /// Target signal-to-noise ratio r of the corrector's step size.
+    #[arg(long, default_value_t = 0.16)]
+    pub snr: f64,
     #[arg(long, default_value_t = 64)]
     pub n: usize,
     #[arg(long, default_value_t = 0)]
@@ -56,43 +68,53 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     let cfg = &trainer.model.config;
     let shape = [a.n, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let t_total = trainer.schedule.steps();
     let opts = SampleOptions {
         clip: true,
-        progressive_every: if a.progressive { 100 } else { 0 },
+        progressive_every: if a.progressive {
+            (a.steps.unwrap_or(t_total) / 10).max(1)
+        } else {
+            0
+        },
+        corrector: LangevinCorrector::new(a.corrector_steps, a.snr)?,
     };
     let mut rng = Philox::new(a.seed);
-    let model = &trainer.model;
-    let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
-    let total = match a.sampler {
-        Sampler::Ddpm => trainer.schedule.steps(),
-        Sampler::Ddim => a.steps.min(trainer.schedule.steps()),
+    let objective = trainer.config.objective;
+    let mut net = reverse_model(&trainer.model, &trainer.schedule, objective.predict);
+    let steps = match a.sampler {
+        Sampler::Ddpm => a.steps.unwrap_or(t_total),
+        Sampler::Ddim => a.steps.unwrap_or(100).min(t_total),
     };
-    let bar = ProgressBar::new(total as u64);
+    let bar = ProgressBar::new((steps * (1 + a.corrector_steps)) as u64);
     let started = Instant::now();
     let out = match a.sampler {
         Sampler::Ddpm => {
-            let var = match a.variance.as_str() {
-                "large" => ReverseVariance::FixedLarge,
-                "small" => ReverseVariance::FixedSmall,
-                v => {
+            let sigma = match a.variance.as_deref() {
+                None => objective.sigma(),
+                Some("large") => Sigma::Fixed(ReverseVariance::FixedLarge),
+                Some("small") => Sigma::Fixed(ReverseVariance::FixedSmall),
+                Some(v) => {
                     return Err(noisegrad::engine::Error::Msg(format!(
                         "--variance must be large or small, got '{v}'"
                     )));
                 }
             };
-            ddpm_sample(
-                &trainer.schedule,
-                var,
-                &mut eps,
+            let spacing = Spacing::parse(a.spacing.as_deref().unwrap_or("uniform"), steps)?;
+            let respaced = Respaced::spaced(&trainer.schedule, &spacing)?;
+            let per_step = 1 + a.corrector_steps as u64;
+            respaced_ddpm_sample(
+                &respaced,
+                sigma,
+                &mut net,
                 &shape,
                 device,
                 &mut rng,
                 &opts,
-                |_| bar.inc(1),
+                |_| bar.inc(per_step),
             )?
         }
         Sampler::Ddim => {
-            let spacing = match a.spacing.as_str() {
+            let spacing = match a.spacing.as_deref().unwrap_or("quadratic") {
                 "uniform" => DdimSpacing::Uniform,
                 "quadratic" => DdimSpacing::Quadratic,
                 s => {
@@ -101,25 +123,18 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                     )));
                 }
             };
-            let opts2 = SampleOptions {
-                progressive_every: if a.progressive {
-                    (a.steps / 10).max(1)
-                } else {
-                    0
-                },
-                ..opts
-            };
+            let mut eps = |x: &Tensor, t: &[usize]| Ok(net(x, t)?.0);
             ddim_sample(
                 &trainer.schedule,
                 &mut eps,
                 &shape,
                 device,
-                a.steps,
+                steps,
                 spacing,
                 a.eta,
                 &mut rng,
-                &opts2,
-                |_| bar.inc(1),
+                &opts,
+                |_| bar.inc(1 + a.corrector_steps as u64),
             )?
         }
     };

@@ -5,8 +5,11 @@ use super::{DeviceArgs, io_err, load_train_data, open_device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegrad::diffusion::image::{save_grid, save_loss_plot};
+use noisegrad::diffusion::objective::{LossKind, Objective, VarianceKind};
+use noisegrad::diffusion::parameterization::Prediction;
 use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::schedule::BetaSchedule;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::engine::{Philox, Result, Tensor};
@@ -65,6 +68,24 @@ pub struct TrainArgs {
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// β schedule: linear (DDPM, 1e-4 → 0.02) or cosine (improved DDPM, s = 0.008).
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    /// Number of diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    pub diffusion_steps: usize,
+    /// Reverse variance: fixed (σ² = β_t) or learned (improved DDPM eq. 15; the U-Net outputs 2C channels).
+    #[arg(long, default_value = "fixed")]
+    pub variance: String,
+    /// Loss: simple (L_simple), hybrid (L_simple + 0.001 L_vlb) or vlb (L_vlb, importance-sampled t).
+    #[arg(long, default_value = "simple")]
+    pub loss: String,
+    /// Prediction target: eps, x0 or v (= √ᾱ ε − √(1−ᾱ) x₀).
+    #[arg(long, default_value = "eps")]
+    pub predict: String,
+    /// Min-SNR-γ weighting of the MSE term (Hang et al. 2023; 5 is their choice).
+    #[arg(long)]
+    pub min_snr: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -93,6 +114,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.seed = a.seed;
     cfg.device = open_device(a.dev)?;
     cfg.tf32 = a.dev.tf32;
+    cfg.schedule = BetaSchedule::parse(&a.schedule)?;
+    cfg.diffusion_steps = a.diffusion_steps;
+    cfg.objective = objective_from_flags(&a)?;
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::new(cfg, data.clone())?;
@@ -178,13 +202,39 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The objective the flags name (errors name the flag and the choices).
+fn objective_from_flags(a: &TrainArgs) -> Result<Objective> {
+    let bad = |flag: &str, v: &str, choices: &str| {
+        noisegrad::engine::Error::Msg(format!("unknown {flag} '{v}' (expected {choices})"))
+    };
+    let o = Objective {
+        predict: Prediction::parse(&a.predict)?,
+        variance: match a.variance.as_str() {
+            "fixed" => VarianceKind::Fixed,
+            "learned" => VarianceKind::Learned,
+            v => return Err(bad("--variance", v, "fixed or learned")),
+        },
+        loss: match a.loss.as_str() {
+            "simple" => LossKind::Simple,
+            "hybrid" => LossKind::Hybrid,
+            "vlb" => LossKind::Vlb,
+            v => return Err(bad("--loss", v, "simple, hybrid or vlb")),
+        },
+        min_snr: a.min_snr,
+    };
+    o.validate()?;
+    Ok(o)
+}
+
 pub fn write_samples(trainer: &mut Trainer, path: &Path, steps: usize, n: usize) -> Result<()> {
     let cfg = trainer.model.config.clone();
     let schedule = trainer.schedule.clone();
     let device = trainer.config.device;
+    let predict = trainer.config.objective.predict;
     let images = trainer.with_ema(|model| {
         let mut rng = Philox::new(1234);
-        let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+        let mut net = super::reverse_model(model, &schedule, predict);
+        let mut eps = |x: &Tensor, t: &[usize]| Ok(net(x, t)?.0);
         let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
         let opts = SampleOptions::default();
         Ok(ddim_sample(

@@ -48,7 +48,7 @@ pub fn load_png_folder(dir: &Path) -> Result<ImageDataset> {
 }
 
 /// Decodes one PNG to planar (CHW) 8-bit pixels.
-fn decode_png(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+pub fn decode_png(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     let err = |msg: String| Error::Io {
         path: path.display().to_string(),
         msg,
