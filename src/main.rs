@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use cli::bench::{BenchTrainArgs, bench_train};
 use cli::eval::{EvalArgs, eval};
 use cli::info::{InfoArgs, info};
+use cli::interpolate::{InterpolateArgs, interpolate};
 use cli::sample::{SampleArgs, sample};
 use cli::score::{ScoreArgs, score};
 use cli::train::{TrainArgs, train};
@@ -44,6 +45,9 @@ enum Command {
     Score(ScoreArgs),
     /// Print a checkpoint's model and training config and its class names.
     Info(InfoArgs),
+    /// Interpolate between two images through the diffusion (Ho et al. Fig. 8):
+    /// q-noised linear/spherical mixes decoded by DDPM, and DDIM-inversion slerp.
+    Interpolate(InterpolateArgs),
 }
 
 fn main() {
@@ -56,6 +60,7 @@ fn main() {
         Command::TrainClassifier(a) => train_classifier(a),
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
+        Command::Interpolate(a) => interpolate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -45,6 +45,7 @@ fn fixture_config() -> UNetConfig {
         groups: 32,
         norm_eps: 1e-6,
         num_classes: None,
+        out_mult: 1,
     }
 }
 

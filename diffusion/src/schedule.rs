@@ -6,8 +6,10 @@
 
 use std::f64::consts::PI;
 
-/// How β_t is chosen.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How β_t is chosen (stored in checkpoints as JSON, e.g.
+/// `{"kind":"cosine","s":0.008}`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BetaSchedule {
     /// β linear from `start` to `end` (DDPM: 1e-4 → 0.02).
     Linear { start: f64, end: f64 },
@@ -21,6 +23,20 @@ impl BetaSchedule {
         start: 1e-4,
         end: 0.02,
     };
+
+    /// Improved DDPM's cosine schedule, s = 0.008.
+    pub const COSINE: BetaSchedule = BetaSchedule::Cosine { s: 0.008 };
+
+    /// `linear` (DDPM) or `cosine` (improved DDPM), as the CLI names them.
+    pub fn parse(name: &str) -> noisegrad_engine::Result<BetaSchedule> {
+        match name {
+            "linear" => Ok(BetaSchedule::DDPM),
+            "cosine" => Ok(BetaSchedule::COSINE),
+            other => Err(noisegrad_engine::Error::Msg(format!(
+                "unknown schedule '{other}' (expected linear or cosine)"
+            ))),
+        }
+    }
 
     pub fn betas(self, steps: usize) -> Vec<f64> {
         match self {

@@ -8,7 +8,9 @@
 //! those of an uninterrupted run bit for bit (on the CPU).
 
 use crate::data::{Batcher, BatcherState, ImageDataset};
+use crate::objective::{Objective, batch_loss};
 use crate::process::q_sample_coefs;
+use crate::resample::LossSecondMomentSampler;
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::unet::{UNet, UNetConfig};
 use noisegrad_engine::nn::ParamStore;
@@ -41,6 +43,8 @@ pub struct TrainConfig {
     pub p_uncond: f64,
     /// Names of the classes (stored in the checkpoint metadata).
     pub class_names: Vec<String>,
+    /// Prediction target, variance and loss (default: DDPM's ε / fixed / L_simple).
+    pub objective: Objective,
 }
 
 impl TrainConfig {
@@ -61,6 +65,7 @@ impl TrainConfig {
             tf32: false,
             p_uncond: 0.1,
             class_names: Vec::new(),
+            objective: Objective::default(),
         }
     }
 }
@@ -85,10 +90,20 @@ pub struct Trainer {
     batcher: Batcher,
     rng: Philox,
     step: u64,
+    /// The timestep importance sampler of `--loss vlb`.
+    resampler: Option<LossSecondMomentSampler>,
 }
 
 impl Trainer {
-    pub fn new(config: TrainConfig, data: Arc<ImageDataset>) -> Result<Trainer> {
+    pub fn new(mut config: TrainConfig, data: Arc<ImageDataset>) -> Result<Trainer> {
+        config.objective.validate()?;
+        if config.diffusion_steps < 2 || config.diffusion_steps > 100_000 {
+            return Err(Error::Msg(format!(
+                "--diffusion-steps must be in 2..=100000, got {}",
+                config.diffusion_steps
+            )));
+        }
+        config.model.out_mult = config.objective.output_multiplier();
         let m = &config.model;
         if (data.channels, data.height, data.width) != (m.in_channels, m.image_size, m.image_size) {
             return Err(Error::Msg(format!(
@@ -129,6 +144,10 @@ impl Trainer {
             schedule: Schedule::new(config.schedule, config.diffusion_steps),
             warmup: WarmupSchedule::new(config.lr, config.warmup_steps),
             rng: Philox::new(config.seed ^ 0x7472_6169),
+            resampler: config
+                .objective
+                .importance_sampled()
+                .then(|| LossSecondMomentSampler::new(config.diffusion_steps)),
             config,
             store,
             model,
@@ -153,7 +172,8 @@ impl Trainer {
             .collect()
     }
 
-    /// L_simple for a batch, with the graph recorded for backward.
+    /// The objective's loss for a batch (L_simple by default), with the
+    /// graph recorded for backward.
     pub fn loss(&mut self, x0: &Tensor) -> Result<Tensor> {
         self.loss_cond(x0, None)
     }
@@ -163,14 +183,37 @@ impl Trainer {
     /// training, Ho & Salimans 2022 Alg. 1).
     pub fn loss_cond(&mut self, x0: &Tensor, labels: Option<&[usize]>) -> Result<Tensor> {
         let n = x0.dim(0)?;
-        let t = self.sample_timesteps(n);
+        let (t, weights) = match &self.resampler {
+            Some(r) => {
+                let (t, w) = r.sample(n, &mut self.rng);
+                (t, Some(w))
+            }
+            None => (self.sample_timesteps(n), None),
+        };
         let eps = Tensor::randn(x0.shape(), x0.dtype(), x0.device(), &mut self.rng)?;
         let xt = x0.q_sample(&eps, &q_sample_coefs(&self.schedule, &t))?;
         let dropped = labels.map(|y| self.drop_labels(y));
         let pred = self
             .model
             .forward_cond(&xt, &t, dropped.as_deref(), true, &mut self.rng)?;
-        pred.l_simple_loss(&eps)
+        let objective = self.config.objective;
+        if objective.is_ddpm() {
+            return pred.l_simple_loss(&eps);
+        }
+        let b = batch_loss(
+            &self.schedule,
+            &objective,
+            &pred,
+            x0,
+            &xt,
+            &eps,
+            &t,
+            weights.as_deref(),
+        )?;
+        if let Some(r) = &mut self.resampler {
+            r.update(&t, &b.per_image);
+        }
+        Ok(b.loss)
     }
 
     /// Replaces each label by ∅ (= num_classes) with probability p_uncond.
@@ -258,7 +301,7 @@ impl Trainer {
         );
         let (seed, offset) = self.rng.state();
         let b = self.batcher.state();
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             (
                 "format".to_string(),
                 "noisegrad-ddpm-checkpoint-v1".to_string(),
@@ -275,6 +318,7 @@ impl Trainer {
                 serde_json::to_string(&self.config.class_names).expect("strings serialise"),
             ),
         ]);
+        meta.extend(self.diffusion_metadata());
         noisegrad_engine::io::save(path, &tensors, &meta)
     }
 
@@ -316,6 +360,58 @@ impl Trainer {
             epoch: meta("data_epoch")?,
             position: meta("data_position")?,
         });
+        self.restore_diffusion_metadata(&loaded.metadata)
+            .map_err(|e| Error::Io {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            })
+    }
+
+    /// Schedule, T, objective and the importance sampler's history, as
+    /// checkpoint metadata.
+    fn diffusion_metadata(&self) -> Vec<(String, String)> {
+        let mut m = vec![
+            (
+                "schedule".to_string(),
+                serde_json::to_string(&self.config.schedule).expect("plain enum"),
+            ),
+            (
+                "diffusion_steps".to_string(),
+                self.config.diffusion_steps.to_string(),
+            ),
+            (
+                "objective".to_string(),
+                serde_json::to_string(&self.config.objective).expect("plain struct"),
+            ),
+        ];
+        if let Some(r) = &self.resampler {
+            m.push(("loss_history".to_string(), r.to_json()));
+        }
+        m
+    }
+
+    /// Checks a checkpoint's schedule and objective equal this run's (a
+    /// checkpoint without them is DDPM's: linear, T = 1000, ε, fixed) and
+    /// restores the importance sampler's history.
+    fn restore_diffusion_metadata(&mut self, meta: &HashMap<String, String>) -> Result<()> {
+        let stored = DiffusionMetadata::read(meta)?;
+        let c = &self.config;
+        if (stored.schedule, stored.diffusion_steps, stored.objective)
+            != (c.schedule, c.diffusion_steps, c.objective)
+        {
+            return Err(Error::Msg(format!(
+                "checkpoint was trained with {:?}, T = {}, {:?}; this run has {:?}, T = {}, {:?}",
+                stored.schedule,
+                stored.diffusion_steps,
+                stored.objective,
+                c.schedule,
+                c.diffusion_steps,
+                c.objective
+            )));
+        }
+        if let (Some(r), Some(h)) = (&mut self.resampler, meta.get("loss_history")) {
+            *r = LossSecondMomentSampler::from_json(h, c.diffusion_steps)?;
+        }
         Ok(())
     }
 }
@@ -338,4 +434,41 @@ fn check_labels_fit(data: &ImageDataset, num_classes: Option<usize>) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// The diffusion settings a checkpoint records.
+#[derive(Clone, Copy, Debug)]
+pub struct DiffusionMetadata {
+    pub schedule: BetaSchedule,
+    pub diffusion_steps: usize,
+    pub objective: Objective,
+}
+
+impl DiffusionMetadata {
+    /// Reads them, with DDPM's values for checkpoints written before they
+    /// were recorded.
+    pub fn read(meta: &HashMap<String, String>) -> Result<DiffusionMetadata> {
+        fn parsed<T: serde::de::DeserializeOwned>(
+            meta: &HashMap<String, String>,
+            key: &str,
+            default: T,
+        ) -> Result<T> {
+            meta.get(key).map_or(Ok(default), |v| {
+                serde_json::from_str(v)
+                    .map_err(|e| Error::Msg(format!("checkpoint metadata '{key}': {e}")))
+            })
+        }
+        Ok(DiffusionMetadata {
+            schedule: parsed(meta, "schedule", BetaSchedule::DDPM)?,
+            diffusion_steps: parsed(meta, "diffusion_steps", 1000)?,
+            objective: parsed(meta, "objective", Objective::default())?,
+        })
+    }
+
+    /// Puts these settings into a training configuration.
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        cfg.schedule = self.schedule;
+        cfg.diffusion_steps = self.diffusion_steps;
+        cfg.objective = self.objective;
+    }
 }

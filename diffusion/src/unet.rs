@@ -29,6 +29,14 @@ pub struct UNetConfig {
     /// Absent in older checkpoints, which therefore load as unconditional.
     #[serde(default)]
     pub num_classes: Option<usize>,
+    /// Output channels = in_channels × out_mult: 2 when the model also
+    /// predicts its variance (improved DDPM's learned Σ_θ).
+    #[serde(default = "one")]
+    pub out_mult: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl UNetConfig {
@@ -45,6 +53,7 @@ impl UNetConfig {
             groups: 32,
             norm_eps: 1e-6,
             num_classes: None,
+            out_mult: 1,
         }
     }
 
@@ -116,6 +125,9 @@ impl UNetConfig {
         }
         if self.num_classes == Some(0) {
             return bad("num_classes must be at least 1".into());
+        }
+        if !(1..=2).contains(&self.out_mult) {
+            return bad(format!("out_mult {} must be 1 or 2", self.out_mult));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
@@ -320,7 +332,8 @@ impl UNet {
             }
         }
         let nout = Norm::new(&root.sub("nout"), c)?;
-        let cout = Conv::new(&root.sub("cout"), c, config.in_channels, 3, 1, 0.0)?;
+        let out_c = config.in_channels * config.out_mult;
+        let cout = Conv::new(&root.sub("cout"), c, out_c, 3, 1, 0.0)?;
         let label_emb = config
             .num_classes
             .map(|k| {

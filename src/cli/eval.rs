@@ -1,10 +1,11 @@
 //! `noisegrad eval`: the variational bound in bits/dim on a test set.
 
-use super::{DeviceArgs, EMBEDDED_TEST, open_device, trainer_from_checkpoint};
+use super::{DeviceArgs, EMBEDDED_TEST, open_device, reverse_model, trainer_from_checkpoint};
 use clap::Args;
 use noisegrad::diffusion::data::{load_dataset, parse_cifar10};
-use noisegrad::diffusion::process::{DdimSpacing, ReverseVariance};
-use noisegrad::diffusion::vlb::bits_per_dim;
+use noisegrad::diffusion::process::DdimSpacing;
+use noisegrad::diffusion::respace::{Respaced, Spacing};
+use noisegrad::diffusion::vlb::bits_per_dim_with;
 use noisegrad::engine::{Philox, Result, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +28,10 @@ pub struct EvalArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The bound of the model respaced to K uniformly spaced steps (β
+    /// recomputed on them), as respaced DDPM sampling uses it.
+    #[arg(long)]
+    pub respaced: Option<usize>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -39,7 +44,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         None => parse_cifar10(EMBEDDED_TEST, "embedded CIFAR-10 test sample (256 images)")?,
     }
     .take(a.images);
-    let t_total = trainer.schedule.steps();
+    let base = &trainer.schedule;
+    let respaced = match a.respaced {
+        Some(k) => Respaced::spaced(base, &Spacing::Sections(vec![k]))?,
+        None => Respaced::new(base, (0..base.steps()).collect())?,
+    };
+    let schedule = &respaced.schedule;
+    let t_total = schedule.steps();
     // A partial bound evaluates quadratically spaced steps: the KL terms are
     // large and change fast at small t, where this grid is dense.
     let steps: Option<Vec<usize>> = (a.timesteps > 0 && a.timesteps < t_total).then(|| {
@@ -51,19 +62,21 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         v.push(t_total - 1);
         v
     });
-    let model = &trainer.model;
-    let mut eps = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
+    let objective = trainer.config.objective;
+    let mut net = reverse_model(&trainer.model, base, objective.predict);
+    // The model is conditioned on the original steps of the respaced ones.
+    let mut model = |x: &Tensor, t: &[usize]| net(x, &respaced.original(t));
     let mut rng = Philox::new(a.seed);
-    let (mut total, mut parts, mut n) = (0.0, [0.0; 3], 0usize);
+    let (mut total, mut parts, mut n) = (0.0, [0.0; 4], 0usize);
     let mut exact = true;
     let started = Instant::now();
     for start in (0..data.len()).step_by(a.batch_size.max(1)) {
         let count = a.batch_size.min(data.len() - start);
         let x0 = noisegrad::diffusion::data::batch_from(&data, start, count)?.to_device(device)?;
-        let b = bits_per_dim(
-            &trainer.schedule,
-            ReverseVariance::FixedLarge,
-            &mut eps,
+        let b = bits_per_dim_with(
+            schedule,
+            objective.sigma(),
+            &mut model,
             &x0,
             steps.as_deref(),
             true,
@@ -74,12 +87,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         parts[0] += b.prior * w;
         parts[1] += b.kl_terms * w;
         parts[2] += b.decoder * w;
+        parts[3] += b.l_simple * w;
         exact &= b.exact;
         n += count;
     }
     let nf = n as f64;
     println!(
-        "bits/dim {:.4} on {n} images ({}): L_T {:.4} + Σ L_t {:.4} + L_0 {:.4}  [{:.1}s]",
+        "bits/dim {:.4} on {n} images ({}): L_T {:.4} + Σ L_t {:.4} + L_0 {:.4}; L_simple {:.5}  [{:.1}s]",
         total / nf,
         if exact {
             "exact: all T terms".to_string()
@@ -92,6 +106,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         parts[0] / nf,
         parts[1] / nf,
         parts[2] / nf,
+        parts[3] / nf,
         started.elapsed().as_secs_f64()
     );
     Ok(())

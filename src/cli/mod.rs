@@ -4,9 +4,12 @@
 use clap::Args;
 use noisegrad::diffusion::data::load_dataset;
 use noisegrad::diffusion::data::{ImageDataset, parse_cifar10};
+use noisegrad::diffusion::parameterization::Prediction;
+use noisegrad::diffusion::schedule::Schedule;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
-use noisegrad::diffusion::unet::UNetConfig;
-use noisegrad::engine::{Device, Result};
+use noisegrad::diffusion::unet::{UNet, UNetConfig};
+use noisegrad::diffusion::variance::reverse_output;
+use noisegrad::engine::{Device, Philox, Result, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ pub mod eval;
 pub mod guide;
 pub mod info;
 pub mod inpaint;
+pub mod interpolate;
 pub mod sample;
 pub mod score;
 pub mod train;
@@ -138,6 +142,8 @@ pub fn trainer_from_checkpoint(
                 msg: "not a noisegrad training checkpoint (no model_config metadata)".into(),
             })?;
     let model = UNetConfig::from_json(cfg_json)?;
+    let diffusion = noisegrad::diffusion::train::DiffusionMetadata::read(&loaded.metadata)
+        .map_err(|e| io_err(path, e))?;
     // A one-image placeholder dataset of the right size: sampling needs none.
     let dummy = ImageDataset {
         pixels: vec![0; model.in_channels * model.image_size * model.image_size],
@@ -148,6 +154,7 @@ pub fn trainer_from_checkpoint(
         source: "none".into(),
     };
     let mut cfg = TrainConfig::ddpm(model);
+    diffusion.apply(&mut cfg);
     cfg.device = device;
     cfg.class_names = checkpoint_class_names(&loaded.metadata);
     let mut trainer = Trainer::new(cfg, Arc::new(dummy.clone()))?;
@@ -162,5 +169,33 @@ pub fn io_err(path: &Path, e: impl std::fmt::Display) -> noisegrad::engine::Erro
     noisegrad::engine::Error::Io {
         path: path.display().to_string(),
         msg: e.to_string(),
+    }
+}
+
+/// The trained network as the reverse process reads it: ε̂ converted from
+/// its prediction target (with `schedule`, the one it was trained on, at the
+/// original steps it is called with) and its variance output, if any.
+pub fn reverse_model<'a>(
+    model: &'a UNet,
+    schedule: &'a Schedule,
+    predict: Prediction,
+) -> impl FnMut(&Tensor, &[usize]) -> Result<(Tensor, Option<Tensor>)> + 'a {
+    reverse_model_of(
+        move |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0)),
+        schedule,
+        predict,
+    )
+}
+
+/// The same for any network closure `raw(x, t)` giving the model's raw
+/// output (e.g. a classifier-free guided one).
+pub fn reverse_model_of<'a>(
+    mut raw: impl FnMut(&Tensor, &[usize]) -> Result<Tensor> + 'a,
+    schedule: &'a Schedule,
+    predict: Prediction,
+) -> impl FnMut(&Tensor, &[usize]) -> Result<(Tensor, Option<Tensor>)> + 'a {
+    move |x, t| {
+        let out = raw(x, t)?;
+        reverse_output(schedule, predict, x, t, &out)
     }
 }

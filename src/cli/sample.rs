@@ -2,7 +2,7 @@
 
 use super::guide::{check_classifier_fits, parse_classes};
 use super::inpaint::{inpaint_row, load_image_and_mask};
-use super::{DeviceArgs, io_err, open_device, trainer_from_checkpoint};
+use super::{DeviceArgs, io_err, open_device, reverse_model_of, trainer_from_checkpoint};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use noisegrad::diffusion::classifier::load_classifier;
@@ -12,8 +12,11 @@ use noisegrad::diffusion::guidance::{
 use noisegrad::diffusion::image::save_grid;
 use noisegrad::diffusion::image::save_labelled_grid;
 use noisegrad::diffusion::inpaint::inpaint;
+use noisegrad::diffusion::langevin::LangevinCorrector;
 use noisegrad::diffusion::process::{DdimSpacing, ReverseVariance};
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample, ddpm_sample};
+use noisegrad::diffusion::respace::{Respaced, Spacing};
+use noisegrad::diffusion::sample::{SampleOptions, ddim_sample, respaced_ddpm_sample};
+use noisegrad::diffusion::variance::Sigma;
 use noisegrad::diffusion::vlb::EpsModel;
 use noisegrad::engine::Error;
 use noisegrad::engine::{Philox, Result, Tensor};
@@ -34,18 +37,27 @@ pub struct SampleArgs {
     pub checkpoint: PathBuf,
     #[arg(long, value_enum, default_value_t = Sampler::Ddim)]
     pub sampler: Sampler,
-    /// DDIM steps (DDPM always uses all T).
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
+    /// Sampling steps: DDIM's (default 100), or DDPM's respaced K ≤ T
+    /// (default T: the full chain; fewer: β recomputed on the subsequence).
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// DDIM noise scale η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// DDIM timestep spacing.
-    #[arg(long, default_value = "quadratic")]
-    pub spacing: String,
-    /// DDPM reverse variance: large (σ² = β, the reference default) or small (β̃).
-    #[arg(long, default_value = "large")]
-    pub variance: String,
+    /// Timestep spacing: uniform or quadratic (DDIM default quadratic; DDPM
+    /// default uniform, which also takes section counts such as 10,15,20).
+    #[arg(long)]
+    pub spacing: Option<String>,
+    /// DDPM reverse variance: large (σ² = β) or small (β̃). Default: the
+    /// model's own — learned Σ_θ when trained with --variance learned, else large.
+    #[arg(long)]
+    pub variance: Option<String>,
+    /// Langevin corrector steps after each DDPM/DDIM step (predictor–corrector sampling).
+    #[arg(long, default_value_t = 0)]
+    pub corrector_steps: usize,
+    /// Target signal-to-noise ratio r of the corrector's step size.
+    #[arg(long, default_value_t = 0.16)]
+    pub snr: f64,
     #[arg(long, default_value_t = 64)]
     pub n: usize,
     #[arg(long, default_value_t = 0)]
@@ -93,19 +105,26 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     let cfg = &trainer.model.config;
+    let t_total = trainer.schedule.steps();
     let opts = SampleOptions {
         clip: true,
-        progressive_every: if a.progressive { 100 } else { 0 },
+        progressive_every: if a.progressive {
+            (a.steps.unwrap_or(t_total) / 10).max(1)
+        } else {
+            0
+        },
+        corrector: LangevinCorrector::new(a.corrector_steps, a.snr)?,
     };
     let mut rng = Philox::new(a.seed);
     let model = &trainer.model;
+    let objective = trainer.config.objective;
     let classifier = a
         .classifier
         .as_ref()
         .map(|p| load_classifier(p, device))
         .transpose()?;
     if let Some(c) = &classifier {
-        check_classifier_fits(c, cfg, trainer.schedule.steps())?;
+        check_classifier_fits(c, cfg, t_total)?;
     }
     if !(0.0..=1000.0).contains(&a.guidance) || !a.classifier_scale.is_finite() {
         return Err(Error::Msg(format!(
@@ -148,38 +167,64 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     };
     let n = labels.as_ref().map_or(a.n, Vec::len);
     let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let steps = match a.sampler {
+        Sampler::Ddpm => a.steps.unwrap_or(t_total),
+        Sampler::Ddim => a.steps.unwrap_or(100).min(t_total),
+    };
+    let scale = match (&classifier, &labels) {
+        (Some(_), Some(_)) => a.classifier_scale,
+        _ => 0.0, // no classifier guidance: the wrapper passes ε through
+    };
+    // The network's raw output: plain, or classifier-free guided. CFG mixes
+    // raw outputs with weights summing to 1, and every ε/x₀/v conversion is
+    // affine in the output at fixed x_t, so mixing before converting equals
+    // mixing the ε's (and mixes a learned variance's v the same way).
     let mut plain = |x: &Tensor, t: &[usize]| model.forward(x, t, false, &mut Philox::new(0));
-    let net = |x: &Tensor, t: &[usize], y: &[usize]| {
+    let cond = |x: &Tensor, t: &[usize], y: &[usize]| {
         model.forward_cond(x, t, Some(y), false, &mut Philox::new(0))
     };
     let mut cfg_guided = labels
         .clone()
         .filter(|_| cfg.num_classes.is_some() && !a.uncond)
-        .map(|y| cfg_eps(net, y, cfg.num_classes.unwrap_or(0), a.guidance));
-    let base: &mut EpsModel = match cfg_guided.as_mut() {
+        .map(|y| cfg_eps(cond, y, cfg.num_classes.unwrap_or(0), a.guidance));
+    let raw: &mut EpsModel = match cfg_guided.as_mut() {
         Some(g) => g,
         None => &mut plain,
     };
-    let guided_sampler = match a.sampler {
-        Sampler::Ddpm => GuidedSampler::Ddpm(parse_variance(&a.variance)?),
-        Sampler::Ddim => GuidedSampler::Ddim,
+    let mut net = reverse_model_of(raw, &trainer.schedule, objective.predict);
+    let ddpm_sigma = match a.variance.as_deref() {
+        None => objective.sigma(),
+        Some(v) => Sigma::Fixed(parse_variance(v)?),
+    };
+    let guided_sampler = match (a.sampler, ddpm_sigma) {
+        (Sampler::Ddim, _) => GuidedSampler::Ddim,
+        (Sampler::Ddpm, Sigma::Fixed(var)) if steps == t_total => GuidedSampler::Ddpm(var),
+        (Sampler::Ddpm, _) if scale != 0.0 => {
+            return Err(Error::Msg(
+                "classifier guidance with --sampler ddpm needs all T steps and a fixed variance (--variance large|small)".into(),
+            ));
+        }
+        (Sampler::Ddpm, _) => GuidedSampler::Ddim, // unused: scale is 0
     };
     let wanted = labels.clone().unwrap_or_default();
-    let scale = match (&classifier, &labels) {
-        (Some(_), Some(_)) => a.classifier_scale,
-        _ => 0.0, // no classifier guidance: the wrapper passes ε through
-    };
     let grad = |x: &Tensor, t: &[usize]| match &classifier {
         Some(c) => input_gradient(|xl| c.model.log_prob(xl, t, &wanted), x),
         None => Err(Error::Msg(
             "classifier guidance without a classifier".into(),
         )),
     };
-    let mut eps = classifier_guided_eps(base, grad, &trainer.schedule, guided_sampler, scale);
+    // Classifier guidance shifts ε; a learned variance's v passes through.
+    let last_v = std::cell::RefCell::new(None);
+    let eps_of_net = |x: &Tensor, t: &[usize]| {
+        let (e, v) = net(x, t)?;
+        *last_v.borrow_mut() = v;
+        Ok(e)
+    };
+    let mut eps = classifier_guided_eps(eps_of_net, grad, &trainer.schedule, guided_sampler, scale);
     if let (Some(image), Some(mask)) = (&a.inpaint, &a.mask) {
         let (x0, m) = load_image_and_mask(image, mask, cfg, n, device)?;
-        let bar = ProgressBar::new(trainer.schedule.steps() as u64);
-        let var = parse_variance(&a.variance)?;
+        let bar = ProgressBar::new(t_total as u64);
+        let var = parse_variance(a.variance.as_deref().unwrap_or("large"))?;
         let done = inpaint(
             &trainer.schedule,
             var,
@@ -199,28 +244,30 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let total = match a.sampler {
-        Sampler::Ddpm => trainer.schedule.steps(),
-        Sampler::Ddim => a.steps.min(trainer.schedule.steps()),
-    };
-    let bar = ProgressBar::new(total as u64);
+    let bar = ProgressBar::new((steps * (1 + a.corrector_steps)) as u64);
     let started = Instant::now();
     let out = match a.sampler {
         Sampler::Ddpm => {
-            let var = parse_variance(&a.variance)?;
-            ddpm_sample(
-                &trainer.schedule,
-                var,
-                &mut eps,
+            let spacing = Spacing::parse(a.spacing.as_deref().unwrap_or("uniform"), steps)?;
+            let respaced = Respaced::spaced(&trainer.schedule, &spacing)?;
+            let per_step = 1 + a.corrector_steps as u64;
+            let mut guided_net = |x: &Tensor, t: &[usize]| {
+                let e = eps(x, t)?;
+                Ok((e, last_v.borrow_mut().take()))
+            };
+            respaced_ddpm_sample(
+                &respaced,
+                ddpm_sigma,
+                &mut guided_net,
                 &shape,
                 device,
                 &mut rng,
                 &opts,
-                |_| bar.inc(1),
+                |_| bar.inc(per_step),
             )?
         }
         Sampler::Ddim => {
-            let spacing = match a.spacing.as_str() {
+            let spacing = match a.spacing.as_deref().unwrap_or("quadratic") {
                 "uniform" => DdimSpacing::Uniform,
                 "quadratic" => DdimSpacing::Quadratic,
                 s => {
@@ -229,25 +276,17 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                     )));
                 }
             };
-            let opts2 = SampleOptions {
-                progressive_every: if a.progressive {
-                    (a.steps / 10).max(1)
-                } else {
-                    0
-                },
-                ..opts
-            };
             ddim_sample(
                 &trainer.schedule,
                 &mut eps,
                 &shape,
                 device,
-                a.steps,
+                steps,
                 spacing,
                 a.eta,
                 &mut rng,
-                &opts2,
-                |_| bar.inc(1),
+                &opts,
+                |_| bar.inc(1 + a.corrector_steps as u64),
             )?
         }
     };

@@ -6,8 +6,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegrad::diffusion::guidance::cfg_eps;
 use noisegrad::diffusion::image::{save_grid, save_labelled_grid, save_loss_plot};
+use noisegrad::diffusion::objective::{LossKind, Objective, VarianceKind};
+use noisegrad::diffusion::parameterization::Prediction;
 use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::schedule::BetaSchedule;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::diffusion::vlb::EpsModel;
@@ -79,6 +82,24 @@ pub struct TrainArgs {
     /// Classifier-free guidance weight w of the class-conditional sample grids.
     #[arg(long, default_value_t = 2.0)]
     pub guidance: f64,
+    /// β schedule: linear (DDPM, 1e-4 → 0.02) or cosine (improved DDPM, s = 0.008).
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    /// Number of diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    pub diffusion_steps: usize,
+    /// Reverse variance: fixed (σ² = β_t) or learned (improved DDPM eq. 15; the U-Net outputs 2C channels).
+    #[arg(long, default_value = "fixed")]
+    pub variance: String,
+    /// Loss: simple (L_simple), hybrid (L_simple + 0.001 L_vlb) or vlb (L_vlb, importance-sampled t).
+    #[arg(long, default_value = "simple")]
+    pub loss: String,
+    /// Prediction target: eps, x0 or v (= √ᾱ ε − √(1−ᾱ) x₀).
+    #[arg(long, default_value = "eps")]
+    pub predict: String,
+    /// Min-SNR-γ weighting of the MSE term (Hang et al. 2023; 5 is their choice).
+    #[arg(long)]
+    pub min_snr: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -118,6 +139,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.tf32 = a.dev.tf32;
     cfg.p_uncond = a.p_uncond;
     cfg.class_names = class_names;
+    cfg.schedule = BetaSchedule::parse(&a.schedule)?;
+    cfg.diffusion_steps = a.diffusion_steps;
+    cfg.objective = objective_from_flags(&a)?;
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::new(cfg, data.clone())?;
@@ -210,6 +234,30 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The objective the flags name (errors name the flag and the choices).
+fn objective_from_flags(a: &TrainArgs) -> Result<Objective> {
+    let bad = |flag: &str, v: &str, choices: &str| {
+        noisegrad::engine::Error::Msg(format!("unknown {flag} '{v}' (expected {choices})"))
+    };
+    let o = Objective {
+        predict: Prediction::parse(&a.predict)?,
+        variance: match a.variance.as_str() {
+            "fixed" => VarianceKind::Fixed,
+            "learned" => VarianceKind::Learned,
+            v => return Err(bad("--variance", v, "fixed or learned")),
+        },
+        loss: match a.loss.as_str() {
+            "simple" => LossKind::Simple,
+            "hybrid" => LossKind::Hybrid,
+            "vlb" => LossKind::Vlb,
+            v => return Err(bad("--loss", v, "simple, hybrid or vlb")),
+        },
+        min_snr: a.min_snr,
+    };
+    o.validate()?;
+    Ok(o)
+}
+
 /// A grid of `n` samples (DDIM, EMA weights); a class-conditional model
 /// gets one labelled row per class, guided with weight `w`.
 pub fn write_samples(
@@ -234,6 +282,7 @@ pub fn write_samples(
     let n = labels.as_ref().map_or(n, Vec::len);
     let schedule = trainer.schedule.clone();
     let device = trainer.config.device;
+    let predict = trainer.config.objective.predict;
     let images = trainer.with_ema(|model| {
         let mut rng = Philox::new(1234);
         let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
@@ -244,13 +293,15 @@ pub fn write_samples(
         };
         let null = cfg.num_classes.unwrap_or(0);
         let mut guided = labels.clone().map(|y| cfg_eps(net, y, null, w));
-        let eps: &mut EpsModel = match guided.as_mut() {
+        let raw: &mut EpsModel = match guided.as_mut() {
             Some(g) => g,
             None => &mut plain,
         };
+        let mut reverse = super::reverse_model_of(raw, &schedule, predict);
+        let mut eps = |x: &Tensor, t: &[usize]| Ok(reverse(x, t)?.0);
         Ok(ddim_sample(
             &schedule,
-            eps,
+            &mut eps,
             &shape,
             device,
             steps,
