@@ -65,23 +65,26 @@ def search_dirs():
     return dirs
 
 
+# Loads argv[1] and prints [CUDA version or null, the file the loader used].
 PROBE = r"""
-import ctypes, json, sys
+import ctypes, json, os, sys
 path, kind = sys.argv[1], sys.argv[2]
 lib = ctypes.CDLL(path)
-v = ctypes.c_int(0)
+v, ver = ctypes.c_int(0), None
 if kind == "libcuda":
-    lib.cuDriverGetVersion(ctypes.byref(v)); print(json.dumps(v.value))
+    lib.cuDriverGetVersion(ctypes.byref(v)); ver = v.value
 elif kind == "libnvrtc":
     a, b = ctypes.c_int(0), ctypes.c_int(0)
-    lib.nvrtcVersion(ctypes.byref(a), ctypes.byref(b)); print(json.dumps(a.value * 1000 + b.value * 10))
-else:
-    print(json.dumps(None))
+    lib.nvrtcVersion(ctypes.byref(a), ctypes.byref(b)); ver = a.value * 1000 + b.value * 10
+base = os.path.basename(path)
+used = [l.split()[-1] for l in open("/proc/self/maps") if os.path.basename(l.split()[-1]).startswith(base)]
+print(json.dumps([ver, used[0] if used else path]))
 """
 
 
 def probe(path, kind, env=None):
-    """(loads?, CUDA version as 13000-style int or None, error) in a fresh process.
+    """(loads?, CUDA version as 13000-style int or None, error or the file
+    loaded) in a fresh process.
 
     A path is probed with its own folder on the loader's path, where the
     libraries it needs (libcublasLt beside libcublas) usually are."""
@@ -91,7 +94,8 @@ def probe(path, kind, env=None):
     r = subprocess.run([sys.executable, "-c", PROBE, path, kind], capture_output=True, text=True, timeout=30, env=env)
     if r.returncode != 0:
         return False, None, (r.stderr.strip().splitlines() or ["?"])[-1]
-    return True, json.loads(r.stdout.strip() or "null"), ""
+    ver, used = json.loads(r.stdout.strip())
+    return True, ver, used
 
 
 def candidates(kind, dirs):
@@ -115,7 +119,7 @@ def main():
         found = []
         for p in candidates(kind, dirs):
             ok, v, err = probe(p, kind)
-            print(f"  {kind:12s} {'loads' if ok else 'FAILS'}  {p}" + (f"  (CUDA {version(v)})" if v else "") + (f"  {err}" if err else ""))
+            print(f"  {kind:12s} {'loads' if ok else 'FAILS'}  {p}" + (f"  (CUDA {version(v)})" if v else "") + ("" if ok else f"  {err}"))
             if ok:
                 found.append((p, v))
         if kind == "libcuda" and found:
@@ -144,10 +148,10 @@ def main():
     all_ok = True
     report = {"driver_cuda": version(driver) if driver else None}
     for kind, names in LIBS.items():
-        ok, v, err = probe(names[0], kind, env)
+        ok, v, used = probe(names[0], kind, env)
         all_ok &= ok
-        report[kind] = chosen.get(kind) if ok else None
-        print(f"{kind}: " + (f"OK, {names[0]} -> {chosen.get(kind, '(loader default)')}" + (f" (CUDA {version(v)})" if v else "") if ok else f"NOT LOADABLE as {names[0]}: {err}"))
+        report[kind] = used if ok else None
+        print(f"{kind}: " + (f"OK, {names[0]} -> {used}" + (f" (CUDA {version(v)})" if v else "") if ok else f"NOT LOADABLE as {names[0]}: {used}"))
     print("libraries:", json.dumps(report))
     print(f"LD_LIBRARY_PATH={ld_path}")
     return 0 if all_ok else 1

@@ -29,7 +29,8 @@ def run_lines(s):
         f"driver {g.get('driver') or '–'}, PyTorch {torch}; suite mode `{s['mode']}`, {s.get('total_s', '–')} s in all.",
         f"Build: {build}.",
         "",
-        f"CUDA tests (`NOISEGRAD_REQUIRE_GPU=1`): {num(t.get('passed'), 'd')} passed, {num(t.get('failed'), 'd')} failed"
+        f"CUDA tests{' (`NOISEGRAD_REQUIRE_GPU=1`)' if t.get('ran_on') == 'gpu' else ''}: "
+        f"{num(t.get('passed'), 'd')} passed, {num(t.get('failed'), 'd')} failed"
         + (f", on the {t['ran_on']}" if t.get("ran_on") else "")
         + (f" ({t['reason']})" if t.get("reason") else "")
         + ".",
