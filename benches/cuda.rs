@@ -2,8 +2,8 @@
 //! forward + backward, and whole training steps of the `cifar10` preset.
 //! Every iteration ends with a device synchronize, so the time is the GPU's.
 //!
-//! PyTorch counterpart, same shapes: scripts/bench_cuda_pytorch.py; model
-//! anchors: ../shared/reference/pytorch_anchors.py. Both are run by
+//! PyTorch counterparts: scripts/bench_cuda_pytorch.py (same shapes); training
+//! step: scripts/bench_train_step_pytorch_cuda.py. All are run by
 //! `scripts/gpu_suite.sh run`. Without a GPU this bench prints that it
 //! skipped and measures nothing.
 
@@ -43,8 +43,10 @@ fn bench_op(
     let y = f(inputs).unwrap();
     let w = randn(y.shape(), 99);
     drop(y);
+    // Sample size and times come from `criterion_group!` below, so that
+    // command-line flags (`--measurement-time 1`, as gpu_suite.sh passes)
+    // can override them; a group's own settings would win over the flags.
     let mut g = c.benchmark_group("cuda");
-    g.sample_size(20).measurement_time(Duration::from_secs(3));
     g.bench_function(format!("{name}/forward"), |b| {
         b.iter(|| {
             no_grad(|| f(inputs)).unwrap();
@@ -162,5 +164,9 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, train_step);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3));
+    targets = kernels, train_step
+}
 criterion_main!(benches);
