@@ -14,7 +14,7 @@ use super::check_same;
 use super::typed::{CpuElem, CudaView, Placed, placed};
 use crate::Tensor;
 use crate::autograd::record;
-use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
+use crate::cpu_backend::{CpuStorage, contiguous_slice, zeroed};
 use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::layout::{Layout, contiguous_strides};

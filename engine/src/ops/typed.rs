@@ -4,7 +4,6 @@
 //! addresses for CUDA kernels, and locking several tensors' storages
 //! without locking one buffer twice.
 
-use crate::Tensor;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice};
 use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result};
