@@ -11,7 +11,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use noisegrad::diffusion::data::parse_cifar10;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
-use noisegrad::engine::cuda_backend::cuda_device;
 use noisegrad::engine::{DType, Device, Philox, Result, Tensor, no_grad};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,7 @@ const SAMPLE: &[u8] =
     include_bytes!("../assets/cifar10-sample/cifar-10-batches-bin/data_batch_1.bin");
 
 fn sync() {
-    cuda_device(0).unwrap().synchronize().unwrap();
+    Device::Cuda(0).synchronize().unwrap();
 }
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -78,7 +77,7 @@ fn kernels(c: &mut Criterion) {
         return;
     }
     for tf32 in [false, true] {
-        cuda_device(0).unwrap().set_tf32(tf32);
+        Device::Cuda(0).set_tf32(tf32).unwrap();
         let mode = if tf32 { "tf32" } else { "fp32" };
         let conv = |ch: usize, hw: usize| {
             [
@@ -112,7 +111,7 @@ fn kernels(c: &mut Criterion) {
             x[0].matmul(&x[1])
         });
     }
-    cuda_device(0).unwrap().set_tf32(false);
+    Device::Cuda(0).set_tf32(false).unwrap();
     let gn = [
         leaf(&[BATCH, 128, 32, 32], 9),
         leaf(&[128], 10),

@@ -117,9 +117,7 @@ impl Trainer {
                 m.image_size
             )));
         }
-        if let Device::Cuda(i) = config.device {
-            noisegrad_engine::cuda_backend::cuda_device(i)?.set_tf32(config.tf32);
-        }
+        config.device.set_tf32(config.tf32)?;
         if data.is_empty() {
             return Err(Error::Msg(format!("dataset {} is empty", data.source)));
         }

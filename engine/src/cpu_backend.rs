@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::layout::contiguous_strides;
 use crate::memory::MemTicket;
-use crate::storage::{MatmulDims, RandKind};
+use crate::primitive::{MatmulDims, RandKind, split_at_axis};
 use crate::{DType, Device, Layout};
 use noisegrad_kernels::cpu::elementwise::{self, BinaryOp, Strided, UnaryOp};
 use noisegrad_kernels::cpu::gemm::{MatRef, batched_gemm};
@@ -119,15 +119,6 @@ pub(crate) fn contiguous_slice<'a, T: noisegrad_kernels::Float>(
     } else {
         std::borrow::Cow::Owned(gather_contiguous(v, layout))
     }
-}
-
-/// `[outer, dim, inner]` sizes around `axis`.
-pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    )
 }
 
 impl CpuStorage {

@@ -6,17 +6,16 @@
 //! counterparts in `ops/`. CUDA tensors are f32 only (f64 is the CPU's
 //! gradient-check type); asking for f64 on the GPU is an `Unsupported` error.
 
-use crate::cpu_backend::split_at_axis;
 use crate::error::{Error, Result, shape_err};
 use crate::layout::reduce_runs;
 use crate::memory::MemTicket;
-use crate::storage::{BinaryOp, MatmulDims, RandKind, ReduceOp, UnaryOp};
+use crate::primitive::{BinaryOp, MatmulDims, RandKind, ReduceOp, UnaryOp, split_at_axis};
 use crate::{DType, Device, Layout};
 use noisegrad_kernels::cpu::collapse_dims;
-use noisegrad_kernels::cuda::device::{MAX_RANK, Strided};
 use noisegrad_kernels::cuda::elementwise::{self as ew, Dense, View};
 use noisegrad_kernels::cuda::gemm::{self, MatOperand, MatOut};
 use noisegrad_kernels::cuda::{CudaDevice, CudaError, DeviceBuffer};
+use noisegrad_kernels::cuda::{MAX_RANK, Strided};
 use noisegrad_kernels::cuda::{index as kindex, random as krandom, reduce as kreduce};
 use noisegrad_kernels::rng::Philox;
 use std::sync::Arc;
@@ -27,8 +26,9 @@ impl From<CudaError> for Error {
     }
 }
 
-/// The [`CudaDevice`] behind `Device::Cuda(ordinal)`.
-pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+/// The [`CudaDevice`] behind `Device::Cuda(ordinal)` (its controls are
+/// `Device` methods, see `device.rs`).
+pub(crate) fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     Ok(CudaDevice::get(ordinal)?)
 }
 

@@ -6,9 +6,10 @@
 //! its backward) → [`gradcheck`] (how every op is verified).
 
 pub mod autograd;
-pub mod cpu_backend;
-pub mod cuda_backend;
+pub(crate) mod cpu_backend;
+pub(crate) mod cuda_backend;
 pub mod device;
+#[cfg(feature = "emulator")]
 pub mod device_check;
 pub mod dtype;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod memory;
 pub mod nn;
 mod ops;
 pub mod optim;
+mod primitive;
 pub mod storage;
 pub mod tensor;
 

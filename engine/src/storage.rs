@@ -9,33 +9,14 @@
 use crate::cpu_backend::CpuStorage;
 use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result};
+pub use crate::primitive::{BinaryOp, MatmulDims, RandKind, ReduceOp, UnaryOp};
 use crate::{DType, Device, Layout};
-pub use noisegrad_kernels::cpu::elementwise::{BinaryOp, UnaryOp};
-pub use noisegrad_kernels::cpu::reduce::ReduceOp;
 use noisegrad_kernels::rng::Philox;
 
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
     Cuda(CudaStorage),
-}
-
-/// The shapes of a (batched) matrix product, after broadcasting batch dims.
-#[derive(Clone, Debug)]
-pub struct MatmulDims {
-    pub batch: Vec<usize>,
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-}
-
-/// Distribution for random fills.
-#[derive(Clone, Copy, Debug)]
-pub enum RandKind {
-    /// U(0, 1), open interval.
-    Uniform,
-    /// N(0, 1) by Box–Muller.
-    Normal,
 }
 
 /// The error for two operands on different devices.

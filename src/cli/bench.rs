@@ -4,7 +4,7 @@ use super::{DeviceArgs, load_train_data, open_device};
 use clap::Args;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
-use noisegrad::engine::{Device, Result};
+use noisegrad::engine::Result;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,9 +43,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         trainer.train_step()?;
     }
     noisegrad::engine::memory::reset_peak(device);
-    if let Device::Cuda(i) = device {
-        noisegrad::engine::cuda_backend::cuda_device(i)?.reset_peak();
-    }
+    device.reset_pool_peak()?;
     let started = Instant::now();
     let mut last = 0.0;
     for _ in 0..a.steps {
@@ -63,8 +61,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         a.steps,
         peak as f64 / (1u64 << 30) as f64
     );
-    if let Device::Cuda(i) = device {
-        let pool = noisegrad::engine::cuda_backend::cuda_device(i)?.pool_stats();
+    if let Some(pool) = device.pool_stats()? {
         println!(
             "CUDA pool: peak in use {:.2} GiB, reserved {:.2} GiB, {} driver allocations",
             pool.peak_in_use as f64 / (1u64 << 30) as f64,

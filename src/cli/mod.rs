@@ -103,12 +103,10 @@ pub fn parse_device(s: &str) -> std::result::Result<Device, String> {
 /// Checks the device can be used and applies the TF32 choice.
 pub fn open_device(d: DeviceArgs) -> Result<Device> {
     if let Device::Cuda(i) = d.device {
-        let dev = noisegrad::engine::cuda_backend::cuda_device(i)?;
-        dev.set_tf32(d.tf32);
+        d.device.set_tf32(d.tf32)?;
         println!(
-            "device cuda:{i}: {} ({}), TF32 {}",
-            dev.name(),
-            dev.arch(),
+            "device cuda:{i}: {}, TF32 {}",
+            d.device.describe()?,
             if d.tf32 { "on" } else { "off" }
         );
     }

@@ -11,10 +11,10 @@
 //! in place.
 
 use super::check_same;
-use super::typed::{CudaView, Placed, placed};
+use super::typed::{CpuElem, CudaView, Placed, placed};
 use crate::Tensor;
 use crate::autograd::record;
-use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
+use crate::cpu_backend::{CpuStorage, contiguous_slice, zeroed};
 use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::layout::{Layout, contiguous_strides};
@@ -140,35 +140,11 @@ impl CudaStorage {
     }
 }
 
-/// Element types the CPU attention runs in, with their `CpuData` variant.
-trait AttnElem: Gemm {
-    fn slice(d: &CpuData) -> Option<&[Self]>;
-    fn wrap(v: Vec<Self>) -> CpuData;
-}
-impl AttnElem for f32 {
-    fn slice(d: &CpuData) -> Option<&[f32]> {
-        match d {
-            CpuData::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f32>) -> CpuData {
-        CpuData::F32(v)
-    }
-}
-impl AttnElem for f64 {
-    fn slice(d: &CpuData) -> Option<&[f64]> {
-        match d {
-            CpuData::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f64>) -> CpuData {
-        CpuData::F64(v)
-    }
-}
+/// Element types the CPU attention runs in: a `CpuElem` (its `CpuData`
+/// variant) with a packed GEMM.
+trait AttnElem: CpuElem + Gemm {}
+impl<T: CpuElem + Gemm> AttnElem for T {}
 
-/// Contiguous typed views of operands that all share `T` as dtype.
 fn typed<'a, T: AttnElem, const N: usize>(
     op: &'static str,
     xs: [(&'a CpuStorage, &'a Layout); N],

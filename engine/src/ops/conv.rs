@@ -3,7 +3,8 @@
 //! `noisegrad_kernels::cpu::conv` (Winograd for 3×3 stride 1, packed GEMM
 //! otherwise) and `noisegrad_kernels::cuda::conv` (im2col + cuBLAS); this
 //! file validates shapes, dispatches on device and dtype, and records the
-//! backward.
+//! backward. It reads top-down: the `Tensor` method, then the `Storage`
+//! dispatch it calls, then each device's side.
 
 use super::{check_same, with_storages};
 use crate::Tensor;
@@ -18,6 +19,155 @@ use noisegrad_kernels::cpu::conv::{
     conv2d_forward,
 };
 use noisegrad_kernels::cuda::conv as cuda_conv;
+
+impl Tensor {
+    /// 2-D cross-correlation over NCHW input, as in PyTorch's `conv2d`:
+    /// `y[n,o,i,j] = bias[o] + Σ_{c,a,b} w[o,c,a,b] · x[n, c, i·s + a − p, j·s + b − p]`
+    /// with zero padding `p` on all sides and stride `s` on both axes.
+    /// Shapes: input `[N, C, H, W]`, weight `[O, C, kh, kw]`, bias `[O]`,
+    /// output `[N, O, (H + 2p − kh)/s + 1, (W + 2p − kw)/s + 1]`.
+    ///
+    /// Backward: ∂x is the transposed convolution of ∂y with w, ∂w the
+    /// correlation of x with ∂y summed over the batch, ∂bias the sum of ∂y
+    /// over batch and pixels.
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        check_same("conv2d", self, weight)?;
+        if let Some(b) = bias {
+            check_same("conv2d", self, b)?;
+        }
+        let g = geometry(self, weight, bias, stride, padding)?;
+        let st = with_storages(self, weight, |xs, ws| match bias {
+            None => xs.conv2d(self.layout(), ws, weight.layout(), None, &g),
+            Some(b) if b.shares_storage(self) => xs.conv2d(
+                self.layout(),
+                ws,
+                weight.layout(),
+                Some((xs, b.layout())),
+                &g,
+            ),
+            Some(b) if b.shares_storage(weight) => xs.conv2d(
+                self.layout(),
+                ws,
+                weight.layout(),
+                Some((ws, b.layout())),
+                &g,
+            ),
+            Some(b) => {
+                let bs = b.storage();
+                xs.conv2d(
+                    self.layout(),
+                    ws,
+                    weight.layout(),
+                    Some((&bs, b.layout())),
+                    &g,
+                )
+            }
+        })?;
+        let out = Tensor::from_contiguous(st, &[g.batch, g.out_channels, g.out_h(), g.out_w()]);
+        let (x, w) = (self.detach(), weight.detach());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(record(out, "conv2d", &inputs, move || {
+            Box::new(move |dy, needs| {
+                let dx = if needs[0] {
+                    let st = with_storages(dy, &w, |d, ws| {
+                        d.conv2d_backward_input(dy.layout(), ws, w.layout(), &g)
+                    })?;
+                    Some(Tensor::from_contiguous(st, x.shape()))
+                } else {
+                    None
+                };
+                let dw = if needs[1] {
+                    let st = with_storages(&x, dy, |xs, d| {
+                        xs.conv2d_backward_weight(x.layout(), d, dy.layout(), &g)
+                    })?;
+                    Some(Tensor::from_contiguous(st, w.shape()))
+                } else {
+                    None
+                };
+                let mut grads = vec![dx, dw];
+                if needs.len() == 3 {
+                    grads.push(if needs[2] {
+                        let st = dy.storage().conv2d_backward_bias(dy.layout(), &g)?;
+                        Some(Tensor::from_contiguous(st, &[g.out_channels]))
+                    } else {
+                        None
+                    });
+                }
+                Ok(grads)
+            })
+        }))
+    }
+}
+
+/// The convolution's sizes, or an error naming the offending shapes.
+fn geometry(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2dGeometry> {
+    if stride == 0 {
+        return Err(bad_arg("conv2d", "stride must be ≥ 1"));
+    }
+    if x.rank() != 4 {
+        return Err(bad_arg(
+            "conv2d",
+            format!("input must be [N, C, H, W], got shape {:?}", x.shape()),
+        ));
+    }
+    if w.rank() != 4 {
+        return Err(bad_arg(
+            "conv2d",
+            format!("weight must be [O, C, kh, kw], got shape {:?}", w.shape()),
+        ));
+    }
+    let (xs, ws) = (x.shape(), w.shape());
+    if ws[1] != xs[1] {
+        return Err(shape_err(
+            "conv2d",
+            xs,
+            ws,
+            format!(
+                "the input has {} channels but the weight expects {}",
+                xs[1], ws[1]
+            ),
+        ));
+    }
+    if let Some(b) = bias
+        && b.shape() != [ws[0]]
+    {
+        return Err(shape_err(
+            "conv2d",
+            ws,
+            b.shape(),
+            format!(
+                "the bias must be [{}] (one value per output channel)",
+                ws[0]
+            ),
+        ));
+    }
+    let g = Conv2dGeometry {
+        batch: xs[0],
+        in_channels: xs[1],
+        in_h: xs[2],
+        in_w: xs[3],
+        out_channels: ws[0],
+        kernel_h: ws[2],
+        kernel_w: ws[3],
+        stride,
+        padding,
+    };
+    g.check().map_err(|why| shape_err("conv2d", xs, ws, why))?;
+    Ok(g)
+}
 
 impl Storage {
     /// `y = conv(x, w) + bias` (x = self); the result is contiguous `[N,O,Ho,Wo]`.
@@ -95,61 +245,6 @@ impl Storage {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.conv2d_backward_bias(dyl, g))),
             Storage::Cuda(s) => Ok(Storage::Cuda(s.conv2d_backward_bias(dyl, g)?)),
         }
-    }
-}
-
-/// The CUDA convolution: im2col + cuBLAS (see `noisegrad_kernels::cuda::conv`).
-/// Every result is a new contiguous buffer; operands may be any views.
-impl CudaStorage {
-    pub fn conv2d(
-        &self,
-        xl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-        bias: Option<(&CudaStorage, &Layout)>,
-        g: &Conv2dGeometry,
-    ) -> Result<CudaStorage> {
-        let bias = match bias {
-            Some((b, bl)) => Some(b.view(bl)?),
-            None => None,
-        };
-        let y = cuda_conv::forward(&self.dev, g, self.view(xl)?, w.view(wl)?, bias)?;
-        Ok(self.wrap(y))
-    }
-
-    pub fn conv2d_backward_input(
-        &self,
-        dyl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-        g: &Conv2dGeometry,
-    ) -> Result<CudaStorage> {
-        let dx = cuda_conv::backward_input(&self.dev, g, self.view(dyl)?, w.view(wl)?)?;
-        Ok(self.wrap(dx))
-    }
-
-    pub fn conv2d_backward_weight(
-        &self,
-        xl: &Layout,
-        dy: &CudaStorage,
-        dyl: &Layout,
-        g: &Conv2dGeometry,
-    ) -> Result<CudaStorage> {
-        let dw = cuda_conv::backward_weight(&self.dev, g, self.view(xl)?, dy.view(dyl)?)?;
-        Ok(self.wrap(dw))
-    }
-
-    pub fn conv2d_backward_bias(&self, dyl: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
-        let db = cuda_conv::backward_bias(&self.dev, g, self.view(dyl)?)?;
-        Ok(self.wrap(db))
-    }
-}
-
-fn dtype_err(lhs: DType, rhs: DType) -> Error {
-    Error::DTypeMismatch {
-        op: "conv2d",
-        lhs,
-        rhs,
     }
 }
 
@@ -262,151 +357,57 @@ impl CpuStorage {
     }
 }
 
-/// The convolution's sizes, or an error naming the offending shapes.
-fn geometry(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Conv2dGeometry> {
-    if stride == 0 {
-        return Err(bad_arg("conv2d", "stride must be ≥ 1"));
-    }
-    if x.rank() != 4 {
-        return Err(bad_arg(
-            "conv2d",
-            format!("input must be [N, C, H, W], got shape {:?}", x.shape()),
-        ));
-    }
-    if w.rank() != 4 {
-        return Err(bad_arg(
-            "conv2d",
-            format!("weight must be [O, C, kh, kw], got shape {:?}", w.shape()),
-        ));
-    }
-    let (xs, ws) = (x.shape(), w.shape());
-    if ws[1] != xs[1] {
-        return Err(shape_err(
-            "conv2d",
-            xs,
-            ws,
-            format!(
-                "the input has {} channels but the weight expects {}",
-                xs[1], ws[1]
-            ),
-        ));
-    }
-    if let Some(b) = bias
-        && b.shape() != [ws[0]]
-    {
-        return Err(shape_err(
-            "conv2d",
-            ws,
-            b.shape(),
-            format!(
-                "the bias must be [{}] (one value per output channel)",
-                ws[0]
-            ),
-        ));
-    }
-    let g = Conv2dGeometry {
-        batch: xs[0],
-        in_channels: xs[1],
-        in_h: xs[2],
-        in_w: xs[3],
-        out_channels: ws[0],
-        kernel_h: ws[2],
-        kernel_w: ws[3],
-        stride,
-        padding,
-    };
-    g.check().map_err(|why| shape_err("conv2d", xs, ws, why))?;
-    Ok(g)
-}
-
-impl Tensor {
-    /// 2-D cross-correlation over NCHW input, as in PyTorch's `conv2d`:
-    /// `y[n,o,i,j] = bias[o] + Σ_{c,a,b} w[o,c,a,b] · x[n, c, i·s + a − p, j·s + b − p]`
-    /// with zero padding `p` on all sides and stride `s` on both axes.
-    /// Shapes: input `[N, C, H, W]`, weight `[O, C, kh, kw]`, bias `[O]`,
-    /// output `[N, O, (H + 2p − kh)/s + 1, (W + 2p − kw)/s + 1]`.
-    ///
-    /// Backward: ∂x is the transposed convolution of ∂y with w, ∂w the
-    /// correlation of x with ∂y summed over the batch, ∂bias the sum of ∂y
-    /// over batch and pixels.
+/// The CUDA convolution: im2col + cuBLAS (see `noisegrad_kernels::cuda::conv`).
+/// Every result is a new contiguous buffer; operands may be any views.
+impl CudaStorage {
     pub fn conv2d(
         &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Tensor> {
-        check_same("conv2d", self, weight)?;
-        if let Some(b) = bias {
-            check_same("conv2d", self, b)?;
-        }
-        let g = geometry(self, weight, bias, stride, padding)?;
-        let st = with_storages(self, weight, |xs, ws| match bias {
-            None => xs.conv2d(self.layout(), ws, weight.layout(), None, &g),
-            Some(b) if b.shares_storage(self) => xs.conv2d(
-                self.layout(),
-                ws,
-                weight.layout(),
-                Some((xs, b.layout())),
-                &g,
-            ),
-            Some(b) if b.shares_storage(weight) => xs.conv2d(
-                self.layout(),
-                ws,
-                weight.layout(),
-                Some((ws, b.layout())),
-                &g,
-            ),
-            Some(b) => {
-                let bs = b.storage();
-                xs.conv2d(
-                    self.layout(),
-                    ws,
-                    weight.layout(),
-                    Some((&bs, b.layout())),
-                    &g,
-                )
-            }
-        })?;
-        let out = Tensor::from_contiguous(st, &[g.batch, g.out_channels, g.out_h(), g.out_w()]);
-        let (x, w) = (self.detach(), weight.detach());
-        let mut inputs = vec![self, weight];
-        inputs.extend(bias);
-        Ok(record(out, "conv2d", &inputs, move || {
-            Box::new(move |dy, needs| {
-                let dx = if needs[0] {
-                    let st = with_storages(dy, &w, |d, ws| {
-                        d.conv2d_backward_input(dy.layout(), ws, w.layout(), &g)
-                    })?;
-                    Some(Tensor::from_contiguous(st, x.shape()))
-                } else {
-                    None
-                };
-                let dw = if needs[1] {
-                    let st = with_storages(&x, dy, |xs, d| {
-                        xs.conv2d_backward_weight(x.layout(), d, dy.layout(), &g)
-                    })?;
-                    Some(Tensor::from_contiguous(st, w.shape()))
-                } else {
-                    None
-                };
-                let mut grads = vec![dx, dw];
-                if needs.len() == 3 {
-                    grads.push(if needs[2] {
-                        let st = dy.storage().conv2d_backward_bias(dy.layout(), &g)?;
-                        Some(Tensor::from_contiguous(st, &[g.out_channels]))
-                    } else {
-                        None
-                    });
-                }
-                Ok(grads)
-            })
-        }))
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        bias: Option<(&CudaStorage, &Layout)>,
+        g: &Conv2dGeometry,
+    ) -> Result<CudaStorage> {
+        let bias = match bias {
+            Some((b, bl)) => Some(b.view(bl)?),
+            None => None,
+        };
+        let y = cuda_conv::forward(&self.dev, g, self.view(xl)?, w.view(wl)?, bias)?;
+        Ok(self.wrap(y))
+    }
+
+    pub fn conv2d_backward_input(
+        &self,
+        dyl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<CudaStorage> {
+        let dx = cuda_conv::backward_input(&self.dev, g, self.view(dyl)?, w.view(wl)?)?;
+        Ok(self.wrap(dx))
+    }
+
+    pub fn conv2d_backward_weight(
+        &self,
+        xl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+        g: &Conv2dGeometry,
+    ) -> Result<CudaStorage> {
+        let dw = cuda_conv::backward_weight(&self.dev, g, self.view(xl)?, dy.view(dyl)?)?;
+        Ok(self.wrap(dw))
+    }
+
+    pub fn conv2d_backward_bias(&self, dyl: &Layout, g: &Conv2dGeometry) -> Result<CudaStorage> {
+        let db = cuda_conv::backward_bias(&self.dev, g, self.view(dyl)?)?;
+        Ok(self.wrap(db))
+    }
+}
+
+fn dtype_err(lhs: DType, rhs: DType) -> Error {
+    Error::DTypeMismatch {
+        op: "conv2d",
+        lhs,
+        rhs,
     }
 }

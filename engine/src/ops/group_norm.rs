@@ -2,11 +2,8 @@
 //! CPU (`noisegrad_kernels::cpu::group_norm`) and on CUDA
 //! (`noisegrad_kernels::cuda::group_norm`).
 
-use super::check_same;
-use super::typed::{
-    CpuElem, CpuView, StorageView, by_dtype, cpu_storage, cpu_view, on_cpu, typed,
-    with_all_storages,
-};
+use super::typed::{CpuElem, CpuView, StorageView, by_dtype, cpu_storage, cpu_view, on_cpu, typed};
+use super::{check_same, with_storage_list};
 use crate::autograd::record;
 use crate::cpu_backend::{CpuStorage, zeroed};
 use crate::cuda_backend::CudaStorage;
@@ -238,7 +235,7 @@ impl Tensor {
         silu: bool,
     ) -> Result<Tensor> {
         let args = self.group_norm_args(groups, gamma, beta, eps, silu)?;
-        let (y, mean, rstd) = with_all_storages(&[self, gamma, beta], |s| {
+        let (y, mean, rstd) = with_storage_list(&[self, gamma, beta], |s| {
             s[0].group_norm(
                 self.layout(),
                 (s[1], gamma.layout()),
@@ -254,7 +251,7 @@ impl Tensor {
         Ok(record(out, "group_norm", &[self, gamma, beta], move || {
             Box::new(move |g, needs| {
                 let tensors = [&x, g, &gamma_d, &beta_d, &mean, &rstd];
-                let (dx, dg, db) = with_all_storages(&tensors, |s| {
+                let (dx, dg, db) = with_storage_list(&tensors, |s| {
                     s[0].group_norm_backward(
                         x.layout(),
                         (s[1], g.layout()),

@@ -3,11 +3,11 @@
 //! `denoise_step`. Each is one pass over memory with per-sample scalars
 //! (every sample of a batch has its own timestep).
 
-use super::check_same;
 use super::typed::{
     CpuElem, CpuView, CudaView, Placed, StorageView, by_dtype, cpu_storage, cuda_contiguous,
-    placed, typed, with_all_storages,
+    placed, typed,
 };
+use super::{check_same, with_storage_list};
 use crate::autograd::{needs_tape, record, refuse_tracked};
 use crate::cpu_backend::{CpuStorage, zeroed};
 use crate::cuda_backend::CudaStorage;
@@ -234,7 +234,7 @@ impl Tensor {
         if let Some(bad) = coefs.iter().find(|c| !finite(c)) {
             return Err(bad_arg(op, format!("non-finite coefficients {bad:?}")));
         }
-        let st = with_all_storages(&[self, eps], |s| {
+        let st = with_storage_list(&[self, eps], |s| {
             s[0].q_sample(self.layout(), (s[1], eps.layout()), coefs)
         })?;
         let out = Tensor::from_contiguous(st, self.shape());
@@ -283,7 +283,7 @@ impl Tensor {
             ));
         }
         let with_grad = needs_tape(&[self, eps]);
-        let (loss, grad) = with_all_storages(&[self, eps], |s| {
+        let (loss, grad) = with_storage_list(&[self, eps], |s| {
             s[0].l_simple(self.layout(), (s[1], eps.layout()), with_grad)
         })?;
         let out = Tensor::from_contiguous(loss, &[]);
@@ -341,7 +341,7 @@ impl Tensor {
         if let Some(bad) = coefs.iter().find(|c| !c.is_finite()) {
             return Err(bad_arg(op, format!("non-finite coefficients {bad:?}")));
         }
-        let st = with_all_storages(&inputs, |s| {
+        let st = with_storage_list(&inputs, |s| {
             let z = noise.map(|z| (s[2], z.layout()));
             s[0].denoise_step(self.layout(), (s[1], eps_pred.layout()), z, coefs)
         })?;

@@ -4,7 +4,6 @@
 //! addresses for CUDA kernels, and locking several tensors' storages
 //! without locking one buffer twice.
 
-use crate::Tensor;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice};
 use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result};
@@ -143,23 +142,4 @@ pub(crate) fn placed<'a, const N: usize>(
 /// [`CudaStorage::dense`]); `op` names the caller in errors.
 pub(crate) fn cuda_contiguous<'a>(op: &'static str, (s, l): CudaView<'a>) -> Result<Dense<'a>> {
     s.dense(l, op)
-}
-
-/// Runs `f` with the storages of `tensors` (in order), read-locking each
-/// distinct buffer once: two operands may view one buffer (`a.op(&a)`), and
-/// taking the same read lock twice on one thread can deadlock.
-pub(crate) fn with_all_storages<R>(tensors: &[&Tensor], f: impl FnOnce(&[&Storage]) -> R) -> R {
-    let mut guards = Vec::with_capacity(tensors.len());
-    let mut which = Vec::with_capacity(tensors.len());
-    for (i, t) in tensors.iter().enumerate() {
-        match tensors[..i].iter().position(|u| u.shares_storage(t)) {
-            Some(j) => which.push(which[j]),
-            None => {
-                which.push(guards.len());
-                guards.push(t.storage());
-            }
-        }
-    }
-    let storages: Vec<&Storage> = which.iter().map(|&k| &*guards[k]).collect();
-    f(&storages)
 }

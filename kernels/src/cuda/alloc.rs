@@ -15,7 +15,7 @@
 //! The pool is the same for a GPU and for the emulator: only getting memory
 //! from the device and giving it back goes through the [`Backend`].
 
-use super::device::Backend;
+use super::backend::Backend;
 use super::{CudaError, Result};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -52,7 +52,7 @@ struct State {
 
 struct Inner {
     ordinal: usize,
-    backend: Arc<Backend>,
+    backend: Arc<dyn Backend>,
     state: Mutex<State>,
 }
 
@@ -61,7 +61,7 @@ struct Inner {
 pub struct Pool(Arc<Inner>);
 
 impl Pool {
-    pub(crate) fn new(ordinal: usize, backend: Arc<Backend>) -> Pool {
+    pub(crate) fn new(ordinal: usize, backend: Arc<dyn Backend>) -> Pool {
         Pool(Arc::new(Inner {
             ordinal,
             backend,

@@ -38,7 +38,7 @@
 //! and chunking) on host memory against the CPU kernel; no GPU is needed to
 //! check the plan, only the `.cu` kernels themselves.
 
-use super::device::Arg;
+use super::abi::Arg;
 use super::gemm::{self, MatOperand, MatOut};
 use super::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_1d, grid_rows};
 use crate::cpu::attention::AttnConfig;

@@ -30,7 +30,7 @@
 //! index arithmetic and the arithmetic is cuBLAS's, which also gives TF32
 //! tensor cores when [`CudaDevice::set_tf32`] is on.
 
-use super::device::Arg;
+use super::abi::Arg;
 use super::elementwise::{Dense, View};
 use super::gemm::{MatOperand, MatOut, gemm};
 use super::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_1d, grid_rows};

@@ -1,24 +1,24 @@
 //! One [`CudaDevice`] per GPU: its backend, the memory pool in front of it,
 //! and the TF32 switch.
 //!
-//! The backend is the CUDA driver ([`Driver`]: context, the one stream all
-//! work is queued on, cuBLAS handle, module cache) or, on machines without
-//! a GPU, the CPU emulator ([`Emulator`], see [`super::emu`]) that runs the
-//! same `.cu` kernels and launchers. Launchers only see this type's methods
-//! (`alloc`, `upload`, `launch`, ...) and work unchanged on either.
+//! The backend is one [`Backend`]: the CUDA driver ([`Driver`]: context,
+//! the one stream all work is queued on, cuBLAS handle, module cache) or,
+//! in tests only (the `emulator` feature) on machines without a GPU, the
+//! CPU emulator that runs the same `.cu` kernels and launchers. Launchers
+//! only see this type's methods (`alloc`, `upload`, `launch`, ...) and work
+//! unchanged on either.
 
+use super::Result;
+use super::abi::Arg;
 use super::alloc::{DeviceBuffer, Pool, PoolStats};
+use super::backend::Backend;
 use super::driver::Driver;
-use super::emu::{self, Emulator};
-use super::signature::ParamKind;
-use super::{CudaError, Result};
-use cudarc::driver::{CudaContext, CudaFunction, DeviceRepr, LaunchConfig, sys};
+use cudarc::driver::{CudaContext, LaunchConfig, sys};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Whether a CUDA driver and at least one GPU are present (the emulator
-/// does not count). Cheap after the first call; never panics (cudarc
+/// Whether a CUDA driver and at least one GPU are present. Cheap after the first call; never panics (cudarc
 /// panics when libcuda is missing, so the library is probed first).
 pub fn is_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -29,46 +29,44 @@ pub fn is_available() -> bool {
     })
 }
 
-/// Set by [`use_emulator_if_no_gpu`].
+/// Set by [`use_emulator_if_no_gpu`]: devices opened from now on are
+/// emulated.
+#[cfg(feature = "emulator")]
 static EMULATE: AtomicBool = AtomicBool::new(false);
 
-fn env_is(var: &str, pred: impl Fn(&str) -> bool) -> bool {
-    std::env::var(var).is_ok_and(|v| pred(&v))
-}
-
-/// Whether devices opened from now on are emulated: after
-/// [`use_emulator_if_no_gpu`] turned the emulator on, or with
-/// `NOISEGRAD_CUDA_EMULATOR=1` (which also emulates on a GPU machine).
-pub fn emulation_requested() -> bool {
-    EMULATE.load(Ordering::Relaxed) || env_is("NOISEGRAD_CUDA_EMULATOR", |v| v == "1")
-}
-
-/// On a machine without a GPU, makes `cuda:0` the CPU emulator (call it
-/// before the first [`CudaDevice::get`]; tests do, through
-/// `device_check::gpu_or_skip`). Returns whether `cuda:0` is emulated:
-/// false when a GPU is present, when `NOISEGRAD_NO_EMULATOR` is set (to
-/// anything but `0`), or when g++ (which compiles the kernels for the
-/// emulator) cannot be run.
+/// Tests only (the `emulator` feature): on a machine without a GPU, makes
+/// `cuda:0` the CPU emulator (call it before the first [`CudaDevice::get`];
+/// the tests do, through `device_check::gpu_or_skip`). Returns whether
+/// `cuda:0` is emulated: false when a GPU is present, when
+/// `NOISEGRAD_NO_EMULATOR` is set (to anything but `0`), or when g++ (which
+/// compiles the kernels for the emulator) cannot be run.
+#[cfg(feature = "emulator")]
 pub fn use_emulator_if_no_gpu() -> bool {
-    if emulation_requested() {
+    if EMULATE.load(Ordering::Relaxed) {
         return true;
     }
-    if is_available()
-        || env_is("NOISEGRAD_NO_EMULATOR", |v| !v.is_empty() && v != "0")
-        || !emu::compiler_available()
-    {
+    let opted_out = std::env::var("NOISEGRAD_NO_EMULATOR").is_ok_and(|v| !v.is_empty() && v != "0");
+    if is_available() || opted_out || !super::emu::compiler_available() {
         return false;
     }
     EMULATE.store(true, Ordering::Relaxed);
     true
 }
 
+/// Tests only: whether `cuda:0` is (or will be, once opened) the emulator.
+#[cfg(feature = "emulator")]
+pub fn emulation_requested() -> bool {
+    EMULATE.load(Ordering::Relaxed)
+}
+
 /// SMs the emulated device reports: few, so grid-stride launches (sized
 /// from the SM count) run few blocks, and every block runs in turn anyway.
 /// `NOISEGRAD_EMU_SM_COUNT=N` overrides it, to exercise the launch plans a
 /// GPU with N SMs gets (132 on an H100).
+#[cfg(feature = "emulator")]
 pub const EMULATED_SM_COUNT: usize = 4;
 
+#[cfg(feature = "emulator")]
 fn emulated_sm_count() -> usize {
     std::env::var("NOISEGRAD_EMU_SM_COUNT")
         .ok()
@@ -77,75 +75,9 @@ fn emulated_sm_count() -> usize {
         .unwrap_or(EMULATED_SM_COUNT)
 }
 
-/// Where a device's work runs.
-pub enum Backend {
-    /// A GPU, through the CUDA driver.
-    Driver(Driver),
-    /// The CPU emulator.
-    Emulated(Emulator),
-}
-
-impl Backend {
-    /// `bytes` of device memory; `Ok(None)` when the device is out of memory.
-    pub(crate) fn malloc(&self, bytes: usize) -> Result<Option<u64>> {
-        match self {
-            Backend::Driver(d) => d.malloc(bytes),
-            Backend::Emulated(e) => Ok(e.malloc(bytes)),
-        }
-    }
-
-    /// Returns `bytes` at `ptr` (from [`Self::malloc`]) to the device.
-    ///
-    /// # Safety
-    /// Nothing uses `ptr` afterwards, queued work included.
-    pub(crate) unsafe fn free(&self, ptr: u64, bytes: usize) -> Result<()> {
-        match self {
-            // SAFETY: as the caller promises.
-            Backend::Driver(d) => unsafe { d.free(ptr) },
-            Backend::Emulated(e) => {
-                // SAFETY: as the caller promises.
-                unsafe { e.free(ptr, bytes) };
-                Ok(())
-            }
-        }
-    }
-
-    /// Waits for all queued work (the emulator never queues).
-    pub(crate) fn synchronize(&self) -> Result<()> {
-        match self {
-            Backend::Driver(d) => d.synchronize(),
-            Backend::Emulated(_) => Ok(()),
-        }
-    }
-
-    /// (free, total) device memory for out-of-memory reports.
-    pub(crate) fn mem_info(&self) -> (usize, usize) {
-        match self {
-            Backend::Driver(d) => d.mem_info(),
-            Backend::Emulated(_) => (0, 0),
-        }
-    }
-
-    /// The pool hands out a buffer of `len` bytes at `ptr`, from a block of
-    /// `block` bytes (the emulator tracks live buffers, see
-    /// [`Emulator::handed_out`]).
-    pub(crate) fn handed_out(&self, ptr: u64, len: usize, block: usize) {
-        if let Backend::Emulated(e) = self {
-            e.handed_out(ptr, len, block)
-        }
-    }
-
-    /// The pool took the buffer at `ptr` back.
-    pub(crate) fn taken_back(&self, ptr: u64) {
-        if let Backend::Emulated(e) = self {
-            e.taken_back(ptr)
-        }
-    }
-}
-
 pub struct CudaDevice {
     ordinal: usize,
-    backend: Arc<Backend>,
+    backend: Arc<dyn Backend>,
     arch: &'static str,
     sm_count: usize,
     name: String,
@@ -163,72 +95,26 @@ impl std::fmt::Debug for CudaDevice {
     }
 }
 
-/// A kernel argument. Launches take a slice of these so that every value
-/// outlives the launch call (the driver reads them through pointers).
-#[derive(Clone, Copy, Debug)]
-pub enum Arg {
-    /// A device pointer (from [`DeviceBuffer::ptr`]).
-    Ptr(u64),
-    I32(i32),
-    I64(i64),
-    U32(u32),
-    F32(f32),
-    /// Shape and strides of a strided operand (see `common.cuh`).
-    Strided(Strided),
-}
-
-/// Mirror of `struct Strided` in `common.cuh`: a view of up to
-/// [`MAX_RANK`] dims into a buffer, passed to kernels by value.
-pub const MAX_RANK: usize = 6;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Strided {
-    pub rank: i32,
-    pub offset: i64,
-    pub shape: [i64; MAX_RANK],
-    pub strides: [i64; MAX_RANK],
-}
-
-// SAFETY: plain `#[repr(C)]` data with the same layout as the C struct.
-unsafe impl DeviceRepr for Strided {}
-
-impl Strided {
-    /// A view with `shape`, `strides` (in elements) and `offset`; `None` when
-    /// the rank exceeds [`MAX_RANK`] (callers collapse dims first).
-    pub fn new(shape: &[usize], strides: &[usize], offset: usize) -> Option<Strided> {
-        if shape.len() > MAX_RANK {
-            return None;
-        }
-        let mut s = Strided {
-            rank: shape.len() as i32,
-            offset: offset as i64,
-            ..Default::default()
-        };
-        for d in 0..shape.len() {
-            s.shape[d] = shape[d] as i64;
-            s.strides[d] = strides[d] as i64;
-        }
-        Some(s)
-    }
-}
-
 static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
 
 impl CudaDevice {
-    /// The device for `ordinal`, created on first use: the GPU, or the
-    /// emulator when [`emulation_requested`] (which provides `cuda:0` only).
+    /// The device for `ordinal`, created on first use: the GPU (in tests
+    /// without one, the emulator after [`use_emulator_if_no_gpu`]).
     pub fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
         let map = DEVICES.get_or_init(Default::default);
         let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = map.get(&ordinal) {
             return Ok(d.clone());
         }
-        let dev = Arc::new(if emulation_requested() {
+        #[cfg(feature = "emulator")]
+        let dev = if emulation_requested() {
             CudaDevice::open_emulated(ordinal)?
         } else {
             CudaDevice::open(ordinal)?
-        });
+        };
+        #[cfg(not(feature = "emulator"))]
+        let dev = CudaDevice::open(ordinal)?;
+        let dev = Arc::new(dev);
         map.insert(ordinal, dev.clone());
         Ok(dev)
     }
@@ -238,22 +124,23 @@ impl CudaDevice {
         let (arch, sm_count, name) = (driver.arch, driver.sm_count, driver.name.clone());
         Ok(CudaDevice::with_backend(
             ordinal,
-            Backend::Driver(driver),
+            Arc::new(driver),
             arch,
             sm_count,
             name,
         ))
     }
 
+    #[cfg(feature = "emulator")]
     fn open_emulated(ordinal: usize) -> Result<CudaDevice> {
         if ordinal != 0 {
-            return Err(CudaError::NotAvailable(format!(
+            return Err(super::CudaError::NotAvailable(format!(
                 "cuda:{ordinal} requested but the CUDA emulator provides cuda:0 only"
             )));
         }
         Ok(CudaDevice::with_backend(
             ordinal,
-            Backend::Emulated(Emulator::new()),
+            Arc::new(super::emu::Emulator::new()),
             "emulated",
             emulated_sm_count(),
             "CUDA emulator (CPU)".into(),
@@ -262,12 +149,11 @@ impl CudaDevice {
 
     fn with_backend(
         ordinal: usize,
-        backend: Backend,
+        backend: Arc<dyn Backend>,
         arch: &'static str,
         sm_count: usize,
         name: String,
     ) -> CudaDevice {
-        let backend = Arc::new(backend);
         CudaDevice {
             ordinal,
             pool: Pool::new(ordinal, backend.clone()),
@@ -297,13 +183,14 @@ impl CudaDevice {
         self.sm_count
     }
 
-    /// Whether this device is the CPU emulator rather than a GPU.
+    /// Tests only: whether this device is the CPU emulator, not a GPU.
+    #[cfg(feature = "emulator")]
     pub fn is_emulated(&self) -> bool {
-        matches!(*self.backend, Backend::Emulated(_))
+        self.arch == "emulated"
     }
 
-    pub(crate) fn backend(&self) -> &Backend {
-        &self.backend
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 
     /// Whether cuBLAS may use TF32 tensor cores for f32 GEMMs (PyTorch's
@@ -351,10 +238,11 @@ impl CudaDevice {
         debug_assert_eq!(std::mem::size_of::<T>(), 4);
         let buf = self.alloc(data.len())?;
         if !data.is_empty() {
-            match self.backend() {
-                Backend::Driver(d) => d.upload(data, buf.ptr())?,
-                Backend::Emulated(e) => e.upload(data, buf.ptr())?,
-            }
+            // SAFETY: 4-byte plain values (f32 or u32) seen as their bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+            };
+            self.backend.upload(bytes, buf.ptr())?;
         }
         Ok(buf)
     }
@@ -369,43 +257,22 @@ impl CudaDevice {
         let mut out = vec![0f32; len];
         if len > 0 {
             let src = buf.ptr_at(offset);
-            match self.backend() {
-                Backend::Driver(d) => d.download(src, &mut out)?,
-                Backend::Emulated(e) => e.download(src, &mut out)?,
-            }
+            // SAFETY: any bytes are a valid f32; `out` is exactly `len` f32.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, len * 4) };
+            self.backend.download(src, bytes)?;
         }
         Ok(out)
     }
 
     /// Queues a zero fill of `bytes` at `ptr` (inside a live buffer).
     pub(crate) fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
-        match self.backend() {
-            Backend::Driver(d) => d.memset_zero(ptr, bytes),
-            Backend::Emulated(e) => e.memset_zero(ptr, bytes),
-        }
+        self.backend.memset_zero(ptr, bytes)
     }
 
     /// Queues a copy of `bytes` from `src` to `dst` (inside live buffers).
     pub(crate) fn copy_d2d(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
-        match self.backend() {
-            Backend::Driver(d) => d.copy_d2d(src, dst, bytes),
-            Backend::Emulated(e) => e.copy_d2d(src, dst, bytes),
-        }
-    }
-
-    /// The kernel `name` of `module` and its parameter kinds (GPU only:
-    /// the emulator has no driver functions).
-    pub fn function(
-        &self,
-        module: &'static str,
-        name: &'static str,
-    ) -> Result<(CudaFunction, Arc<[ParamKind]>)> {
-        match self.backend() {
-            Backend::Driver(d) => d.function(module, name),
-            Backend::Emulated(_) => Err(CudaError::NotAvailable(format!(
-                "`{module}::{name}`: the CUDA emulator has no driver functions"
-            ))),
-        }
+        self.backend.copy_d2d(src, dst, bytes)
     }
 
     /// Queues kernel `module::name` with `args` on the stream (the emulator
@@ -421,10 +288,7 @@ impl CudaDevice {
         if cfg.grid_dim.0 == 0 || cfg.block_dim.0 == 0 {
             return Ok(());
         }
-        match self.backend() {
-            Backend::Driver(d) => d.launch(module, name, cfg, args),
-            Backend::Emulated(e) => e.launch(module, name, cfg, args),
-        }
+        self.backend.launch(module, name, cfg, args)
     }
 
     /// Bytes reserved from and in use in this device's memory pool.

@@ -1,6 +1,6 @@
 //! The GPU backend of a [`CudaDevice`](super::CudaDevice): everything that
-//! calls the CUDA driver (through `cudarc`). The emulator
-//! ([`super::emu`]) is the other backend; `device.rs` dispatches.
+//! calls the CUDA driver and cuBLAS (through `cudarc`), behind the
+//! [`Backend`] interface.
 //!
 //! Why one stream: every op is ordered after the previous one without events,
 //! a buffer returned to the pool can be handed to the next op at once (stream
@@ -8,16 +8,22 @@
 //! cudarc's per-buffer event tracking is switched off for the same reason:
 //! buffers here are raw device pointers owned by the pool.
 
+use super::abi::{Arg, BlasCall};
+use super::backend::Backend;
 use super::compile::compile_module;
-use super::device::Arg;
 use super::signature::{ParamKind, mismatch, parse_entries};
 use super::sources;
 use super::{CudaError, Result, driver_err};
 use cudarc::cublas::CudaBlas;
+use cudarc::cublas::result::gemm_strided_batched_ex;
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg, result, sys,
 };
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 type Signatures = HashMap<String, Vec<ParamKind>>;
@@ -89,71 +95,6 @@ impl Driver {
         self.ctx.bind_to_thread().map_err(driver_err("bind"))
     }
 
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(driver_err("synchronize"))
-    }
-
-    /// `cuMemAlloc`; `Ok(None)` when the GPU is out of memory.
-    pub fn malloc(&self, bytes: usize) -> Result<Option<u64>> {
-        self.bind()?;
-        // SAFETY: plain allocation; the pointer is owned by the pool.
-        match unsafe { result::malloc_sync(bytes) } {
-            Ok(p) => Ok(Some(p)),
-            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => Ok(None),
-            Err(e) => Err(driver_err("allocate")(e)),
-        }
-    }
-
-    /// `cuMemFree`.
-    ///
-    /// # Safety
-    /// `ptr` came from [`Self::malloc`] and no queued work uses it.
-    pub unsafe fn free(&self, ptr: u64) -> Result<()> {
-        // SAFETY: as the caller promises.
-        unsafe { result::free_sync(ptr) }.map_err(driver_err("free"))
-    }
-
-    /// (free, total) bytes of GPU memory, or zeros if the driver won't say.
-    pub fn mem_info(&self) -> (usize, usize) {
-        self.ctx.mem_get_info().unwrap_or((0, 0))
-    }
-
-    /// Queues a zero fill of `bytes` at `ptr`.
-    pub fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
-        self.bind()?;
-        // SAFETY: the caller's buffer holds the range; stream-ordered.
-        unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
-            .map_err(driver_err("memset"))
-    }
-
-    /// Queues a device-to-device copy of `bytes`.
-    pub fn copy_d2d(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
-        self.bind()?;
-        // SAFETY: callers pass ranges inside live buffers; stream-ordered.
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
-            .map_err(driver_err("copy device to device"))
-    }
-
-    /// Copies `data` to `dst` and waits, so `data` may go afterwards.
-    pub fn upload<T>(&self, data: &[T], dst: u64) -> Result<()> {
-        self.bind()?;
-        // SAFETY: the destination buffer holds `data`; the copy is awaited
-        // before returning, so `data` outlives it.
-        unsafe { result::memcpy_htod_async(dst, data, self.stream.cu_stream()) }
-            .map_err(driver_err("copy to device"))?;
-        self.synchronize()
-    }
-
-    /// Copies from `src` into `out` after all queued work.
-    pub fn download<T>(&self, src: u64, out: &mut [T]) -> Result<()> {
-        self.bind()?;
-        // SAFETY: the range lies in the caller's buffer; the stream is
-        // synchronized before `out` is read.
-        unsafe { result::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }
-            .map_err(driver_err("copy to host"))?;
-        self.synchronize()
-    }
-
     /// The compiled module `module` (see [`sources::SOURCES`]); compiled by
     /// NVRTC once per process and device.
     fn module(&self, module: &'static str) -> Result<LoadedModule> {
@@ -205,9 +146,73 @@ impl Driver {
             .insert((module, name), entry.clone());
         Ok(entry)
     }
+}
+
+impl Backend for Driver {
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_err("synchronize"))
+    }
+
+    /// `cuMemAlloc`; `Ok(None)` when the GPU is out of memory.
+    fn malloc(&self, bytes: usize) -> Result<Option<u64>> {
+        self.bind()?;
+        // SAFETY: plain allocation; the pointer is owned by the pool.
+        match unsafe { result::malloc_sync(bytes) } {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => Ok(None),
+            Err(e) => Err(driver_err("allocate")(e)),
+        }
+    }
+
+    /// `cuMemFree`.
+    unsafe fn free(&self, ptr: u64, _bytes: usize) -> Result<()> {
+        // SAFETY: as the caller promises.
+        unsafe { result::free_sync(ptr) }.map_err(driver_err("free"))
+    }
+
+    /// (free, total) bytes of GPU memory, or zeros if the driver won't say.
+    fn mem_info(&self) -> (usize, usize) {
+        self.ctx.mem_get_info().unwrap_or((0, 0))
+    }
+
+    /// Queues a zero fill of `bytes` at `ptr`.
+    fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller's buffer holds the range; stream-ordered.
+        unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .map_err(driver_err("memset"))
+    }
+
+    /// Queues a device-to-device copy of `bytes`.
+    fn copy_d2d(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: callers pass ranges inside live buffers; stream-ordered.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(driver_err("copy device to device"))
+    }
+
+    /// Copies `data` to `dst` and waits, so `data` may go afterwards.
+    fn upload(&self, data: &[u8], dst: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the destination buffer holds `data`; the copy is awaited
+        // before returning, so `data` outlives it.
+        unsafe { result::memcpy_htod_async(dst, data, self.stream.cu_stream()) }
+            .map_err(driver_err("copy to device"))?;
+        self.synchronize()
+    }
+
+    /// Copies from `src` into `out` after all queued work.
+    fn download(&self, src: u64, out: &mut [u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the range lies in the caller's buffer; the stream is
+        // synchronized before `out` is read.
+        unsafe { result::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }
+            .map_err(driver_err("copy to host"))?;
+        self.synchronize()
+    }
 
     /// Queues kernel `module::name` with `args` on the stream.
-    pub fn launch(
+    fn launch(
         &self,
         module: &'static str,
         name: &'static str,
@@ -239,5 +244,54 @@ impl Driver {
             msg: format!("kernel `{module}::{name}`: {e:?}"),
         })?;
         Ok(())
+    }
+
+    /// The call on cuBLAS, queued on the device's stream.
+    fn gemm(&self, g: &BlasCall) -> std::result::Result<(), String> {
+        let compute = if g.tf32 {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let f32t = cudaDataType_t::CUDA_R_32F;
+        self.bind().map_err(|e| e.to_string())?;
+        // SAFETY: the pointers address live device buffers sized by the caller
+        // for these shapes; the handle is bound to the device's one stream.
+        unsafe {
+            gemm_strided_batched_ex(
+                *self.blas.handle(),
+                blas_op(g.transa),
+                blas_op(g.transb),
+                g.m,
+                g.n,
+                g.k,
+                (&g.alpha) as *const f32 as *const c_void,
+                g.a as *const c_void,
+                f32t,
+                g.lda,
+                g.stride_a,
+                g.b as *const c_void,
+                f32t,
+                g.ldb,
+                g.stride_b,
+                (&g.beta) as *const f32 as *const c_void,
+                g.c as *mut c_void,
+                f32t,
+                g.ldc,
+                g.stride_c,
+                g.batch,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| format!("{e:?}"))
+    }
+}
+
+fn blas_op(trans: bool) -> cublasOperation_t {
+    if trans {
+        cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublasOperation_t::CUBLAS_OP_N
     }
 }

@@ -3,7 +3,7 @@
 //! Operands are a buffer plus a [`Strided`] view; contiguous operands take
 //! the `_contig` kernels, which skip the index arithmetic.
 
-use super::device::{Arg, Strided};
+use super::abi::{Arg, Strided};
 use super::{CudaDevice, CudaError, DeviceBuffer, Result, grid_1d};
 use crate::cpu::elementwise::{BinaryOp, UnaryOp};
 use std::marker::PhantomData;

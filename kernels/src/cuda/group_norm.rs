@@ -8,7 +8,7 @@
 //! r·Σdh·(x − μ), then one block per channel reducing those over n into dβ
 //! and dγ (a fixed order, so no atomics and deterministic results).
 
-use super::device::Arg;
+use super::abi::Arg;
 use super::elementwise::Dense;
 use super::elementwise::View;
 use super::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_rows};

@@ -5,7 +5,7 @@
 //! is deterministic: instead of atomics, the host sorts the positions by id
 //! ([`index_csr`]) and each output element sums its own sources in order.
 
-use super::device::Arg;
+use super::abi::Arg;
 use super::{CudaDevice, CudaError, DeviceBuffer, Result, grid_1d};
 
 const MODULE: &str = "index";

@@ -4,14 +4,17 @@
 //! Nothing here links against CUDA: `cudarc` loads libcuda, libnvrtc and
 //! libcublas when first used, so the crate builds and its CPU half runs on
 //! machines without them. [`is_available`] says whether a GPU can be used.
-//! Without one, [`emu`] runs the same kernels and launchers on the CPU
-//! (see [`use_emulator_if_no_gpu`]); the CUDA tests use it.
+//! In tests without one, the CPU emulator (`emu`, compiled only with the
+//! `emulator` cargo feature, which only dev-dependencies enable) runs the
+//! same kernels and launchers (see `use_emulator_if_no_gpu`).
 //!
 //! Layout of this module:
 //! - [`device`]: one [`CudaDevice`] per GPU (its backend, memory pool, TF32
-//!   switch); [`driver`]: the GPU backend (context, the single stream all
-//!   work goes to, cuBLAS handle, compiled-module cache); [`emu`]: the CPU
-//!   emulator backend.
+//!   switch); `backend`: the interface a device's backend implements;
+//!   `driver`: the GPU backend (context, the single stream all work goes
+//!   to, cuBLAS handle, compiled-module cache); `emu`: the test emulator.
+//! - [`abi`]: the values passed to kernels and cuBLAS ([`Arg`], [`Strided`],
+//!   [`abi::BlasCall`]), a leaf every other module may use.
 //! - [`alloc`]: the caching allocator behind every [`DeviceBuffer`].
 //! - [`compile`]: NVRTC compilation of the sources listed in [`sources`].
 //! - one launcher file per kernel family (`elementwise.rs`, ...) next to its
@@ -20,13 +23,16 @@
 //!
 //! CUDA tensors are f32: f64 exists on the CPU for gradient checks only.
 
+pub mod abi;
 pub mod alloc;
 pub mod attention;
+mod backend;
 pub mod compile;
 pub mod conv;
 pub mod device;
-pub mod driver;
+mod driver;
 pub mod elementwise;
+#[cfg(feature = "emulator")]
 pub mod emu;
 pub mod gemm;
 pub mod group_norm;
@@ -39,8 +45,11 @@ pub mod signature;
 pub mod sources;
 pub mod upsample;
 
+pub use abi::{Arg, MAX_RANK, Strided};
 pub use alloc::{DeviceBuffer, PoolStats};
-pub use device::{Arg, CudaDevice, emulation_requested, is_available, use_emulator_if_no_gpu};
+pub use device::{CudaDevice, is_available};
+#[cfg(feature = "emulator")]
+pub use device::{emulation_requested, use_emulator_if_no_gpu};
 
 /// What can go wrong on the GPU. Each message names the operation.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +73,7 @@ pub enum CudaError {
     #[error("NVRTC could not compile CUDA module `{module}`:\n{log}")]
     Compile { module: &'static str, log: String },
 
+    #[cfg(feature = "emulator")]
     #[error("the CUDA emulator could not build module `{module}`:\n{log}")]
     EmuCompile { module: &'static str, log: String },
 

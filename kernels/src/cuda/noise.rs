@@ -13,8 +13,8 @@
 //! L_simple's sum is reduced on the device into a one-element buffer: the
 //! loss never comes back to the host unless the caller reads it.
 
+use super::abi::Arg;
 use super::attention::{Param, launch_params};
-use super::device::Arg;
 use super::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_1d, grid_rows};
 use crate::cpu::noise::{QSampleCoef, StepCoef};
 

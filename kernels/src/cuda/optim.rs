@@ -12,8 +12,8 @@
 //! itself, so a clipped step is queued without the host ever waiting for
 //! the norm. The norm is read back only when asked for ([`read_norm`]).
 
+use super::abi::Arg;
 use super::attention::{Param, launch_params};
-use super::device::Arg;
 use super::{BLOCK, CudaDevice, DeviceBuffer, Result, grid_1d, grid_rows};
 use crate::cpu::optim::AdamStep;
 

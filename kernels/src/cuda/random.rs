@@ -1,7 +1,7 @@
 //! Launcher for `random.cu`: uniform and normal fills from the Philox
 //! stream, equal to the CPU's fills for the same seed and blocks.
 
-use super::device::Arg;
+use super::abi::Arg;
 use super::{CudaDevice, DeviceBuffer, Result, grid_1d};
 
 const MODULE: &str = "random";

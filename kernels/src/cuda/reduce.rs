@@ -10,7 +10,7 @@
 //! [`plan_softmax`], plain functions of the sizes that the unit tests below
 //! check on the CPU (nothing else here can be run without a GPU).
 
-use super::device::{Arg, Strided};
+use super::abi::{Arg, Strided};
 use super::elementwise::{self as ew, View};
 use super::{CudaDevice, DeviceBuffer, Result, grid_1d};
 use crate::cpu::reduce::ReduceOp;

@@ -9,7 +9,7 @@
 //! against them before the driver call. A mismatch is an error that names
 //! the kernel and both lists.
 
-use super::device::{Arg, Strided};
+use super::abi::{Arg, Strided};
 use std::collections::HashMap;
 
 /// The kind of one kernel parameter, as far as PTX tells it.

@@ -3,7 +3,7 @@
 //! [`crate::cpu::upsample`]. Pure data movement: grid-stride loops, one
 //! thread per element written.
 
-use super::device::Arg;
+use super::abi::Arg;
 use super::elementwise::Dense;
 use super::elementwise::View;
 use super::{CudaDevice, DeviceBuffer, Result, grid_1d};

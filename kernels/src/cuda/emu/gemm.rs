@@ -13,7 +13,7 @@
 //! (10 explicit mantissa bits, round to nearest even) before the products,
 //! which accumulate in f32.
 
-use crate::cuda::gemm::BlasCall;
+use crate::cuda::abi::BlasCall;
 
 /// `x` rounded to TF32 (the f32 bit pattern with its 13 low mantissa bits
 /// cleared, round to nearest, ties to even). Inf and NaN are unchanged.

@@ -1,9 +1,11 @@
 //! The CUDA emulator: the real `.cu` kernels and the real launchers, run
 //! on the CPU, so the CUDA-vs-CPU tests execute on machines without a GPU.
 //!
-//! A [`CudaDevice`](super::CudaDevice) built with
-//! `NOISEGRAD_CUDA_EMULATOR=1` (or after [`use_emulator_if_no_gpu`]) has
-//! this backend instead of the driver; launchers cannot tell:
+//! Compiled only with the `emulator` cargo feature, which only the
+//! dev-dependencies of the crates whose tests use it enable: a release
+//! build contains none of it. After [`use_emulator_if_no_gpu`] (called by
+//! the tests' `gpu_or_skip`), `cuda:0` on a machine without a GPU has this
+//! [`Backend`] instead of the driver; launchers cannot tell:
 //! - **memory**: a device pointer is a host address (256-byte aligned
 //!   allocations), copies and fills are `memcpy`/`memset`, all synchronous;
 //!   the caching pool sits in front as on a GPU. The emulator also keeps the
@@ -32,7 +34,7 @@
 //! - `NOISEGRAD_EMU_SM_COUNT=N`: the device reports N SMs (default 4, so
 //!   grid-stride launches run few blocks); 132 gives an H100's launch plans.
 //!
-//! [`use_emulator_if_no_gpu`]: super::device::use_emulator_if_no_gpu
+//! [`use_emulator_if_no_gpu`]: super::use_emulator_if_no_gpu
 
 mod build;
 pub mod gemm;
@@ -40,7 +42,8 @@ pub mod source;
 
 pub use build::{SHIM, compiler_available};
 
-use super::device::Arg;
+use super::abi::{Arg, BlasCall};
+use super::backend::Backend;
 use super::signature::{ParamKind, mismatch};
 use super::{CudaError, Result, sources};
 use cudarc::driver::LaunchConfig;
@@ -392,6 +395,78 @@ impl Emulator {
         unsafe {
             std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr() as *mut u8, bytes)
         };
+        Ok(())
+    }
+}
+
+impl Backend for Emulator {
+    fn malloc(&self, bytes: usize) -> Result<Option<u64>> {
+        Ok(Emulator::malloc(self, bytes))
+    }
+
+    unsafe fn free(&self, ptr: u64, bytes: usize) -> Result<()> {
+        // SAFETY: as the caller promises.
+        unsafe { Emulator::free(self, ptr, bytes) };
+        Ok(())
+    }
+
+    /// The emulator never queues: every call has finished when it returns.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn mem_info(&self) -> (usize, usize) {
+        (0, 0)
+    }
+
+    fn handed_out(&self, ptr: u64, len: usize, block: usize) {
+        Emulator::handed_out(self, ptr, len, block)
+    }
+
+    fn taken_back(&self, ptr: u64) {
+        Emulator::taken_back(self, ptr)
+    }
+
+    fn upload(&self, data: &[u8], dst: u64) -> Result<()> {
+        Emulator::upload(self, data, dst)
+    }
+
+    fn download(&self, src: u64, out: &mut [u8]) -> Result<()> {
+        Emulator::download(self, src, out)
+    }
+
+    fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
+        Emulator::memset_zero(self, ptr, bytes)
+    }
+
+    fn copy_d2d(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        Emulator::copy_d2d(self, src, dst, bytes)
+    }
+
+    fn launch(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
+        Emulator::launch(self, module, name, cfg, args)
+    }
+
+    /// cuBLAS's checks, operand ranges checked against their buffers, then
+    /// the column-major product.
+    fn gemm(&self, g: &BlasCall) -> std::result::Result<(), String> {
+        gemm::validate(g)?;
+        for (name, ptr, bytes) in gemm::extents(g) {
+            let what = match name {
+                "A" => "cuBLAS operand A (the row-major B)",
+                "B" => "cuBLAS operand B (the row-major A)",
+                _ => "cuBLAS operand C",
+            };
+            self.check(ptr, bytes, what)?;
+        }
+        // SAFETY: validated, and every operand lies in a live buffer.
+        unsafe { gemm::sgemm_strided_batched(g) };
         Ok(())
     }
 }

@@ -10,7 +10,7 @@
 //! `static_assert`s that the parsed types are the kernel's real ones, so a
 //! parsing mistake is a compile error, not a wrong call.
 
-use crate::cuda::device::Strided;
+use crate::cuda::abi::Strided;
 use crate::cuda::signature::ParamKind;
 
 /// One parameter: its C type as written (e.g. `const float*`) and its name.

@@ -4,8 +4,8 @@
 //! g++ and say so when it is missing.
 
 use super::*;
-use crate::cuda::device::use_emulator_if_no_gpu;
 use crate::cuda::gemm::{MatOperand, MatOut, gemm};
+use crate::cuda::use_emulator_if_no_gpu;
 use crate::cuda::{CudaDevice, elementwise, sources::COMMON};
 
 fn have_gxx(test: &str) -> bool {
