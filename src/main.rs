@@ -12,6 +12,7 @@ use cli::bench::{BenchTrainArgs, bench_train};
 use cli::eval::{EvalArgs, eval};
 use cli::sample::{SampleArgs, sample};
 use cli::train::{TrainArgs, train};
+use cli::train_autoencoder::{TrainAutoencoderArgs, train_autoencoder};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,8 @@ enum Command {
     /// Training throughput: timed steps of a preset at a batch size (img/s,
     /// ms/step, peak memory). The numbers BENCHMARKS.md quotes for whole steps.
     BenchTrain(BenchTrainArgs),
+    /// Train the KL autoencoder of latent diffusion (then `train --latent`).
+    TrainAutoencoder(TrainAutoencoderArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Sample(a) => sample(a),
         Command::Eval(a) => eval(a),
         Command::BenchTrain(a) => bench_train(a),
+        Command::TrainAutoencoder(a) => train_autoencoder(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

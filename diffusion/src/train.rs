@@ -7,7 +7,8 @@
 //! random stream and the data order, so a resumed run's next losses equal
 //! those of an uninterrupted run bit for bit (on the CPU).
 
-use crate::data::{Batcher, BatcherState, ImageDataset};
+use crate::data::{Batcher, BatcherState, ImageDataset, TrainData};
+use crate::latent::LatentInfo;
 use crate::process::q_sample_coefs;
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::unet::{UNet, UNetConfig};
@@ -35,6 +36,8 @@ pub struct TrainConfig {
     /// On CUDA, let cuBLAS use TF32 tensor cores for f32 GEMMs (PyTorch's
     /// `allow_tf32`); ignored on the CPU.
     pub tf32: bool,
+    /// Latent diffusion: the autoencoder whose latents the model learns.
+    pub latent: Option<LatentInfo>,
 }
 
 impl TrainConfig {
@@ -53,6 +56,7 @@ impl TrainConfig {
             seed: 0,
             device: Device::Cpu,
             tf32: false,
+            latent: None,
         }
     }
 }
@@ -81,14 +85,20 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(config: TrainConfig, data: Arc<ImageDataset>) -> Result<Trainer> {
+        Trainer::with_data(config, TrainData::Images(data))
+    }
+
+    /// A trainer on images or on autoencoder latents.
+    pub fn with_data(config: TrainConfig, data: TrainData) -> Result<Trainer> {
         let m = &config.model;
-        if (data.channels, data.height, data.width) != (m.in_channels, m.image_size, m.image_size) {
+        let (c, h, w) = data.shape();
+        if (c, h, w) != (m.in_channels, m.image_size, m.image_size) {
             return Err(Error::Msg(format!(
-                "dataset {} has {}×{}×{} images but the model expects {}×{}×{}",
-                data.source,
-                data.channels,
-                data.height,
-                data.width,
+                "dataset {} has {}×{}×{} examples but the model expects {}×{}×{}",
+                data.source(),
+                c,
+                h,
+                w,
                 m.in_channels,
                 m.image_size,
                 m.image_size
@@ -98,13 +108,13 @@ impl Trainer {
             noisegrad_engine::cuda_backend::cuda_device(i)?.set_tf32(config.tf32);
         }
         if data.is_empty() {
-            return Err(Error::Msg(format!("dataset {} is empty", data.source)));
+            return Err(Error::Msg(format!("dataset {} is empty", data.source())));
         }
         let store = ParamStore::new(DType::F32, config.device, config.seed);
         let model = UNet::new(config.model.clone(), &store)?;
         let opt = Adam::new(store.params(), AdamConfig::adam(config.lr))?;
         let ema = Ema::new(store.params(), config.ema_decay)?;
-        let batcher = Batcher::new(
+        let batcher = Batcher::over(
             data,
             config.batch_size,
             config.random_flip,
@@ -202,22 +212,10 @@ impl Trainer {
     /// `ema.*`, the optimizer state, and metadata (step, random streams,
     /// data position, config).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let mut tensors = self.store.state_dict();
-        tensors.extend(
-            self.ema
-                .state_dict()
-                .into_iter()
-                .map(|(n, t)| (format!("ema.{n}"), t)),
-        );
-        tensors.extend(
-            self.opt
-                .state_dict()?
-                .into_iter()
-                .map(|(n, t)| (format!("opt.{n}"), t)),
-        );
+        let tensors = crate::train_state::checkpoint_tensors(&self.store, &self.ema, &self.opt)?;
         let (seed, offset) = self.rng.state();
         let b = self.batcher.state();
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             (
                 "format".to_string(),
                 "noisegrad-ddpm-checkpoint-v1".to_string(),
@@ -230,6 +228,9 @@ impl Trainer {
             ("model_config".to_string(), self.config.model.to_json()),
             ("train_config".to_string(), format!("{:?}", self.config)),
         ]);
+        if let Some(latent) = &self.config.latent {
+            meta.extend(latent.metadata());
+        }
         noisegrad_engine::io::save(path, &tensors, &meta)
     }
 
@@ -239,32 +240,14 @@ impl Trainer {
         // Read on the host; `load_state_dict` copies each tensor into the
         // parameter it belongs to, on whatever device that lives.
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
-        let meta = |k: &str| -> Result<u64> {
-            loaded
-                .metadata
-                .get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::Io {
-                    path: path.display().to_string(),
-                    msg: format!("checkpoint metadata has no valid '{k}'"),
-                })
-        };
-        let pick = |prefix: &str| -> Vec<(String, Tensor)> {
-            loaded
-                .tensors
-                .iter()
-                .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
-                .collect()
-        };
-        let model: Vec<(String, Tensor)> = loaded
-            .tensors
-            .iter()
-            .filter(|(n, _)| !n.starts_with("ema.") && !n.starts_with("opt."))
-            .cloned()
-            .collect();
-        self.store.load_state_dict(&model)?;
-        self.ema.load_state_dict(&pick("ema."))?;
-        self.opt.load_state_dict(&pick("opt."))?;
+        let meta = |k: &str| crate::train_state::metadata_u64(&loaded, path, k);
+        LatentInfo::check_matches(path, &loaded.metadata, self.config.latent.as_ref())?;
+        crate::train_state::restore_checkpoint_tensors(
+            &loaded,
+            &self.store,
+            &mut self.ema,
+            &mut self.opt,
+        )?;
         self.step = meta("step")?;
         self.rng = Philox::from_state(meta("rng_seed")?, meta("rng_offset")?);
         self.batcher.restore(BatcherState {

@@ -117,25 +117,25 @@ impl UNetConfig {
 }
 
 /// GroupNorm γ, β (PyTorch names `weight`, `bias`).
-struct Norm {
+pub(crate) struct Norm {
     gamma: Tensor,
     beta: Tensor,
 }
 
 impl Norm {
-    fn new(s: &ParamScope, c: usize) -> Result<Norm> {
+    pub(crate) fn new(s: &ParamScope, c: usize) -> Result<Norm> {
         Ok(Norm {
             gamma: s.param("weight", &[c], Init::Ones)?,
             beta: s.param("bias", &[c], Init::Zeros)?,
         })
     }
-    fn forward(&self, x: &Tensor, cfg: &UNetConfig, silu: bool) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, cfg: &UNetConfig, silu: bool) -> Result<Tensor> {
         x.group_norm(cfg.groups, &self.gamma, &self.beta, cfg.norm_eps, silu)
     }
 }
 
 /// A 2-D convolution with bias.
-struct Conv {
+pub(crate) struct Conv {
     w: Tensor,
     b: Tensor,
     stride: usize,
@@ -143,7 +143,7 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(
+    pub(crate) fn new(
         s: &ParamScope,
         cin: usize,
         cout: usize,
@@ -158,28 +158,31 @@ impl Conv {
             pad: k / 2,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.w, Some(&self.b), self.stride, self.pad)
     }
 }
 
 /// GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU →
 /// dropout → conv3×3, plus a 1×1 skip when the channel count changes.
-struct ResBlock {
+/// With `temb` = 0 it has no time projection (the autoencoder's blocks).
+pub(crate) struct ResBlock {
     n1: Norm,
     c1: Conv,
-    t: Linear,
+    t: Option<Linear>,
     n2: Norm,
     c2: Conv,
     skip: Option<Conv>,
 }
 
 impl ResBlock {
-    fn new(s: &ParamScope, cin: usize, cout: usize, temb: usize) -> Result<ResBlock> {
+    pub(crate) fn new(s: &ParamScope, cin: usize, cout: usize, temb: usize) -> Result<ResBlock> {
         Ok(ResBlock {
             n1: Norm::new(&s.sub("n1"), cin)?,
             c1: Conv::new(&s.sub("c1"), cin, cout, 3, 1, 1.0)?,
-            t: Linear::with_init(&s.sub("t"), temb, cout, default_init(1.0))?,
+            t: (temb > 0)
+                .then(|| Linear::with_init(&s.sub("t"), temb, cout, default_init(1.0)))
+                .transpose()?,
             n2: Norm::new(&s.sub("n2"), cout)?,
             c2: Conv::new(&s.sub("c2"), cout, cout, 3, 1, 0.0)?,
             skip: if cin != cout {
@@ -191,9 +194,22 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let h = self.c1.forward(&self.n1.forward(x, ctx.cfg, true)?)?;
-        let t = self.t.forward(temb_act)?;
-        let h = h.add(&t.reshape(&[t.dim(0)?, t.dim(1)?, 1, 1])?)?;
+        self.forward_with(x, Some(temb_act), ctx)
+    }
+
+    /// The block with an optional time embedding (`None` for blocks built
+    /// with `temb` = 0).
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        temb_act: Option<&Tensor>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let mut h = self.c1.forward(&self.n1.forward(x, ctx.cfg, true)?)?;
+        if let (Some(proj), Some(temb_act)) = (&self.t, temb_act) {
+            let t = proj.forward(temb_act)?;
+            h = h.add(&t.reshape(&[t.dim(0)?, t.dim(1)?, 1, 1])?)?;
+        }
         let h = self
             .n2
             .forward(&h, ctx.cfg, true)?
@@ -209,14 +225,14 @@ impl ResBlock {
 
 /// Single-head self-attention over the H·W positions with separate q, k, v
 /// (one 1×1 conv to 3C) and a residual 1×1 output projection.
-struct Attn {
+pub(crate) struct Attn {
     n: Norm,
     qkv: Conv,
     o: Conv,
 }
 
 impl Attn {
-    fn new(s: &ParamScope, c: usize) -> Result<Attn> {
+    pub(crate) fn new(s: &ParamScope, c: usize) -> Result<Attn> {
         Ok(Attn {
             n: Norm::new(&s.sub("n"), c)?,
             qkv: Conv::new(&s.sub("qkv"), c, 3 * c, 1, 1, 1.0)?,
@@ -224,7 +240,7 @@ impl Attn {
         })
     }
 
-    fn forward(&self, x: &Tensor, cfg: &UNetConfig) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, cfg: &UNetConfig) -> Result<Tensor> {
         let (b, c, h, w) = dims4(x)?;
         let qkv = self
             .qkv
@@ -242,7 +258,7 @@ impl Attn {
     }
 }
 
-enum Block {
+pub(crate) enum Block {
     Res(ResBlock, Option<Attn>),
     Down(Conv),
     Up(Conv),
@@ -250,10 +266,10 @@ enum Block {
 
 /// What a forward pass needs besides the input: config, mode and the
 /// dropout stream.
-struct Ctx<'a> {
-    cfg: &'a UNetConfig,
-    train: bool,
-    rng: &'a mut Philox,
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a UNetConfig,
+    pub(crate) train: bool,
+    pub(crate) rng: &'a mut Philox,
 }
 
 pub struct UNet {

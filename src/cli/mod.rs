@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 pub mod bench;
 pub mod eval;
+pub mod latent;
 pub mod sample;
 pub mod train;
+pub mod train_autoencoder;
 
 /// The embedded default dataset (real CIFAR-10 records; see assets/cifar10-sample/README.md).
 pub const EMBEDDED_TRAIN: &[u8] =
@@ -61,6 +63,14 @@ pub fn load_train_data(path: &Option<PathBuf>) -> Result<ImageDataset> {
     }
 }
 
+/// The test split of `path`, or the embedded test sample.
+pub fn load_test_data(path: &Option<PathBuf>) -> Result<ImageDataset> {
+    match path {
+        Some(p) => load_dataset(p, false),
+        None => parse_cifar10(EMBEDDED_TEST, "embedded CIFAR-10 test sample (256 images)"),
+    }
+}
+
 /// Rebuilds the trainer (model + schedule) of a checkpoint, optionally with
 /// the EMA weights loaded into the model.
 pub fn trainer_from_checkpoint(
@@ -69,6 +79,7 @@ pub fn trainer_from_checkpoint(
     device: Device,
 ) -> Result<(Trainer, ImageDataset)> {
     let loaded = noisegrad::engine::io::load(path, Device::Cpu)?;
+    latent::reject_autoencoder_checkpoint(path, &loaded.metadata)?;
     let cfg_json =
         loaded
             .metadata

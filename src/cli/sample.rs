@@ -54,6 +54,7 @@ pub struct SampleArgs {
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
+    let decoder = super::latent::decoder_of_checkpoint(&a.checkpoint, device)?;
     let cfg = &trainer.model.config;
     let shape = [a.n, cfg.in_channels, cfg.image_size, cfg.image_size];
     let opts = SampleOptions {
@@ -124,6 +125,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
     };
     bar.finish();
+    let out = super::latent::decode_samples(out, decoder.as_ref())?;
     let ncol = (a.n as f64).sqrt().ceil() as usize;
     save_grid(&a.out, &out.images, ncol)?;
     println!(

@@ -1,7 +1,9 @@
 //! `noisegrad train`: the training loop with its progress bar, log,
 //! checkpoints, loss plot and sample grids.
 
+use super::latent::{LatentRun, LatentSample};
 use super::{DeviceArgs, io_err, load_train_data, open_device};
+use noisegrad::diffusion::latent::LatentDecoder;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegrad::diffusion::image::{save_grid, save_loss_plot};
@@ -67,16 +69,26 @@ pub struct TrainArgs {
     pub resume: bool,
     #[command(flatten)]
     pub dev: DeviceArgs,
+    /// Latent diffusion: train on the latents of this autoencoder checkpoint
+    /// (from `train-autoencoder`); the U-Net's channels and size come from
+    /// the latent shape, and samples are decoded to images.
+    #[arg(long)]
+    pub latent: Option<PathBuf>,
+    /// With --latent: train on the posterior mean of each image, or on a fresh
+    /// sample z ~ q(z|x) at every use.
+    #[arg(long, value_enum, default_value_t = LatentSample::Mean)]
+    pub latent_sample: LatentSample,
 }
 
 /// Set by Ctrl-C; the training loop checks it between steps.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let data = Arc::new(load_train_data(&a.data)?);
+    let images = Arc::new(load_train_data(&a.data)?);
+    let latent = LatentRun::open(&a.latent, a.latent_sample, &images, a.dev)?;
+    let data = latent.train_data(&images);
     let mut model = UNetConfig::preset(&a.preset)?;
-    model.in_channels = data.channels;
-    model.image_size = data.height;
+    (model.in_channels, model.image_size, _) = data.shape();
     if let Some(ch) = a.ch {
         model.ch = ch;
     }
@@ -93,9 +105,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.seed = a.seed;
     cfg.device = open_device(a.dev)?;
     cfg.tf32 = a.dev.tf32;
+    cfg.latent = latent.info();
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let ckpt = a.out.join("checkpoint.safetensors");
-    let mut trainer = Trainer::new(cfg, data.clone())?;
+    let mut trainer = Trainer::with_data(cfg, data.clone())?;
     if a.resume {
         trainer.load_checkpoint(&ckpt)?;
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
@@ -104,11 +117,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "training {} U-Net ({} parameters) on {} ({} images {}×{}×{}), batch {}, {} steps → {}",
         a.preset,
         trainer.store.num_elements(),
-        data.source,
+        data.source(),
         data.len(),
-        data.channels,
-        data.height,
-        data.width,
+        data.shape().0,
+        data.shape().1,
+        data.shape().2,
         a.batch_size,
         a.steps,
         a.out.display()
@@ -123,14 +136,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         .open(&log_path)
         .map_err(|e| io_err(&log_path, e))?;
     let mut losses = read_loss_log(&log_path, trainer.step());
-    let bar = ProgressBar::new(a.steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(trainer.step());
+    let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
     while trainer.step() < a.steps {
         let s = trainer.train_step()?;
@@ -161,6 +167,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 &a.out.join(format!("samples_{:06}.png", s.step)),
                 a.sample_steps,
                 16,
+                latent.decoder(),
             )?;
         }
     }
@@ -170,7 +177,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "{steps_per_s:.2} steps/s ({:.1} img/s)",
         steps_per_s * a.batch_size as f64
     );
-    write_samples(&mut trainer, &a.out.join("samples.png"), a.sample_steps, 36)?;
+    write_samples(
+        &mut trainer,
+        &a.out.join("samples.png"),
+        a.sample_steps,
+        36,
+        latent.decoder(),
+    )?;
     println!(
         "wrote {0}/samples.png, {0}/loss.png, {0}/checkpoint.safetensors, {0}/log.jsonl",
         a.out.display()
@@ -178,7 +191,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn write_samples(trainer: &mut Trainer, path: &Path, steps: usize, n: usize) -> Result<()> {
+pub fn write_samples(
+    trainer: &mut Trainer,
+    path: &Path,
+    steps: usize,
+    n: usize,
+    decoder: Option<&LatentDecoder>,
+) -> Result<()> {
     let cfg = trainer.model.config.clone();
     let schedule = trainer.schedule.clone();
     let device = trainer.config.device;
@@ -201,10 +220,27 @@ pub fn write_samples(trainer: &mut Trainer, path: &Path, steps: usize, n: usize)
         )?
         .images)
     })?;
+    let images = match decoder {
+        Some(d) => d.decode(&images)?,
+        None => images,
+    };
     save_grid(path, &images, (n as f64).sqrt().ceil() as usize)
 }
 
-fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
+/// The training progress bar (steps/s, ETA, a message), at `position` of `len`.
+pub fn progress_bar(len: u64, position: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar
+}
+
+pub fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let field = |line: &str, key: &str| -> Option<f64> {
         let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;

@@ -7,11 +7,13 @@
 mod batcher;
 mod cifar;
 mod idx;
+mod latent;
 mod png_folder;
 
 pub use batcher::{Batcher, BatcherState};
 pub use cifar::{CIFAR10_RECORD_BYTES, load_cifar10, parse_cifar10};
 pub use idx::{load_idx_images, parse_idx_images};
+pub use latent::{LatentDataset, TrainData};
 pub use png_folder::load_png_folder;
 
 use noisegrad_engine::{Error, Result};
