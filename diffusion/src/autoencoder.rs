@@ -364,7 +364,9 @@ impl Autoencoder {
         let config = AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
         let store = ParamStore::new(DType::F32, device, 0);
         let model = Autoencoder::new(config, &store)?;
-        let prefix = if use_ema { "ema." } else { "" };
+        // The trainer stores the EMA under `ema.` + the EMA's own names
+        // (which start with `ema.` too).
+        let prefix = if use_ema { "ema.ema." } else { "" };
         let weights: Vec<(String, Tensor)> = loaded
             .tensors
             .iter()
