@@ -54,7 +54,10 @@ fn trained_autoencoder(dir: &std::path::Path) -> PathBuf {
     let (start, end) = (mean(&rec[..5]), mean(&rec[50..]));
     eprintln!("autoencoder L1: first 5 steps {start:.4}, last 10 steps {end:.4}");
     assert!(start > 0.3, "initial L1 {start}");
-    assert!(end < 0.5 * start, "L1 fell only from {start:.4} to {end:.4}");
+    assert!(
+        end < 0.5 * start,
+        "L1 fell only from {start:.4} to {end:.4}"
+    );
     let path = dir.join("ae.safetensors");
     t.save_checkpoint(&path).unwrap();
     path
@@ -66,8 +69,7 @@ fn autoencoder_then_latent_ddpm_then_decoded_samples() {
     let ae_path = trained_autoencoder(&dir);
     let (ae, _store) = Autoencoder::load(&ae_path, true, Device::Cpu).unwrap();
     let images = few_images(8);
-    let (latents, scale) =
-        encode_dataset(&ae, &images, false, 4, Device::Cpu, |_| {}).unwrap();
+    let (latents, scale) = encode_dataset(&ae, &images, false, 4, Device::Cpu, |_| {}).unwrap();
     assert_eq!((latents.channels, latents.height, latents.width), (4, 8, 8));
     // Scaled to unit variance.
     let std = noisegrad::diffusion::latent::latent_std(&latents.mean, &latents.logvar, false);
@@ -93,15 +95,22 @@ fn autoencoder_then_latent_ddpm_then_decoded_samples() {
     cfg.latent = Some(info.clone());
     let data = TrainData::Latents(Arc::new(latents));
     let mut trainer = Trainer::with_data(cfg, data).unwrap();
-    let losses: Vec<f64> = (0..40).map(|_| trainer.train_step().unwrap().loss).collect();
+    let losses: Vec<f64> = (0..40)
+        .map(|_| trainer.train_step().unwrap().loss)
+        .collect();
     let (start, end) = (mean(&losses[..5]), mean(&losses[30..]));
     eprintln!("latent L_simple: first 5 {start:.4}, last 10 {end:.4}");
-    assert!(end < 0.8 * start, "latent loss fell only from {start:.4} to {end:.4}");
+    assert!(
+        end < 0.8 * start,
+        "latent loss fell only from {start:.4} to {end:.4}"
+    );
 
     // The checkpoint records the autoencoder; sampling decodes through it.
     let ckpt = dir.join("ldm.safetensors");
     trainer.save_checkpoint(&ckpt).unwrap();
-    let meta = noisegrad::engine::io::load(&ckpt, Device::Cpu).unwrap().metadata;
+    let meta = noisegrad::engine::io::load(&ckpt, Device::Cpu)
+        .unwrap()
+        .metadata;
     let stored = LatentInfo::from_metadata(&ckpt, &meta).unwrap().unwrap();
     assert_eq!(stored.autoencoder_config, info.autoencoder_config);
     assert!((stored.scale_factor - scale).abs() < 1e-9 * scale);
@@ -130,7 +139,11 @@ fn autoencoder_then_latent_ddpm_then_decoded_samples() {
         .unwrap();
     let img = decoder.decode(&z).unwrap();
     assert_eq!(img.shape(), &[2, 3, 32, 32]);
-    assert!(img.to_vec_f64().iter().all(|v| v.is_finite() && v.abs() <= 1.0));
+    assert!(
+        img.to_vec_f64()
+            .iter()
+            .all(|v| v.is_finite() && v.abs() <= 1.0)
+    );
 
     // A pixel-space run cannot resume a latent checkpoint, and says why.
     let mut pixel = Trainer::new(
@@ -150,7 +163,10 @@ fn autoencoder_then_latent_ddpm_then_decoded_samples() {
     )
     .unwrap();
     let e = pixel.load_checkpoint(&ckpt).err().unwrap().to_string();
-    assert!(e.contains("latents [4, 8, 8]") && e.contains("pixels"), "{e}");
+    assert!(
+        e.contains("latents [4, 8, 8]") && e.contains("pixels"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -172,7 +188,8 @@ fn both_stages_resume_exactly() {
 
     // Latent DDPM on sampled latents (z ~ q(z|x) each use): same check.
     let (ae, _s) = Autoencoder::load(&ae_path, true, Device::Cpu).unwrap();
-    let (latents, scale) = encode_dataset(&ae, &few_images(6), true, 6, Device::Cpu, |_| {}).unwrap();
+    let (latents, scale) =
+        encode_dataset(&ae, &few_images(6), true, 6, Device::Cpu, |_| {}).unwrap();
     let latents = Arc::new(latents);
     let mut cfg = TrainConfig::ddpm(UNetConfig {
         dropout: 0.0,
@@ -229,26 +246,37 @@ fn bad_inputs_name_both_shapes() {
         scale_factor: 1.0,
         sample: false,
     };
-    let e = LatentDecoder::open(&info, Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("gone.safetensors") && e.contains("missing") && e.contains("[3, 32, 32]"), "{e}");
+    let e = LatentDecoder::open(&info, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("gone.safetensors") && e.contains("missing") && e.contains("[3, 32, 32]"),
+        "{e}"
+    );
     info.autoencoder = ae_path.clone();
     info.autoencoder_config = AutoencoderConfig {
         ch: 8,
         groups: 4,
         ..AutoencoderConfig::for_images(28, 1, 2).unwrap()
     };
-    let e = LatentDecoder::open(&info, Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("[3, 32, 32]") && e.contains("[1, 28, 28]"), "{e}");
+    let e = LatentDecoder::open(&info, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("[3, 32, 32]") && e.contains("[1, 28, 28]"),
+        "{e}"
+    );
 
     // A diffusion checkpoint where an autoencoder is expected.
-    let ddpm = Trainer::new(
-        TrainConfig::ddpm(UNetConfig::tiny()),
-        few_images(2),
-    )
-    .unwrap();
+    let ddpm = Trainer::new(TrainConfig::ddpm(UNetConfig::tiny()), few_images(2)).unwrap();
     let ddpm_path = dir.join("ddpm.safetensors");
     ddpm.save_checkpoint(&ddpm_path).unwrap();
-    let e = Autoencoder::load(&ddpm_path, true, Device::Cpu).err().unwrap().to_string();
+    let e = Autoencoder::load(&ddpm_path, true, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("diffusion checkpoint"), "{e}");
 
     // And the reverse, through the CLI: an autoencoder where `sample` wants a diffusion model.
@@ -260,7 +288,10 @@ fn bad_inputs_name_both_shapes() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("autoencoder checkpoint"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("autoencoder checkpoint"),
+        "{err}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_noisegrad"))
         .args(["train", "--steps", "1", "--latent"])
         .arg(dir.join("gone.safetensors"))
@@ -269,6 +300,9 @@ fn bad_inputs_name_both_shapes() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no such autoencoder"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no such autoencoder"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -81,7 +81,9 @@ impl AutoencoderConfig {
         let bad = |m: String| Err(Error::Msg(format!("autoencoder config: {m}")));
         if self.ch_mult.is_empty() || self.ch == 0 || self.in_channels == 0 || self.z_channels == 0
         {
-            return bad("ch, in_channels, z_channels and ch_mult must be positive/non-empty".into());
+            return bad(
+                "ch, in_channels, z_channels and ch_mult must be positive/non-empty".into(),
+            );
         }
         if self.ch_mult.len() > 8 || self.image_size == 0 {
             return bad(format!(
@@ -361,7 +363,8 @@ impl Autoencoder {
     /// `use_ema`. Any other file is an error that says what it is.
     pub fn load(path: &Path, use_ema: bool, device: Device) -> Result<(Autoencoder, ParamStore)> {
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
-        let config = AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
+        let config =
+            AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
         let store = ParamStore::new(DType::F32, device, 0);
         let model = Autoencoder::new(config, &store)?;
         // The trainer stores the EMA under `ema.` + the EMA's own names
@@ -436,8 +439,13 @@ mod tests {
     fn encoder_and_decoder_shapes_for_f_2_4_8() {
         for (size, c, f) in [(28, 1, 2), (32, 3, 4), (32, 3, 8)] {
             let ae = model(size, c, f);
-            let x = Tensor::randn(&[2, c, size, size], DType::F32, Device::Cpu, &mut Philox::new(1))
-                .unwrap();
+            let x = Tensor::randn(
+                &[2, c, size, size],
+                DType::F32,
+                Device::Cpu,
+                &mut Philox::new(1),
+            )
+            .unwrap();
             let post = ae.encode(&x).unwrap();
             let s = size / f;
             assert_eq!(post.mean.shape(), &[2, 4, s, s], "f = {f}");
@@ -452,10 +460,16 @@ mod tests {
         let ae = model(32, 3, 4);
         let x = Tensor::zeros(&[1, 1, 28, 28], DType::F32, Device::Cpu).unwrap();
         let e = ae.encode(&x).err().unwrap().to_string();
-        assert!(e.contains("[B, 3, 32, 32]") && e.contains("[1, 1, 28, 28]"), "{e}");
+        assert!(
+            e.contains("[B, 3, 32, 32]") && e.contains("[1, 1, 28, 28]"),
+            "{e}"
+        );
         let z = Tensor::zeros(&[1, 4, 4, 4], DType::F32, Device::Cpu).unwrap();
         let e = ae.decode(&z).err().unwrap().to_string();
-        assert!(e.contains("[B, 4, 8, 8]") && e.contains("[1, 4, 4, 4]"), "{e}");
+        assert!(
+            e.contains("[B, 4, 8, 8]") && e.contains("[1, 4, 4, 4]"),
+            "{e}"
+        );
         assert!(AutoencoderConfig::for_images(28, 1, 8).is_err());
         assert!(AutoencoderConfig::for_images(32, 3, 3).is_err());
     }
@@ -467,7 +481,9 @@ mod tests {
             let sd = (0.5f64 * lv).exp();
             let (lo, hi, n) = (mu - 12.0 * sd, mu + 12.0 * sd, 200_000);
             let dz = (hi - lo) / n as f64;
-            let log_q = |z: f64| -0.5 * ((z - mu) / sd).powi(2) - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+            let log_q = |z: f64| {
+                -0.5 * ((z - mu) / sd).powi(2) - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+            };
             let log_p = |z: f64| -0.5 * z * z - 0.5 * (2.0 * std::f64::consts::PI).ln();
             let numeric: f64 = (0..n)
                 .map(|i| {
@@ -476,14 +492,22 @@ mod tests {
                 })
                 .sum();
             let t = |v: f64| Tensor::from_vec(&[v], &[1], DType::F64, Device::Cpu).unwrap();
-            let closed = kl_to_standard_normal(&t(mu), &t(lv)).unwrap().item().unwrap();
-            assert!((closed - numeric).abs() < 1e-6, "μ {mu}, ℓ {lv}: {closed} vs {numeric}");
+            let closed = kl_to_standard_normal(&t(mu), &t(lv))
+                .unwrap()
+                .item()
+                .unwrap();
+            assert!(
+                (closed - numeric).abs() < 1e-6,
+                "μ {mu}, ℓ {lv}: {closed} vs {numeric}"
+            );
         }
         // And it agrees with the general Gaussian KL of the bound.
         let m = Tensor::from_vec(&[0.3, -0.2], &[2], DType::F64, Device::Cpu).unwrap();
         let l = Tensor::from_vec(&[-0.5, 1.1], &[2], DType::F64, Device::Cpu).unwrap();
         let z = m.zeros_like().unwrap();
-        let general = crate::gaussian::normal_kl(&m, &l, &z, &z).unwrap().to_vec_f64();
+        let general = crate::gaussian::normal_kl(&m, &l, &z, &z)
+            .unwrap()
+            .to_vec_f64();
         let closed = kl_to_standard_normal(&m, &l).unwrap().to_vec_f64();
         for (a, b) in general.iter().zip(&closed) {
             assert!((a - b).abs() < 1e-12);
@@ -493,9 +517,8 @@ mod tests {
     #[test]
     fn kl_and_loss_gradcheck() {
         let mut rng = Philox::new(5);
-        let r = |s: &[usize], rng: &mut Philox| {
-            Tensor::randn(s, DType::F64, Device::Cpu, rng).unwrap()
-        };
+        let r =
+            |s: &[usize], rng: &mut Philox| Tensor::randn(s, DType::F64, Device::Cpu, rng).unwrap();
         let (m, l) = (r(&[2, 3], &mut rng), r(&[2, 3], &mut rng));
         gradcheck(
             |v| kl_to_standard_normal(&v[0], &v[1]),

@@ -4,8 +4,8 @@
 //! [`autoencoder_loss`].
 
 use crate::autoencoder::{
-    AUTOENCODER_FORMAT, Autoencoder, AutoencoderConfig, RecLoss, autoencoder_loss,
-    autoencoder_config_json,
+    AUTOENCODER_FORMAT, Autoencoder, AutoencoderConfig, RecLoss, autoencoder_config_json,
+    autoencoder_loss,
 };
 use crate::data::{Batcher, BatcherState, ImageDataset};
 use crate::latent::check_image_shape;
@@ -84,7 +84,12 @@ impl AutoencoderTrainer {
         let model = Autoencoder::new(config.model.clone(), &store)?;
         let opt = Adam::new(store.params(), AdamConfig::adam(config.lr))?;
         let ema = Ema::new(store.params(), config.ema_decay)?;
-        let batcher = Batcher::new(data, config.batch_size, config.random_flip, config.seed ^ 0x6461_7461);
+        let batcher = Batcher::new(
+            data,
+            config.batch_size,
+            config.random_flip,
+            config.seed ^ 0x6461_7461,
+        );
         Ok(Self {
             warmup: WarmupSchedule::new(config.lr, config.warmup_steps),
             rng: Philox::new(config.seed ^ 0x6165_6165),
@@ -108,7 +113,13 @@ impl AutoencoderTrainer {
         let x = self.batcher.next_batch()?.to_device(self.config.device)?;
         let post = self.model.encode(&x)?;
         let recon = self.model.decode(&post.sample(&mut self.rng)?)?;
-        let loss = autoencoder_loss(&x, &recon, &post, self.config.rec_loss, self.config.kl_weight)?;
+        let loss = autoencoder_loss(
+            &x,
+            &recon,
+            &post,
+            self.config.rec_loss,
+            self.config.kl_weight,
+        )?;
         self.opt.zero_grad();
         loss.total.backward()?;
         let value = loss.total.item()?;
@@ -157,7 +168,10 @@ impl AutoencoderTrainer {
             ("rng_offset".to_string(), offset.to_string()),
             ("data_epoch".to_string(), b.epoch.to_string()),
             ("data_position".to_string(), b.position.to_string()),
-            ("autoencoder_config".to_string(), self.config.model.to_json()),
+            (
+                "autoencoder_config".to_string(),
+                self.config.model.to_json(),
+            ),
             ("train_config".to_string(), format!("{:?}", self.config)),
         ]);
         noisegrad_engine::io::save(path, &tensors, &meta)
@@ -165,7 +179,8 @@ impl AutoencoderTrainer {
 
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
-        let stored = AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
+        let stored =
+            AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
         if stored != self.config.model {
             return Err(Error::Io {
                 path: path.display().to_string(),

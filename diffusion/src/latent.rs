@@ -23,15 +23,27 @@ pub struct LatentInfo {
 impl LatentInfo {
     pub fn metadata(&self) -> Vec<(String, String)> {
         vec![
-            ("latent_autoencoder".into(), self.autoencoder.display().to_string()),
-            ("latent_autoencoder_config".into(), self.autoencoder_config.to_json()),
-            ("latent_scale_factor".into(), format!("{:e}", self.scale_factor)),
+            (
+                "latent_autoencoder".into(),
+                self.autoencoder.display().to_string(),
+            ),
+            (
+                "latent_autoencoder_config".into(),
+                self.autoencoder_config.to_json(),
+            ),
+            (
+                "latent_scale_factor".into(),
+                format!("{:e}", self.scale_factor),
+            ),
             ("latent_sample".into(), self.sample.to_string()),
         ]
     }
 
     /// The latent info of a diffusion checkpoint's metadata (None: pixel space).
-    pub fn from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<Option<LatentInfo>> {
+    pub fn from_metadata(
+        path: &Path,
+        meta: &HashMap<String, String>,
+    ) -> Result<Option<LatentInfo>> {
         let Some(ae) = meta.get("latent_autoencoder") else {
             return Ok(None);
         };
@@ -163,13 +175,7 @@ pub fn check_image_shape(cfg: &AutoencoderConfig, data: &ImageDataset) -> Result
     if have != cfg.image_shape() {
         return Err(Error::Msg(format!(
             "dataset {} has {}×{}×{} images but the autoencoder was trained on {}×{}×{}",
-            data.source,
-            have[0],
-            have[1],
-            have[2],
-            cfg.in_channels,
-            cfg.image_size,
-            cfg.image_size
+            data.source, have[0], have[1], have[2], cfg.in_channels, cfg.image_size, cfg.image_size
         )));
     }
     Ok(())
@@ -223,7 +229,12 @@ impl LatentDecoder {
     /// The scaled posterior mean μ(x)·scale_factor of images in [−1, 1]:
     /// what the diffusion model was trained on (in `mean` mode).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        no_grad(|| self.autoencoder.encode(x)?.mean.mul_scalar(self.scale_factor))
+        no_grad(|| {
+            self.autoencoder
+                .encode(x)?
+                .mean
+                .mul_scalar(self.scale_factor)
+        })
     }
 
     /// Images in [−1, 1] from scaled latents: D(z / scale_factor), clamped.

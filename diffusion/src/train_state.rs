@@ -8,10 +8,22 @@ use noisegrad_engine::{Error, Result, Tensor};
 use std::path::Path;
 
 /// The weights (their own names), the EMA (`ema.*`) and Adam's state (`opt.*`).
-pub fn checkpoint_tensors(store: &ParamStore, ema: &Ema, opt: &Adam) -> Result<Vec<(String, Tensor)>> {
+pub fn checkpoint_tensors(
+    store: &ParamStore,
+    ema: &Ema,
+    opt: &Adam,
+) -> Result<Vec<(String, Tensor)>> {
     let mut tensors = store.state_dict();
-    tensors.extend(ema.state_dict().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
-    tensors.extend(opt.state_dict()?.into_iter().map(|(n, t)| (format!("opt.{n}"), t)));
+    tensors.extend(
+        ema.state_dict()
+            .into_iter()
+            .map(|(n, t)| (format!("ema.{n}"), t)),
+    );
+    tensors.extend(
+        opt.state_dict()?
+            .into_iter()
+            .map(|(n, t)| (format!("opt.{n}"), t)),
+    );
     Ok(tensors)
 }
 

@@ -22,7 +22,11 @@ pub enum LatentSample {
 
 /// A training run in pixel space (no autoencoder) or in latent space.
 pub struct LatentRun {
-    encoded: Option<(Arc<noisegrad::diffusion::data::LatentDataset>, LatentInfo, LatentDecoder)>,
+    encoded: Option<(
+        Arc<noisegrad::diffusion::data::LatentDataset>,
+        LatentInfo,
+        LatentDecoder,
+    )>,
 }
 
 impl LatentRun {

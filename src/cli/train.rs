@@ -3,10 +3,10 @@
 
 use super::latent::{LatentRun, LatentSample};
 use super::{DeviceArgs, io_err, load_train_data, open_device};
-use noisegrad::diffusion::latent::LatentDecoder;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegrad::diffusion::image::{save_grid, save_loss_plot};
+use noisegrad::diffusion::latent::LatentDecoder;
 use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};

@@ -2,8 +2,8 @@
 //! with the same run folder as `train` (checkpoint, log.jsonl, loss.png)
 //! plus reconstructions.png and the test-set reconstruction error.
 
-use super::{DeviceArgs, io_err, load_test_data, load_train_data, open_device};
 use super::train::{progress_bar, read_loss_log};
+use super::{DeviceArgs, io_err, load_test_data, load_train_data, open_device};
 use clap::{Args, ValueEnum};
 use noisegrad::diffusion::autoencoder::{AutoencoderConfig, RecLoss, psnr_db};
 use noisegrad::diffusion::autoencoder_train::{AutoencoderTrainConfig, AutoencoderTrainer};

@@ -38,7 +38,10 @@ impl LatentDataset {
     /// Philox stream `(seed, global·2²⁰)`, so a resumed run draws the same.
     fn write(&self, i: usize, global: u64, seed: u64, out: &mut Vec<f32>) -> Result<()> {
         let n = self.example_len();
-        let (mean, logvar) = (&self.mean[i * n..(i + 1) * n], &self.logvar[i * n..(i + 1) * n]);
+        let (mean, logvar) = (
+            &self.mean[i * n..(i + 1) * n],
+            &self.logvar[i * n..(i + 1) * n],
+        );
         if !self.sample {
             out.extend_from_slice(mean);
             return Ok(());
