@@ -100,6 +100,7 @@ pub fn trainer_from_checkpoint(
     };
     let mut cfg = TrainConfig::ddpm(model);
     cfg.device = device;
+    cfg.latent = noisegrad::diffusion::latent::LatentInfo::from_metadata(path, &loaded.metadata)?;
     let mut trainer = Trainer::new(cfg, Arc::new(dummy.clone()))?;
     trainer.load_checkpoint(path)?;
     if use_ema {
