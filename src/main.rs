@@ -15,6 +15,7 @@ use cli::interpolate::{InterpolateArgs, interpolate};
 use cli::sample::{SampleArgs, sample};
 use cli::score::{ScoreArgs, score};
 use cli::train::{TrainArgs, train};
+use cli::train_autoencoder::{TrainAutoencoderArgs, train_autoencoder};
 use cli::train_classifier::{TrainClassifierArgs, train_classifier};
 
 #[derive(Parser)]
@@ -48,6 +49,8 @@ enum Command {
     /// Interpolate between two images through the diffusion (Ho et al. Fig. 8):
     /// q-noised linear/spherical mixes decoded by DDPM, and DDIM-inversion slerp.
     Interpolate(InterpolateArgs),
+    /// Train the KL autoencoder of latent diffusion (then `train --latent`).
+    TrainAutoencoder(TrainAutoencoderArgs),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
         Command::Interpolate(a) => interpolate(a),
+        Command::TrainAutoencoder(a) => train_autoencoder(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

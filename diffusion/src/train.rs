@@ -7,7 +7,8 @@
 //! random stream and the data order, so a resumed run's next losses equal
 //! those of an uninterrupted run bit for bit (on the CPU).
 
-use crate::data::{Batcher, BatcherState, ImageDataset};
+use crate::data::{Batcher, BatcherState, ImageDataset, TrainData};
+use crate::latent::LatentInfo;
 use crate::objective::{Objective, batch_loss};
 use crate::process::q_sample_coefs;
 use crate::resample::LossSecondMomentSampler;
@@ -45,6 +46,8 @@ pub struct TrainConfig {
     pub class_names: Vec<String>,
     /// Prediction target, variance and loss (default: DDPM's ε / fixed / L_simple).
     pub objective: Objective,
+    /// Latent diffusion: the autoencoder whose latents the model learns.
+    pub latent: Option<LatentInfo>,
 }
 
 impl TrainConfig {
@@ -66,6 +69,7 @@ impl TrainConfig {
             p_uncond: 0.1,
             class_names: Vec::new(),
             objective: Objective::default(),
+            latent: None,
         }
     }
 }
@@ -95,7 +99,12 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    pub fn new(mut config: TrainConfig, data: Arc<ImageDataset>) -> Result<Trainer> {
+    pub fn new(config: TrainConfig, data: Arc<ImageDataset>) -> Result<Trainer> {
+        Trainer::with_data(config, TrainData::Images(data))
+    }
+
+    /// A trainer on images or on autoencoder latents.
+    pub fn with_data(mut config: TrainConfig, data: TrainData) -> Result<Trainer> {
         config.objective.validate()?;
         if config.diffusion_steps < 2 || config.diffusion_steps > 100_000 {
             return Err(Error::Msg(format!(
@@ -105,13 +114,14 @@ impl Trainer {
         }
         config.model.out_mult = config.objective.output_multiplier();
         let m = &config.model;
-        if (data.channels, data.height, data.width) != (m.in_channels, m.image_size, m.image_size) {
+        let (c, h, w) = data.shape();
+        if (c, h, w) != (m.in_channels, m.image_size, m.image_size) {
             return Err(Error::Msg(format!(
-                "dataset {} has {}×{}×{} images but the model expects {}×{}×{}",
-                data.source,
-                data.channels,
-                data.height,
-                data.width,
+                "dataset {} has {}×{}×{} examples but the model expects {}×{}×{}",
+                data.source(),
+                c,
+                h,
+                w,
                 m.in_channels,
                 m.image_size,
                 m.image_size
@@ -119,7 +129,7 @@ impl Trainer {
         }
         config.device.set_tf32(config.tf32)?;
         if data.is_empty() {
-            return Err(Error::Msg(format!("dataset {} is empty", data.source)));
+            return Err(Error::Msg(format!("dataset {} is empty", data.source())));
         }
         check_labels_fit(&data, m.num_classes)?;
         if !(0.0..=1.0).contains(&config.p_uncond) {
@@ -132,7 +142,7 @@ impl Trainer {
         let model = UNet::new(config.model.clone(), &store)?;
         let opt = Adam::new(store.params(), AdamConfig::adam(config.lr))?;
         let ema = Ema::new(store.params(), config.ema_decay)?;
-        let batcher = Batcher::new(
+        let batcher = Batcher::over(
             data,
             config.batch_size,
             config.random_flip,
@@ -284,19 +294,7 @@ impl Trainer {
     /// `ema.*`, the optimizer state, and metadata (step, random streams,
     /// data position, config).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let mut tensors = self.store.state_dict();
-        tensors.extend(
-            self.ema
-                .state_dict()
-                .into_iter()
-                .map(|(n, t)| (format!("ema.{n}"), t)),
-        );
-        tensors.extend(
-            self.opt
-                .state_dict()?
-                .into_iter()
-                .map(|(n, t)| (format!("opt.{n}"), t)),
-        );
+        let tensors = crate::train_state::checkpoint_tensors(&self.store, &self.ema, &self.opt)?;
         let (seed, offset) = self.rng.state();
         let b = self.batcher.state();
         let mut meta = HashMap::from([
@@ -317,6 +315,9 @@ impl Trainer {
             ),
         ]);
         meta.extend(self.diffusion_metadata());
+        if let Some(latent) = &self.config.latent {
+            meta.extend(latent.metadata());
+        }
         noisegrad_engine::io::save(path, &tensors, &meta)
     }
 
@@ -326,32 +327,14 @@ impl Trainer {
         // Read on the host; `load_state_dict` copies each tensor into the
         // parameter it belongs to, on whatever device that lives.
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
-        let meta = |k: &str| -> Result<u64> {
-            loaded
-                .metadata
-                .get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::Io {
-                    path: path.display().to_string(),
-                    msg: format!("checkpoint metadata has no valid '{k}'"),
-                })
-        };
-        let pick = |prefix: &str| -> Vec<(String, Tensor)> {
-            loaded
-                .tensors
-                .iter()
-                .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
-                .collect()
-        };
-        let model: Vec<(String, Tensor)> = loaded
-            .tensors
-            .iter()
-            .filter(|(n, _)| !n.starts_with("ema.") && !n.starts_with("opt."))
-            .cloned()
-            .collect();
-        self.store.load_state_dict(&model)?;
-        self.ema.load_state_dict(&pick("ema."))?;
-        self.opt.load_state_dict(&pick("opt."))?;
+        let meta = |k: &str| crate::train_state::metadata_u64(&loaded, path, k);
+        LatentInfo::check_matches(path, &loaded.metadata, self.config.latent.as_ref())?;
+        crate::train_state::restore_checkpoint_tensors(
+            &loaded,
+            &self.store,
+            &mut self.ema,
+            &mut self.opt,
+        )?;
         self.step = meta("step")?;
         self.rng = Philox::from_state(meta("rng_seed")?, meta("rng_offset")?);
         self.batcher.restore(BatcherState {
@@ -415,20 +398,21 @@ impl Trainer {
 }
 
 /// A class-conditional model needs a label in 0..num_classes for every image.
-fn check_labels_fit(data: &ImageDataset, num_classes: Option<usize>) -> Result<()> {
+fn check_labels_fit(data: &TrainData, num_classes: Option<usize>) -> Result<()> {
     let Some(k) = num_classes else {
         return Ok(());
     };
-    if data.labels.len() != data.len() {
+    let labels: Option<Vec<usize>> = (0..data.len()).map(|i| data.label(i)).collect();
+    let Some(labels) = labels else {
         return Err(Error::Msg(format!(
             "--class-cond needs class labels, but {} has none (use CIFAR-10 batches, an IDX file with its labels-idx1 file beside it, or a folder of class subfolders)",
-            data.source
+            data.source()
         )));
-    }
-    if let Some(&bad) = data.labels.iter().find(|&&y| y as usize >= k) {
+    };
+    if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
         return Err(Error::Msg(format!(
             "{} has label {bad} but the model has {k} classes",
-            data.source
+            data.source()
         )));
     }
     Ok(())

@@ -163,7 +163,7 @@ pub(crate) struct Conv {
 }
 
 impl Conv {
-    fn new(
+    pub(crate) fn new(
         s: &ParamScope,
         cin: usize,
         cout: usize,
@@ -178,17 +178,18 @@ impl Conv {
             pad: k / 2,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.w, Some(&self.b), self.stride, self.pad)
     }
 }
 
 /// GroupNorm → SiLU → conv3×3 → + Linear(SiLU(temb)) → GroupNorm → SiLU →
 /// dropout → conv3×3, plus a 1×1 skip when the channel count changes.
+/// With `temb` = 0 it has no time projection (the autoencoder's blocks).
 pub(crate) struct ResBlock {
     n1: Norm,
     c1: Conv,
-    t: Linear,
+    t: Option<Linear>,
     n2: Norm,
     c2: Conv,
     skip: Option<Conv>,
@@ -199,7 +200,9 @@ impl ResBlock {
         Ok(ResBlock {
             n1: Norm::new(&s.sub("n1"), cin)?,
             c1: Conv::new(&s.sub("c1"), cin, cout, 3, 1, 1.0)?,
-            t: Linear::with_init(&s.sub("t"), temb, cout, default_init(1.0))?,
+            t: (temb > 0)
+                .then(|| Linear::with_init(&s.sub("t"), temb, cout, default_init(1.0)))
+                .transpose()?,
             n2: Norm::new(&s.sub("n2"), cout)?,
             c2: Conv::new(&s.sub("c2"), cout, cout, 3, 1, 0.0)?,
             skip: if cin != cout {
@@ -211,9 +214,22 @@ impl ResBlock {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, temb_act: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let h = self.c1.forward(&self.n1.forward(x, ctx.cfg, true)?)?;
-        let t = self.t.forward(temb_act)?;
-        let h = h.add(&t.reshape(&[t.dim(0)?, t.dim(1)?, 1, 1])?)?;
+        self.forward_with(x, Some(temb_act), ctx)
+    }
+
+    /// The block with an optional time embedding (`None` for blocks built
+    /// with `temb` = 0).
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        temb_act: Option<&Tensor>,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
+        let mut h = self.c1.forward(&self.n1.forward(x, ctx.cfg, true)?)?;
+        if let (Some(proj), Some(temb_act)) = (&self.t, temb_act) {
+            let t = proj.forward(temb_act)?;
+            h = h.add(&t.reshape(&[t.dim(0)?, t.dim(1)?, 1, 1])?)?;
+        }
         let h = self
             .n2
             .forward(&h, ctx.cfg, true)?
@@ -236,7 +252,7 @@ pub(crate) struct Attn {
 }
 
 impl Attn {
-    fn new(s: &ParamScope, c: usize) -> Result<Attn> {
+    pub(crate) fn new(s: &ParamScope, c: usize) -> Result<Attn> {
         Ok(Attn {
             n: Norm::new(&s.sub("n"), c)?,
             qkv: Conv::new(&s.sub("qkv"), c, 3 * c, 1, 1, 1.0)?,

@@ -19,9 +19,11 @@ pub mod guide;
 pub mod info;
 pub mod inpaint;
 pub mod interpolate;
+pub mod latent;
 pub mod sample;
 pub mod score;
 pub mod train;
+pub mod train_autoencoder;
 pub mod train_classifier;
 
 /// The embedded default dataset (real CIFAR-10 records; see assets/cifar10-sample/README.md).
@@ -123,6 +125,14 @@ pub fn load_train_data(path: &Option<PathBuf>) -> Result<ImageDataset> {
     }
 }
 
+/// The test split of `path`, or the embedded test sample.
+pub fn load_test_data(path: &Option<PathBuf>) -> Result<ImageDataset> {
+    match path {
+        Some(p) => load_dataset(p, false),
+        None => parse_cifar10(EMBEDDED_TEST, "embedded CIFAR-10 test sample (256 images)"),
+    }
+}
+
 /// Rebuilds the trainer (model + schedule) of a checkpoint, optionally with
 /// the EMA weights loaded into the model.
 pub fn trainer_from_checkpoint(
@@ -131,6 +141,7 @@ pub fn trainer_from_checkpoint(
     device: Device,
 ) -> Result<(Trainer, ImageDataset)> {
     let loaded = noisegrad::engine::io::load(path, Device::Cpu)?;
+    latent::reject_autoencoder_checkpoint(path, &loaded.metadata)?;
     let cfg_json =
         loaded
             .metadata
@@ -155,6 +166,7 @@ pub fn trainer_from_checkpoint(
     diffusion.apply(&mut cfg);
     cfg.device = device;
     cfg.class_names = checkpoint_class_names(&loaded.metadata);
+    cfg.latent = noisegrad::diffusion::latent::LatentInfo::from_metadata(path, &loaded.metadata)?;
     let mut trainer = Trainer::new(cfg, Arc::new(dummy.clone()))?;
     trainer.load_checkpoint(path)?;
     if use_ema {

@@ -104,6 +104,7 @@ pub struct SampleArgs {
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
+    let decoder = super::latent::decoder_of_checkpoint(&a.checkpoint, device)?;
     let cfg = &trainer.model.config;
     let t_total = trainer.schedule.steps();
     let opts = SampleOptions {
@@ -291,6 +292,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
     };
     bar.finish();
+    let out = super::latent::decode_samples(out, decoder.as_ref())?;
     match &labels {
         Some(y) => save_class_grid(&a.out, &out.images, y, &names)?,
         None => save_grid(&a.out, &out.images, (n as f64).sqrt().ceil() as usize)?,

@@ -1,11 +1,13 @@
 //! `noisegrad train`: the training loop with its progress bar, log,
 //! checkpoints, loss plot and sample grids.
 
+use super::latent::{LatentRun, LatentSample};
 use super::{DeviceArgs, io_err, load_labelled_data, load_train_data, open_device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegrad::diffusion::guidance::cfg_eps;
 use noisegrad::diffusion::image::{save_grid, save_labelled_grid, save_loss_plot};
+use noisegrad::diffusion::latent::LatentDecoder;
 use noisegrad::diffusion::objective::{LossKind, Objective, VarianceKind};
 use noisegrad::diffusion::parameterization::Prediction;
 use noisegrad::diffusion::process::DdimSpacing;
@@ -102,6 +104,15 @@ pub struct TrainArgs {
     pub min_snr: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
+    /// Latent diffusion: train on the latents of this autoencoder checkpoint
+    /// (from `train-autoencoder`); the U-Net's channels and size come from
+    /// the latent shape, and samples are decoded to images.
+    #[arg(long)]
+    pub latent: Option<PathBuf>,
+    /// With --latent: train on the posterior mean of each image, or on a fresh
+    /// sample z ~ q(z|x) at every use.
+    #[arg(long, value_enum, default_value_t = LatentSample::Mean)]
+    pub latent_sample: LatentSample,
 }
 
 /// Set by Ctrl-C; the training loop checks it between steps.
@@ -109,18 +120,19 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let class_cond = a.class_cond || a.data.is_none();
-    let (data, class_names) = if class_cond {
+    let (images, class_names) = if class_cond {
         load_labelled_data(&a.data, true)?
     } else {
         (load_train_data(&a.data)?, Vec::new())
     };
-    let data = Arc::new(data);
+    let images = Arc::new(images);
+    let latent = LatentRun::open(&a.latent, a.latent_sample, &images, a.dev)?;
+    let data = latent.train_data(&images);
     let mut model = UNetConfig::preset(&a.preset)?;
     if class_cond {
         model.num_classes = Some(class_names.len());
     }
-    model.in_channels = data.channels;
-    model.image_size = data.height;
+    (model.in_channels, model.image_size, _) = data.shape();
     if let Some(ch) = a.ch {
         model.ch = ch;
     }
@@ -142,9 +154,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.schedule = BetaSchedule::parse(&a.schedule)?;
     cfg.diffusion_steps = a.diffusion_steps;
     cfg.objective = objective_from_flags(&a)?;
+    cfg.latent = latent.info();
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let ckpt = a.out.join("checkpoint.safetensors");
-    let mut trainer = Trainer::new(cfg, data.clone())?;
+    let mut trainer = Trainer::with_data(cfg, data.clone())?;
     if a.resume {
         trainer.load_checkpoint(&ckpt)?;
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
@@ -153,11 +166,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "training {} U-Net ({} parameters) on {} ({} images {}×{}×{}), batch {}, {} steps → {}",
         a.preset,
         trainer.store.num_elements(),
-        data.source,
+        data.source(),
         data.len(),
-        data.channels,
-        data.height,
-        data.width,
+        data.shape().0,
+        data.shape().1,
+        data.shape().2,
         a.batch_size,
         a.steps,
         a.out.display()
@@ -172,14 +185,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         .open(&log_path)
         .map_err(|e| io_err(&log_path, e))?;
     let mut losses = read_loss_log(&log_path, trainer.step());
-    let bar = ProgressBar::new(a.steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(trainer.step());
+    let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
     while trainer.step() < a.steps {
         let s = trainer.train_step()?;
@@ -211,6 +217,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 a.sample_steps,
                 16,
                 a.guidance,
+                latent.decoder(),
             )?;
         }
     }
@@ -226,6 +233,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.sample_steps,
         36,
         a.guidance,
+        latent.decoder(),
     )?;
     println!(
         "wrote {0}/samples.png, {0}/loss.png, {0}/checkpoint.safetensors, {0}/log.jsonl",
@@ -266,6 +274,7 @@ pub fn write_samples(
     steps: usize,
     n: usize,
     w: f64,
+    decoder: Option<&LatentDecoder>,
 ) -> Result<()> {
     let cfg = trainer.model.config.clone();
     let names = trainer.config.class_names.clone();
@@ -313,6 +322,10 @@ pub fn write_samples(
         )?
         .images)
     })?;
+    let images = match decoder {
+        Some(d) => d.decode(&images)?,
+        None => images,
+    };
     match labels {
         Some(_) => {
             let rows: Vec<String> = (0..cfg.num_classes.unwrap_or(0))
@@ -326,7 +339,20 @@ pub fn write_samples(
     }
 }
 
-fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
+/// The training progress bar (steps/s, ETA, a message), at `position` of `len`.
+pub fn progress_bar(len: u64, position: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar
+}
+
+pub fn read_loss_log(path: &Path, up_to: u64) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let field = |line: &str, key: &str| -> Option<f64> {
         let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;

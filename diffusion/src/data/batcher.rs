@@ -2,7 +2,7 @@
 //! horizontal flips — all reproducible from a seed and resumable from a
 //! two-number state.
 
-use super::{ImageDataset, byte_to_unit};
+use super::{ImageDataset, TrainData};
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
 use rand::seq::SliceRandom;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ pub struct BatcherState {
 }
 
 pub struct Batcher {
-    data: Arc<ImageDataset>,
+    data: TrainData,
     batch_size: usize,
     flip: bool,
     seed: u64,
@@ -26,10 +26,15 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(data: Arc<ImageDataset>, batch_size: usize, flip: bool, seed: u64) -> Batcher {
+        Batcher::over(TrainData::Images(data), batch_size, flip, seed)
+    }
+
+    /// A batcher over images or latents (flips only where they apply).
+    pub fn over(data: TrainData, batch_size: usize, flip: bool, seed: u64) -> Batcher {
         let mut b = Batcher {
+            flip: flip && data.can_flip(),
             data,
             batch_size: batch_size.max(1),
-            flip,
             seed,
             state: BatcherState::default(),
             order: Vec::new(),
@@ -65,14 +70,14 @@ impl Batcher {
         self.flip && w[(global % 4) as usize] & 1 == 1
     }
 
-    /// The next batch as an f32 CPU tensor [B, C, H, W] in [−1, 1].
+    /// The next batch as an f32 CPU tensor [B, C, H, W] (images in [−1, 1]).
     pub fn next_batch(&mut self) -> Result<Tensor> {
         Ok(self.next_batch_labelled()?.0)
     }
 
     /// The next batch and its class labels (empty when the data has none).
     pub fn next_batch_labelled(&mut self) -> Result<(Tensor, Vec<usize>)> {
-        let (c, h, w) = (self.data.channels, self.data.height, self.data.width);
+        let (c, h, w) = self.data.shape();
         let mut out = Vec::with_capacity(self.batch_size * c * h * w);
         let mut labels = Vec::with_capacity(self.batch_size);
         for _ in 0..self.batch_size {
@@ -85,18 +90,12 @@ impl Batcher {
             }
             let global = self.state.epoch * self.data.len() as u64 + self.state.position;
             let index = self.order[self.state.position as usize];
-            if let Some(&y) = self.data.labels.get(index) {
-                labels.push(y as usize);
+            if let Some(y) = self.data.label(index) {
+                labels.push(y);
             }
-            let img = self.data.image(index);
             let flip = self.flipped(global);
-            for row in img.chunks_exact(w) {
-                if flip {
-                    out.extend(row.iter().rev().map(|&v| byte_to_unit(v)));
-                } else {
-                    out.extend(row.iter().map(|&v| byte_to_unit(v)));
-                }
-            }
+            self.data
+                .write_example(index, global, flip, self.seed ^ 0x6c61_7465, &mut out)?;
             self.state.position += 1;
         }
         let x = Tensor::from_vec(&out, &[self.batch_size, c, h, w], DType::F32, Device::Cpu)?;

@@ -8,6 +8,7 @@ mod batcher;
 mod cifar;
 mod idx;
 mod labels;
+mod latent;
 mod png_folder;
 
 pub use batcher::{Batcher, BatcherState};
@@ -17,6 +18,7 @@ pub use labels::{
     CIFAR10_CLASSES, FASHION_MNIST_CLASSES, attach_labels, class_names, idx_labels_beside,
     parse_idx_labels,
 };
+pub use latent::{LatentDataset, TrainData};
 pub use png_folder::{decode_png, load_png_folder};
 
 use noisegrad_engine::{Error, Result};
