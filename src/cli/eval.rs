@@ -101,7 +101,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "bits/dim {:.4} on {n} images ({}): L_T {:.4} + Σ L_t {:.4} + L_0 {:.4}; L_simple {:.5}  [{:.1}s]",
         total / nf,
         if exact {
-            "exact: all T terms".to_string()
+            format!("exact: all {t_total} terms")
         } else {
             format!(
                 "partial: {} of {t_total} timesteps, KL sum as a Riemann sum",
