@@ -13,10 +13,10 @@ pub struct BenchTrainArgs {
     /// Model preset: tiny, small or cifar10.
     #[arg(long, default_value = "small")]
     pub preset: String,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 32)]
     pub batch_size: usize,
     /// Timed steps (after the warm-up steps).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = super::positive::<u64>, default_value_t = 10)]
     pub steps: u64,
     /// Untimed steps first (NVRTC compiles, allocator fills its cache).
     #[arg(long, default_value_t = 2)]

@@ -18,13 +18,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Number of test images.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 64)]
     pub images: usize,
     /// Evaluate this many quadratically spaced timesteps, each standing for its
     /// neighbours (0 = all T terms: the exact bound).
     #[arg(long, default_value_t = 50)]
     pub timesteps: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 64)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -98,6 +98,27 @@ pub struct DeviceArgs {
     pub tf32: bool,
 }
 
+/// A whole number ≥ 1 (steps, batch sizes, counts, intervals): zero is
+/// rejected when the flags are parsed, so no command can run on it.
+pub fn positive<T: TryFrom<u64>>(s: &str) -> std::result::Result<T, String> {
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if v == 0 {
+        return Err("must be at least 1".into());
+    }
+    T::try_from(v).map_err(|_| format!("{v} is too large"))
+}
+
+/// A number in [0, 1] (DDIM's η).
+pub fn unit_interval(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{v} is outside [0, 1]"));
+    }
+    Ok(v)
+}
+
 pub fn parse_device(s: &str) -> std::result::Result<Device, String> {
     s.parse()
 }

@@ -42,7 +42,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// DDIM noise scale η (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = super::unit_interval, default_value_t = 0.0)]
     pub eta: f64,
     /// Timestep spacing: uniform or quadratic (DDIM default quadratic; DDPM
     /// default uniform, which also takes section counts such as 10,15,20).
@@ -58,7 +58,7 @@ pub struct SampleArgs {
     /// Target signal-to-noise ratio r of the corrector's step size.
     #[arg(long, default_value_t = 0.16)]
     pub snr: f64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 64)]
     pub n: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -39,9 +39,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub dropout: Option<f64>,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, value_parser = super::positive::<u64>, default_value_t = 1500)]
     pub steps: u64,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 16)]
     pub batch_size: usize,
     /// Adam learning rate. Default: 2e-4 (the DDPM recipe) with --data; 1e-3 for the
     /// embedded default run, whose few minutes of training want larger steps.
@@ -64,13 +64,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
     /// Save a checkpoint every N steps (and at the end, and on Ctrl-C).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, value_parser = super::positive::<u64>, default_value_t = 250)]
     pub ckpt_every: u64,
     /// Write a sample grid every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub sample_every: u64,
     /// DDIM steps for the periodic and final sample grids.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 50)]
     pub sample_steps: usize,
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
