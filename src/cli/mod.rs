@@ -98,6 +98,33 @@ pub struct DeviceArgs {
     pub tf32: bool,
 }
 
+/// Set by Ctrl-C, SIGTERM or SIGHUP; long loops check it between steps.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Routes Ctrl-C, SIGTERM and SIGHUP to `interrupted()` instead of killing
+/// the process, so a training loop can save its checkpoint first.
+pub fn catch_interrupts() -> Result<()> {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).map_err(
+        |e| noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}")),
+    )
+}
+
+/// Whether a stop was asked for since `catch_interrupts`.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The run folder's JSONL log, opened for appending.
+pub fn open_run_log(out: &Path) -> Result<(std::fs::File, PathBuf)> {
+    let path = out.join("log.jsonl");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    Ok((file, path))
+}
+
 /// A whole number ≥ 1 (steps, batch sizes, counts, intervals): zero is
 /// rejected when the flags are parsed, so no command can run on it.
 pub fn positive<T: TryFrom<u64>>(s: &str) -> std::result::Result<T, String> {

@@ -20,7 +20,6 @@ use noisegrad::engine::{Philox, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -116,9 +115,6 @@ pub struct TrainArgs {
     pub latent_sample: LatentSample,
 }
 
-/// Set by Ctrl-C; the training loop checks it between steps.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 pub fn train(a: TrainArgs) -> Result<()> {
     let class_cond = a.class_cond || a.data.is_none();
     let (images, class_names) = if class_cond {
@@ -176,15 +172,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.steps,
         a.out.display()
     );
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).map_err(|e| {
-        noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}"))
-    })?;
-    let log_path = a.out.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| io_err(&log_path, e))?;
+    super::catch_interrupts()?;
+    let (mut log, log_path) = super::open_run_log(&a.out)?;
     let mut losses = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
@@ -202,7 +191,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4}", s.loss));
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = super::interrupted();
         if s.step % a.ckpt_every == 0 || s.step == a.steps || interrupted {
             trainer.save_checkpoint(&ckpt)?;
             save_loss_plot(&a.out.join("loss.png"), &losses)?;

@@ -14,7 +14,6 @@ use noisegrad::engine::{Device, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,8 +75,6 @@ pub struct TrainAutoencoderArgs {
     pub dev: DeviceArgs,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
     let data = Arc::new(load_train_data(&a.data)?);
     if data.height != data.width {
@@ -129,15 +126,8 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
         a.steps,
         a.out.display()
     );
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).map_err(|e| {
-        noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}"))
-    })?;
-    let log_path = a.out.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| io_err(&log_path, e))?;
+    super::catch_interrupts()?;
+    let (mut log, log_path) = super::open_run_log(&a.out)?;
     let mut losses = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
@@ -157,7 +147,7 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
         writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
         bar.set_position(s.step);
         bar.set_message(format!("rec {:.4} kl {:.1}", s.rec, s.kl));
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = super::interrupted();
         if s.step % a.ckpt_every == 0 || s.step == a.steps || interrupted {
             trainer.save_checkpoint(&ckpt)?;
             save_loss_plot(&a.out.join("loss.png"), &losses)?;
