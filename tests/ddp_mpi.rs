@@ -149,8 +149,8 @@ fn fresh(name: &str) -> PathBuf {
 /// Largest |a − b| over all tensors of two checkpoints (same names).
 fn checkpoint_distance(a: &Path, b: &Path) -> f64 {
     use noisegrad::engine::{Device, io};
-    let a = io::load(&a.join("checkpoint.safetensors"), Device::Cpu).unwrap();
-    let b = io::load(&b.join("checkpoint.safetensors"), Device::Cpu).unwrap();
+    let a = io::load(a.join("checkpoint.safetensors"), Device::Cpu).unwrap();
+    let b = io::load(b.join("checkpoint.safetensors"), Device::Cpu).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     let mut worst = 0f64;
     for (name, t) in &a.tensors {
@@ -304,7 +304,7 @@ fn a_killed_rank_stops_the_job_and_leaves_a_whole_checkpoint() {
     // The checkpoint is a whole one (written atomically), and resumes.
     let step: u64 = {
         let l = noisegrad::engine::io::load(
-            &out.join("checkpoint.safetensors"),
+            out.join("checkpoint.safetensors"),
             noisegrad::engine::Device::Cpu,
         )
         .unwrap();

@@ -47,7 +47,7 @@ impl Shard {
     /// Rank `rank`'s equal share of a global batch of `batch` over `world`
     /// ranks; an uneven split is refused (DDP's global batch would change).
     pub fn of(batch: usize, rank: usize, world: usize) -> Result<Shard> {
-        if world == 0 || batch % world != 0 {
+        if world == 0 || !batch.is_multiple_of(world) {
             return Err(Error::Msg(format!(
                 "--batch-size {batch} is the global batch and must split evenly over the \
                  {world} processes (use a multiple of {world})"
