@@ -21,7 +21,10 @@ pub fn open() -> Result<Arc<dyn Communicator>> {
     }
 }
 
+/// MPI is initialised single-threaded and only the main thread uses it,
+/// so an `Arc` of a non-`Send` communicator is only ever shared in-thread.
 #[cfg(feature = "mpi")]
+#[allow(clippy::arc_with_non_send_sync)]
 fn open_mpi(_: Launch) -> Result<Arc<dyn Communicator>> {
     Ok(Arc::new(noisegrad::engine::comm::mpi::Mpi::init()?))
 }
