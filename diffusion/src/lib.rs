@@ -7,6 +7,7 @@ pub mod autoencoder;
 pub mod autoencoder_train;
 pub mod classifier;
 pub mod data;
+pub mod ddp;
 pub mod gaussian;
 pub mod guidance;
 pub mod image;

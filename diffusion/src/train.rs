@@ -8,12 +8,14 @@
 //! those of an uninterrupted run bit for bit (on the CPU).
 
 use crate::data::{Batcher, BatcherState, ImageDataset, TrainData};
+use crate::ddp::Shard;
 use crate::latent::LatentInfo;
 use crate::objective::{Objective, batch_loss};
 use crate::process::q_sample_coefs;
 use crate::resample::LossSecondMomentSampler;
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::unet::{UNet, UNetConfig};
+use noisegrad_engine::comm::{Communicator, DEFAULT_BUCKET_BYTES, Single, average_gradients};
 use noisegrad_engine::nn::ParamStore;
 use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WarmupSchedule};
 use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor};
@@ -89,13 +91,19 @@ pub struct Trainer {
     pub model: UNet,
     pub schedule: Schedule,
     opt: Adam,
-    ema: Ema,
+    pub(crate) ema: Ema,
     warmup: WarmupSchedule,
-    batcher: Batcher,
+    pub(crate) batcher: Batcher,
     rng: Philox,
     step: u64,
     /// The timestep importance sampler of `--loss vlb`.
     resampler: Option<LossSecondMomentSampler>,
+    /// The data-parallel world (see `ddp.rs`): one process unless joined.
+    pub(crate) comm: Arc<dyn Communicator>,
+    /// This rank's items of each global batch.
+    pub(crate) shard: Shard,
+    /// Whether a checkpoint of another world size may be resumed.
+    pub(crate) reshard: bool,
 }
 
 impl Trainer {
@@ -149,6 +157,7 @@ impl Trainer {
             config.seed ^ 0x6461_7461,
         );
         Ok(Trainer {
+            shard: Shard::full(config.batch_size),
             schedule: Schedule::new(config.schedule, config.diffusion_steps),
             warmup: WarmupSchedule::new(config.lr, config.warmup_steps),
             rng: Philox::new(config.seed ^ 0x7472_6169),
@@ -163,6 +172,8 @@ impl Trainer {
             ema,
             batcher,
             step: 0,
+            comm: Arc::new(Single),
+            reshard: false,
         })
     }
 
@@ -190,20 +201,43 @@ impl Trainer {
     /// becomes ∅ with probability `p_uncond` (classifier-free guidance
     /// training, Ho & Salimans 2022 Alg. 1).
     pub fn loss_cond(&mut self, x0: &Tensor, labels: Option<&[usize]>) -> Result<Tensor> {
-        let n = x0.dim(0)?;
-        let (t, weights) = match &self.resampler {
+        self.loss_shard(x0, labels, Shard::full(x0.dim(0)?))
+    }
+
+    /// The loss on `shard` of a global batch: `x0` holds the shard's images,
+    /// `labels` the whole batch's. t, ε and the label drops are drawn for
+    /// the whole batch and sliced, so the shards of all ranks see exactly
+    /// the one-process batch.
+    fn loss_shard(
+        &mut self,
+        x0: &Tensor,
+        labels: Option<&[usize]>,
+        shard: Shard,
+    ) -> Result<Tensor> {
+        let n = shard.global;
+        let (t_all, weights) = match &self.resampler {
             Some(r) => {
                 let (t, w) = r.sample(n, &mut self.rng);
-                (t, Some(w))
+                (t, Some(shard.items(&w)))
             }
             None => (self.sample_timesteps(n), None),
         };
-        let eps = Tensor::randn(x0.shape(), x0.dtype(), x0.device(), &mut self.rng)?;
+        let t = shard.items(&t_all);
+        let mut shape = x0.shape().to_vec();
+        shape[0] = n;
+        let eps = shard.rows(Tensor::randn(
+            &shape,
+            x0.dtype(),
+            x0.device(),
+            &mut self.rng,
+        )?)?;
         let xt = x0.q_sample(&eps, &q_sample_coefs(&self.schedule, &t))?;
-        let dropped = labels.map(|y| self.drop_labels(y));
+        let dropped = labels.map(|y| shard.items(&self.drop_labels(y)));
+        let mut own = self.dropout_stream();
+        let rng = own.as_mut().unwrap_or(&mut self.rng);
         let pred = self
             .model
-            .forward_cond(&xt, &t, dropped.as_deref(), true, &mut self.rng)?;
+            .forward_cond(&xt, &t, dropped.as_deref(), true, rng)?;
         let objective = self.config.objective;
         if objective.is_ddpm() {
             return pred.l_simple_loss(&eps);
@@ -218,8 +252,11 @@ impl Trainer {
             &t,
             weights.as_deref(),
         )?;
-        if let Some(r) = &mut self.resampler {
-            r.update(&t, &b.per_image);
+        if self.resampler.is_some() {
+            let all = self.gather_per_image(&b.per_image)?;
+            if let Some(r) = &mut self.resampler {
+                r.update(&t_all, &all);
+            }
         }
         Ok(b.loss)
     }
@@ -243,16 +280,21 @@ impl Trainer {
         // Start each step on a fresh Philox block, so the saved stream
         // position is exact at every step boundary.
         self.rng.reserve_blocks(0);
-        let (x0, labels) = self.batcher.next_batch_labelled()?;
+        let (x0, labels) = self
+            .batcher
+            .next_batch_shard(self.shard.start, self.shard.len)?;
         let x0 = x0.to_device(self.config.device)?;
         let conditional = self.config.model.num_classes.is_some();
-        let loss = self.loss_cond(&x0, conditional.then_some(&labels[..]))?;
+        let loss = self.loss_shard(&x0, conditional.then_some(&labels[..]), self.shard)?;
         self.opt.zero_grad();
         loss.backward()?;
+        // Data parallel: every rank's gradient becomes the global batch's
+        // (a no-op on one process), before clipping sees it.
+        average_gradients(&*self.comm, &self.store.tensors(), DEFAULT_BUCKET_BYTES)?;
         // Read the loss only now: on a GPU, reading waits for the device, and
         // by now the whole forward and backward pass is queued behind it. It
         // is still read before the update, so a diverged step changes nothing.
-        let loss_value = loss.item()?;
+        let loss_value = self.mean_over_ranks(loss.item()?)?;
         drop(loss);
         if !loss_value.is_finite() {
             return Err(Error::Msg(format!(
@@ -315,6 +357,7 @@ impl Trainer {
             ),
         ]);
         meta.extend(self.diffusion_metadata());
+        meta.extend(self.world_metadata());
         if let Some(latent) = &self.config.latent {
             meta.extend(latent.metadata());
         }
@@ -329,6 +372,7 @@ impl Trainer {
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
         let meta = |k: &str| crate::train_state::metadata_u64(&loaded, path, k);
         LatentInfo::check_matches(path, &loaded.metadata, self.config.latent.as_ref())?;
+        self.check_checkpoint_world(&loaded.metadata, path)?;
         crate::train_state::restore_checkpoint_tensors(
             &loaded,
             &self.store,

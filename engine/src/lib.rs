@@ -6,6 +6,7 @@
 //! its backward) → [`gradcheck`] (how every op is verified).
 
 pub mod autograd;
+pub mod comm;
 pub(crate) mod cpu_backend;
 pub(crate) mod cuda_backend;
 pub mod device;

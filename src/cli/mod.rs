@@ -25,6 +25,7 @@ pub mod score;
 pub mod train;
 pub mod train_autoencoder;
 pub mod train_classifier;
+pub mod world;
 
 /// The embedded default dataset (real CIFAR-10 records; see assets/cifar10-sample/README.md).
 pub const EMBEDDED_TRAIN: &[u8] =

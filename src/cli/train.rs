@@ -16,6 +16,7 @@ use noisegrad::diffusion::schedule::BetaSchedule;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::diffusion::vlb::EpsModel;
+use noisegrad::engine::comm::Communicator;
 use noisegrad::engine::{Philox, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,9 +114,21 @@ pub struct TrainArgs {
     /// sample z ~ q(z|x) at every use.
     #[arg(long, value_enum, default_value_t = LatentSample::Mean)]
     pub latent_sample: LatentSample,
+    /// With --resume: continue a checkpoint written by a run on another number
+    /// of processes (the global batch is re-split over this run's processes).
+    #[arg(long)]
+    pub reshard: bool,
 }
 
+/// `train`, on one process or as one rank of an `mpirun` job (only rank 0
+/// prints and writes the run folder).
 pub fn train(a: TrainArgs) -> Result<()> {
+    let world = super::world::open()?;
+    super::world::run_or_abort(&*world.clone(), || train_in(a, world))
+}
+
+fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
+    let lead = world.rank() == 0;
     let class_cond = a.class_cond || a.data.is_none();
     let (images, class_names) = if class_cond {
         load_labelled_data(&a.data, true)?
@@ -152,27 +165,45 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.diffusion_steps = a.diffusion_steps;
     cfg.objective = objective_from_flags(&a)?;
     cfg.latent = latent.info();
-    std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+    if lead {
+        std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+    }
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::with_data(cfg, data.clone())?;
+    trainer.join(world.clone(), &format!("steps {}", a.steps), a.reshard)?;
     if a.resume {
         trainer.load_checkpoint(&ckpt)?;
-        println!("resumed from {} at step {}", ckpt.display(), trainer.step());
+        if lead {
+            println!("resumed from {} at step {}", ckpt.display(), trainer.step());
+        }
     }
-    println!(
-        "training {} U-Net ({} parameters) on {} ({} images {}×{}×{}), batch {}, {} steps → {}",
-        a.preset,
-        trainer.store.num_elements(),
-        data.source(),
-        data.len(),
-        data.shape().0,
-        data.shape().1,
-        data.shape().2,
-        a.batch_size,
-        a.steps,
-        a.out.display()
-    );
+    if world.world_size() > 1 && lead {
+        println!(
+            "data parallel: {} processes ({}), {} images each per step",
+            world.world_size(),
+            world.backend(),
+            a.batch_size / world.world_size()
+        );
+    }
+    if lead {
+        println!(
+            "training {} U-Net ({} parameters) on {} ({} images {}×{}×{}), batch {}, {} steps → {}",
+            a.preset,
+            trainer.store.num_elements(),
+            data.source(),
+            data.len(),
+            data.shape().0,
+            data.shape().1,
+            data.shape().2,
+            a.batch_size,
+            a.steps,
+            a.out.display()
+        );
+    }
     super::catch_interrupts()?;
+    if !lead {
+        return follow(&mut trainer, a.steps);
+    }
     let (mut log, log_path) = super::open_run_log(&a.out)?;
     let mut losses = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(a.steps, trainer.step());
@@ -191,7 +222,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4}", s.loss));
-        let interrupted = super::interrupted();
+        let interrupted = trainer.any_rank(super::interrupted())?;
         if s.step % a.ckpt_every == 0 || s.step == a.steps || interrupted {
             trainer.save_checkpoint(&ckpt)?;
             save_loss_plot(&a.out.join("loss.png"), &losses)?;
@@ -229,6 +260,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "wrote {0}/samples.png, {0}/loss.png, {0}/checkpoint.safetensors, {0}/log.jsonl",
         a.out.display()
     );
+    Ok(())
+}
+
+/// The loop of a rank other than 0: the same steps and stop decisions as
+/// rank 0, with nothing printed or written.
+fn follow(trainer: &mut Trainer, steps: u64) -> Result<()> {
+    while trainer.step() < steps {
+        trainer.train_step()?;
+        if trainer.any_rank(super::interrupted())? {
+            return Ok(());
+        }
+    }
     Ok(())
 }
 

@@ -77,10 +77,24 @@ impl Batcher {
 
     /// The next batch and its class labels (empty when the data has none).
     pub fn next_batch_labelled(&mut self) -> Result<(Tensor, Vec<usize>)> {
+        self.next_batch_shard(0, self.batch_size)
+    }
+
+    /// The data this batcher draws from.
+    pub fn data(&self) -> &TrainData {
+        &self.data
+    }
+
+    /// Items `start..start + len` of the next batch (a data-parallel rank's
+    /// shard), and the labels of the whole batch: the stream advances by a
+    /// whole batch, and each item's flip and latent sample depend only on
+    /// its place in the run, so the shards of all ranks together are
+    /// exactly the one-process batch.
+    pub fn next_batch_shard(&mut self, start: usize, len: usize) -> Result<(Tensor, Vec<usize>)> {
         let (c, h, w) = self.data.shape();
-        let mut out = Vec::with_capacity(self.batch_size * c * h * w);
+        let mut out = Vec::with_capacity(len * c * h * w);
         let mut labels = Vec::with_capacity(self.batch_size);
-        for _ in 0..self.batch_size {
+        for i in 0..self.batch_size {
             if self.state.position as usize >= self.order.len() {
                 self.state = BatcherState {
                     epoch: self.state.epoch + 1,
@@ -93,12 +107,14 @@ impl Batcher {
             if let Some(y) = self.data.label(index) {
                 labels.push(y);
             }
-            let flip = self.flipped(global);
-            self.data
-                .write_example(index, global, flip, self.seed ^ 0x6c61_7465, &mut out)?;
+            if (start..start + len).contains(&i) {
+                let flip = self.flipped(global);
+                self.data
+                    .write_example(index, global, flip, self.seed ^ 0x6c61_7465, &mut out)?;
+            }
             self.state.position += 1;
         }
-        let x = Tensor::from_vec(&out, &[self.batch_size, c, h, w], DType::F32, Device::Cpu)?;
+        let x = Tensor::from_vec(&out, &[len, c, h, w], DType::F32, Device::Cpu)?;
         Ok((x, labels))
     }
 }
@@ -135,6 +151,25 @@ mod tests {
             .map(|_| b.next_batch().unwrap().to_vec_f64())
             .collect();
         assert_eq!(want, got);
+    }
+
+    #[test]
+    fn shards_of_a_batch_are_the_whole_batch() {
+        let mut whole = Batcher::new(toy(10), 4, true, 7);
+        let mut halves = [
+            Batcher::new(toy(10), 4, true, 7),
+            Batcher::new(toy(10), 4, true, 7),
+        ];
+        for _ in 0..4 {
+            let want = whole.next_batch().unwrap().to_vec_f64();
+            let got: Vec<f64> = halves
+                .iter_mut()
+                .enumerate()
+                .flat_map(|(r, b)| b.next_batch_shard(2 * r, 2).unwrap().0.to_vec_f64())
+                .collect();
+            assert_eq!(want, got);
+        }
+        assert_eq!(whole.state(), halves[1].state());
     }
 
     #[test]

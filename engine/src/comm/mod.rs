@@ -1,0 +1,397 @@
+//! Communication between the processes of a data-parallel run (one per
+//! CPU node, core group or GPU), as PyTorch's `ProcessGroup`: a rank, a
+//! world size, and the collectives DDP needs — all-reduce of gradients,
+//! broadcast of the initial weights, a barrier.
+//!
+//! [`Single`] is the one-process world (no dependency, every collective a
+//! no-op). `mpi` (feature `mpi`, Open MPI through rsmpi) connects CPU
+//! processes on one or several machines, behind a cargo feature, so the
+//! default build needs no MPI. (An NCCL communicator for one process per
+//! GPU, on cudarc's dynamically loaded NCCL, is planned behind the same
+//! trait; it is not written yet.)
+//!
+//! The helpers below ([`average_gradients`], [`broadcast_tensors`],
+//! [`check_same_everywhere`]) are written once against the trait, so every
+//! backend gets the same bucketing and the same checks.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use crate::error::{Error, Result};
+use crate::{DType, Tensor};
+
+/// A group of processes that train one model together.
+pub trait Communicator {
+    /// This process's index, 0..world_size.
+    fn rank(&self) -> usize;
+    /// How many processes train together.
+    fn world_size(&self) -> usize;
+    /// The library behind it ("single", "mpi", "nccl"), for messages.
+    fn backend(&self) -> &'static str;
+    /// Every tensor becomes `scale` × (its sum over all ranks), on every
+    /// rank. The tensors of one call form one bucket (one fused
+    /// operation where the library has it); every rank passes the same
+    /// shapes in the same order.
+    fn all_reduce_sum(&self, tensors: &[Tensor], scale: f64) -> Result<()>;
+    /// Every rank's tensors get `root`'s values (in place, so the model's
+    /// handles see them).
+    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()>;
+    /// Sums host values over ranks (loss values, flags, config hashes).
+    fn all_reduce_sum_host(&self, values: &mut [f64]) -> Result<()>;
+    /// Waits until every rank has arrived.
+    fn barrier(&self) -> Result<()>;
+    /// Stops every rank of the job with exit status `code` (after this
+    /// rank printed why): a rank that fails alone must not leave the
+    /// others blocked in a collective.
+    fn abort(&self, code: i32) -> !;
+}
+
+/// The one-process world: today's single-process training.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Single;
+
+impl Communicator for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn backend(&self) -> &'static str {
+        "single"
+    }
+    fn all_reduce_sum(&self, tensors: &[Tensor], scale: f64) -> Result<()> {
+        if scale != 1.0 {
+            for t in tensors {
+                t.assign(&t.mul_scalar(scale)?)?;
+            }
+        }
+        Ok(())
+    }
+    fn broadcast(&self, _: &[Tensor], _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_host(&self, _: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// PyTorch DDP's default bucket size: large enough that per-call latency
+/// does not matter, small enough that the first buckets can be reduced
+/// while later ones are still being filled.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+
+/// Replaces each parameter's gradient by the mean of that gradient over all
+/// ranks, in buckets of about `bucket_bytes`. A parameter without a gradient
+/// (unused this step) contributes zeros, so every rank reduces the same
+/// list. Called after backward and before clipping, so clipping, Adam and
+/// the EMA see the same global gradient on every rank.
+pub fn average_gradients(
+    comm: &dyn Communicator,
+    params: &[Tensor],
+    bucket_bytes: usize,
+) -> Result<()> {
+    let w = comm.world_size();
+    if w == 1 {
+        return Ok(());
+    }
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|p| {
+            // A private dense copy: the reduced values are written into
+            // it, never into a buffer some other tensor might share.
+            let g = match p.grad() {
+                Some(g) => g.deep_copy()?,
+                None => p.zeros_like()?,
+            };
+            p.set_grad(Some(g.clone()));
+            Ok(g)
+        })
+        .collect::<Result<_>>()?;
+    for bucket in buckets(&grads, bucket_bytes) {
+        comm.all_reduce_sum(bucket, 1.0 / w as f64)?;
+    }
+    Ok(())
+}
+
+/// Consecutive runs of `tensors` of about `bytes` each (f32), at least one
+/// tensor per run.
+pub fn buckets(tensors: &[Tensor], bytes: usize) -> Vec<&[Tensor]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, t) in tensors.iter().enumerate() {
+        size += t.numel() * 4;
+        if size >= bytes {
+            out.push(&tensors[start..=i]);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    if start < tensors.len() {
+        out.push(&tensors[start..]);
+    }
+    out
+}
+
+/// Gives every rank `root`'s values of `tensors`, in buckets.
+pub fn broadcast_tensors(comm: &dyn Communicator, tensors: &[Tensor], root: usize) -> Result<()> {
+    if comm.world_size() == 1 {
+        return Ok(());
+    }
+    for bucket in buckets(tensors, DEFAULT_BUCKET_BYTES) {
+        comm.broadcast(bucket, root)?;
+    }
+    Ok(())
+}
+
+/// Checks every rank computed the same `hash` of `what` (its config, its
+/// dataset), with one all-reduce: over 16-bit pieces h, Σh² · W = (Σh)²
+/// exactly when all ranks agree (Cauchy–Schwarz), and the sums are exact
+/// in f64. Every rank gets the same answer, so all fail together.
+pub fn check_same_everywhere(comm: &dyn Communicator, what: &str, hash: u64) -> Result<()> {
+    let w = comm.world_size();
+    if w == 1 {
+        return Ok(());
+    }
+    let pieces: Vec<f64> = (0..4)
+        .map(|i| ((hash >> (16 * i)) & 0xffff) as f64)
+        .collect();
+    let mut sums: Vec<f64> = pieces.iter().chain(pieces.iter()).copied().collect();
+    for s in &mut sums[4..] {
+        *s *= *s;
+    }
+    comm.all_reduce_sum_host(&mut sums)?;
+    let agree = (0..4).all(|i| sums[i] * sums[i] == sums[4 + i] * w as f64);
+    if agree {
+        Ok(())
+    } else {
+        Err(Error::Msg(format!(
+            "the {w} ranks of this {} run disagree on {what} (rank {} has hash {hash:016x}): \
+             start every rank with the same flags and the same data",
+            comm.backend(),
+            comm.rank()
+        )))
+    }
+}
+
+/// A 64-bit FNV-1a hash: stable across processes, builds and machines
+/// (unlike a keyed hasher), for [`check_same_everywhere`].
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The f32 values of a bucket packed end to end on the host (the MPI
+/// backend's send buffer).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn pack_host(tensors: &[Tensor]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(tensors.iter().map(Tensor::numel).sum());
+    for t in tensors {
+        check_f32(t)?;
+        out.extend(t.to_host_f64()?.into_iter().map(|v| v as f32));
+    }
+    Ok(out)
+}
+
+/// Writes `values` (packed as [`pack_host`] packs) back into the tensors,
+/// multiplied by `scale`, in place.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn unpack_host(tensors: &[Tensor], values: &[f32], scale: f64) -> Result<()> {
+    let mut at = 0;
+    for t in tensors {
+        let n = t.numel();
+        let part = &values[at..at + n];
+        let scaled: Vec<f32>;
+        let part = if scale == 1.0 {
+            part
+        } else {
+            scaled = part.iter().map(|&v| (v as f64 * scale) as f32).collect();
+            &scaled
+        };
+        t.assign(&Tensor::from_vec(part, t.shape(), DType::F32, t.device())?)?;
+        at += n;
+    }
+    Ok(())
+}
+
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+fn check_f32(t: &Tensor) -> Result<()> {
+    if t.dtype() == DType::F32 {
+        Ok(())
+    } else {
+        Err(Error::Msg(format!(
+            "data-parallel collectives carry f32 tensors, got {:?}",
+            t.dtype()
+        )))
+    }
+}
+
+/// The world this process was launched into, read from the launcher's
+/// environment: `mpirun` (Open MPI's OMPI_COMM_WORLD_*, or PMI_*/PMIX_*),
+/// or torchrun-style RANK / WORLD_SIZE / LOCAL_RANK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub rank: usize,
+    pub world_size: usize,
+    /// The rank among the processes on this machine (picks the GPU).
+    pub local_rank: usize,
+    /// Whether an MPI launcher started it (else torchrun-style variables).
+    pub by_mpi: bool,
+}
+
+impl Launch {
+    /// None when no launcher variables are set (a plain single process).
+    pub fn from_env() -> Result<Option<Launch>> {
+        Launch::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// As [`Launch::from_env`], reading variables through `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            get(k)
+                .map(|v| {
+                    v.trim().parse::<usize>().map_err(|_| {
+                        Error::Msg(format!(
+                            "environment variable {k}='{v}' is not a whole number"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let pick = |names: &[&str]| -> Result<Option<usize>> {
+            for n in names {
+                if let Some(v) = num(n)? {
+                    return Ok(Some(v));
+                }
+            }
+            Ok(None)
+        };
+        let mpi_size = pick(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"])?;
+        let (rank, size, local, by_mpi) = match mpi_size {
+            Some(size) => (
+                pick(&["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"])?.unwrap_or(0),
+                size,
+                pick(&["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"])?,
+                true,
+            ),
+            None => match num("WORLD_SIZE")? {
+                Some(size) => (num("RANK")?.unwrap_or(0), size, num("LOCAL_RANK")?, false),
+                None => return Ok(None),
+            },
+        };
+        if size == 0 || rank >= size {
+            return Err(Error::Msg(format!(
+                "the launcher set rank {rank} of world size {size}: the rank must be below the world size"
+            )));
+        }
+        Ok(Some(Launch {
+            rank,
+            world_size: size,
+            local_rank: local.unwrap_or(rank),
+            by_mpi,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_vec(v, &[v.len()], DType::F32, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn buckets_cover_every_tensor_once_in_order() {
+        let ts: Vec<Tensor> = [3, 1, 4, 1, 5].iter().map(|&n| t(&vec![0.0; n])).collect();
+        // 8 bytes: a bucket closes once it holds ≥ 2 floats.
+        let b = buckets(&ts, 8);
+        let sizes: Vec<Vec<usize>> = b
+            .iter()
+            .map(|b| b.iter().map(Tensor::numel).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![3], vec![1, 4], vec![1, 5]]);
+        assert_eq!(buckets(&ts, 1 << 20).len(), 1);
+    }
+
+    #[test]
+    fn single_world_changes_nothing_but_scales() {
+        let p = t(&[1.0, 2.0]).set_requires_grad(true);
+        p.set_grad(Some(t(&[0.5, -1.0])));
+        average_gradients(&Single, std::slice::from_ref(&p), 8).unwrap();
+        assert_eq!(p.grad().unwrap().to_vec_f32(), vec![0.5, -1.0]);
+        let x = t(&[2.0, -4.0]);
+        Single
+            .all_reduce_sum(std::slice::from_ref(&x), 0.25)
+            .unwrap();
+        assert_eq!(x.to_vec_f32(), vec![0.5, -1.0]);
+        check_same_everywhere(&Single, "the config", 42).unwrap();
+    }
+
+    #[test]
+    fn pack_and_unpack_round_trip_with_scale() {
+        let a = t(&[1.0, 2.0]);
+        let b =
+            Tensor::from_vec(&[3.0f32, 4.0, 5.0, 6.0], &[2, 2], DType::F32, Device::Cpu).unwrap();
+        let packed = pack_host(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(packed, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        unpack_host(&[a.clone(), b.clone()], &packed, 0.5).unwrap();
+        assert_eq!(a.to_vec_f32(), vec![0.5, 1.0]);
+        assert_eq!(b.to_vec_f32(), vec![1.5, 2.0, 2.5, 3.0]);
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        // The FNV-1a reference values.
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn launch_reads_mpirun_and_torchrun_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(Launch::from_vars(env(&[])).unwrap(), None);
+        let mpi = env(&[
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ]);
+        assert_eq!(
+            Launch::from_vars(mpi).unwrap(),
+            Some(Launch {
+                rank: 1,
+                world_size: 2,
+                local_rank: 1,
+                by_mpi: true
+            })
+        );
+        let torchrun = env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1")]);
+        assert_eq!(
+            Launch::from_vars(torchrun).unwrap(),
+            Some(Launch {
+                rank: 3,
+                world_size: 4,
+                local_rank: 1,
+                by_mpi: false
+            })
+        );
+        let bad = Launch::from_vars(env(&[("WORLD_SIZE", "2"), ("RANK", "2")])).unwrap_err();
+        assert!(bad.to_string().contains("rank 2 of world size 2"), "{bad}");
+        let junk = Launch::from_vars(env(&[("WORLD_SIZE", "two")])).unwrap_err();
+        assert!(junk.to_string().contains("WORLD_SIZE='two'"), "{junk}");
+    }
+}
