@@ -7,6 +7,8 @@ pub mod autoencoder;
 pub mod autoencoder_train;
 pub mod classifier;
 pub mod data;
+pub mod diffusers_names;
+pub mod export;
 pub mod gaussian;
 pub mod guidance;
 pub mod image;
