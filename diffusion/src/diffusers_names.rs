@@ -227,10 +227,11 @@ pub fn to_diffusers(cfg: &UNetConfig, ours: &[(String, Tensor)]) -> Result<Vec<(
         })?;
         match e.layout {
             Layout::Same => out.push((e.theirs[0].clone(), t.clone())),
-            Layout::Conv1x1AsLinear => out.push((
+            Layout::Conv1x1AsLinear if t.rank() == 4 => out.push((
                 e.theirs[0].clone(),
                 t.reshape(&linear_shape(name, t)?)?.contiguous()?,
             )),
+            Layout::Conv1x1AsLinear => out.push((e.theirs[0].clone(), t.clone())),
             Layout::QkvSplit => {
                 let c = t.dim(0)? / 3;
                 let mut shape = t.shape().to_vec();
