@@ -664,13 +664,13 @@ pub fn config_from_diffusers(json: &str, source: &str) -> Result<UNetConfig> {
             "attn_norm_num_groups must be null or equal norm_num_groups".into(),
         ));
     }
-    if let Some(d) = obj.get("time_embedding_dim").filter(|d| !d.is_null()) {
-        if d.as_u64() != Some(4 * ch as u64) {
-            return Err(err(format!(
-                "time_embedding_dim {d} must be null or 4 × block_out_channels[0] = {}",
-                4 * ch
-            )));
-        }
+    if let Some(d) = obj.get("time_embedding_dim").filter(|d| !d.is_null())
+        && d.as_u64() != Some(4 * ch as u64)
+    {
+        return Err(err(format!(
+            "time_embedding_dim {d} must be null or 4 × block_out_channels[0] = {}",
+            4 * ch
+        )));
     }
     // One head: diffusers gives c / attention_head_dim heads of each attended block.
     match get("attention_head_dim", json!(8)) {

@@ -326,6 +326,8 @@ impl Attn {
     }
 }
 
+// A few dozen blocks built once per model: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Block {
     Res(ResBlock, Option<Attn>),
     Down(Conv),
