@@ -10,6 +10,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 use cli::bench::{BenchTrainArgs, bench_train};
 use cli::eval::{EvalArgs, eval};
+use cli::export::{ExportArgs, export};
 use cli::info::{InfoArgs, info};
 use cli::interpolate::{InterpolateArgs, interpolate};
 use cli::sample::{SampleArgs, sample};
@@ -51,6 +52,8 @@ enum Command {
     Interpolate(InterpolateArgs),
     /// Train the KL autoencoder of latent diffusion (then `train --latent`).
     TrainAutoencoder(TrainAutoencoderArgs),
+    /// Export a checkpoint's weights for PyTorch (state_dict names) or diffusers (UNet2DModel).
+    Export(ExportArgs),
 }
 
 fn main() {
@@ -65,6 +68,7 @@ fn main() {
         Command::Info(a) => info(a),
         Command::Interpolate(a) => interpolate(a),
         Command::TrainAutoencoder(a) => train_autoencoder(a),
+        Command::Export(a) => export(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

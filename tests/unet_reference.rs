@@ -1,7 +1,7 @@
 //! The U-Net against the PyTorch replica of the DDPM model (fixture written
 //! by scripts/fixtures_unet.py), and the presets' parameter counts.
 
-use noisegrad::diffusion::unet::{UNet, UNetConfig};
+use noisegrad::diffusion::unet::{DownsamplePad, UNet, UNetConfig};
 use noisegrad::engine::nn::ParamStore;
 use noisegrad::engine::{DType, Device, Philox, Tensor, io};
 
@@ -46,6 +46,7 @@ fn fixture_config() -> UNetConfig {
         norm_eps: 1e-6,
         num_classes: None,
         out_mult: 1,
+        downsample_pad: DownsamplePad::Symmetric,
     }
 }
 

@@ -8,6 +8,8 @@ pub mod autoencoder_train;
 pub mod classifier;
 pub mod data;
 pub mod ddp;
+pub mod diffusers_names;
+pub mod export;
 pub mod gaussian;
 pub mod guidance;
 pub mod image;

@@ -33,10 +33,30 @@ pub struct UNetConfig {
     /// predicts its variance (improved DDPM's learned Σ_θ).
     #[serde(default = "one")]
     pub out_mult: usize,
+    /// How the stride-2 downsampling convs pad. Absent in older
+    /// checkpoints, which therefore load with the symmetric padding they
+    /// were trained with.
+    #[serde(default)]
+    pub downsample_pad: DownsamplePad,
 }
 
 fn one() -> usize {
     1
+}
+
+/// The padding of the stride-2 3×3 downsampling conv.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownsamplePad {
+    /// One zero row/column on every side (PyTorch `padding=1`; diffusers'
+    /// `downsample_padding` 1).
+    #[default]
+    Symmetric,
+    /// TF's 'SAME' for an even input: no zeros top/left, one bottom/right.
+    /// Ho et al.'s TF model pads this way, and diffusers emulates it with
+    /// `downsample_padding` 0 plus an explicit pad, so the official DDPM
+    /// weights reproduce their outputs only with this option.
+    TfSame,
 }
 
 impl UNetConfig {
@@ -54,6 +74,7 @@ impl UNetConfig {
             norm_eps: 1e-6,
             num_classes: None,
             out_mult: 1,
+            downsample_pad: DownsamplePad::Symmetric,
         }
     }
 
@@ -160,6 +181,9 @@ pub(crate) struct Conv {
     b: Tensor,
     stride: usize,
     pad: usize,
+    /// Zeros added at the bottom and right before the conv (TF 'SAME' of a
+    /// stride-2 conv; `pad` is then 0).
+    pad_after: usize,
 }
 
 impl Conv {
@@ -176,10 +200,34 @@ impl Conv {
             b: s.param("bias", &[cout], Init::Zeros)?,
             stride,
             pad: k / 2,
+            pad_after: 0,
         })
     }
+
+    /// The stride-2 3×3 downsampling conv, padded as `pad` says.
+    pub(crate) fn downsample(s: &ParamScope, c: usize, pad: DownsamplePad) -> Result<Conv> {
+        let conv = Conv::new(s, c, c, 3, 2, 1.0)?;
+        Ok(match pad {
+            DownsamplePad::Symmetric => conv,
+            DownsamplePad::TfSame => Conv {
+                pad: 0,
+                pad_after: 1,
+                ..conv
+            },
+        })
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.w, Some(&self.b), self.stride, self.pad)
+        if self.pad_after == 0 {
+            return x.conv2d(&self.w, Some(&self.b), self.stride, self.pad);
+        }
+        let p = self.pad_after;
+        x.pad_zeros(&[(0, 0), (0, 0), (0, p), (0, p)])?.conv2d(
+            &self.w,
+            Some(&self.b),
+            self.stride,
+            self.pad,
+        )
     }
 }
 
@@ -278,6 +326,8 @@ impl Attn {
     }
 }
 
+// A few dozen blocks built once per model: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Block {
     Res(ResBlock, Option<Attn>),
     Down(Conv),
@@ -475,7 +525,11 @@ impl Encoder {
             }
             if level != levels - 1 {
                 let s = root.sub("down").sub(down.len());
-                down.push(Block::Down(Conv::new(&s.sub(0), c, c, 3, 2, 1.0)?));
+                down.push(Block::Down(Conv::downsample(
+                    &s.sub(0),
+                    c,
+                    config.downsample_pad,
+                )?));
                 chans.push(c);
                 res /= 2;
             }

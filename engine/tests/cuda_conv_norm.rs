@@ -299,3 +299,23 @@ fn unet_block_chain_matches_cpu() {
     ];
     compare_devices("unet block", f, &inputs, &[true; 6], gpu, TOL).unwrap();
 }
+
+#[test]
+fn tf_same_downsample_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("tf_same_downsample_matches_cpu") else {
+        return;
+    };
+    let _g = serial();
+    // pad_zeros (0 top/left, 1 bottom/right) then a stride-2 conv with pad 0,
+    // forward and the gradients of x, w, b.
+    let f = |t: &[Tensor]| {
+        t[0].pad_zeros(&[(0, 0), (0, 0), (0, 1), (0, 1)])?
+            .conv2d(&t[1], Some(&t[2]), 2, 0)
+    };
+    let inputs = [
+        randn(&[2, 4, 8, 8], 11),
+        randn(&[5, 4, 3, 3], 12),
+        randn(&[5], 13),
+    ];
+    compare_devices("tf-same downsample", f, &inputs, &[true; 3], gpu, TOL).unwrap();
+}

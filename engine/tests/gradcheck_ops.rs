@@ -570,6 +570,45 @@ fn narrow() {
 }
 
 #[test]
+fn pad_zeros() {
+    // TF 'SAME' before a stride-2 conv: 0 top/left, 1 bottom/right.
+    check("pad_zeros tf-same", &[randn(&[2, 3, 4, 4], 224)], |v| {
+        v[0].pad_zeros(&[(0, 0), (0, 0), (0, 1), (0, 1)])
+    });
+    check("pad_zeros every axis", &[randn(&[2, 3, 2], 225)], |v| {
+        v[0].pad_zeros(&[(1, 0), (2, 3), (0, 2)])
+    });
+    check("pad_zeros transposed", &[randn(&[3, 5], 226)], |v| {
+        v[0].transpose(0, 1)?.pad_zeros(&[(1, 1), (0, 2)])
+    });
+    // The whole TF-SAME downsample: pad, then a stride-2 conv with pad 0.
+    check(
+        "pad_zeros then stride-2 conv",
+        &[randn(&[1, 2, 6, 6], 227), randn(&[3, 2, 3, 3], 228)],
+        |v| {
+            v[0].pad_zeros(&[(0, 0), (0, 0), (0, 1), (0, 1)])?
+                .conv2d(&v[1], None, 2, 0)
+        },
+    );
+}
+
+#[test]
+fn pad_zeros_values_and_errors() {
+    let x = Tensor::from_vec(&[1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F64, Device::Cpu).unwrap();
+    let y = x.pad_zeros(&[(0, 1), (1, 0)]).unwrap();
+    assert_eq!(y.shape(), &[3, 3]);
+    assert_eq!(
+        y.to_vec_f64(),
+        vec![0.0, 1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0]
+    );
+    let err = x.pad_zeros(&[(0, 1)]).unwrap_err().to_string();
+    assert!(
+        err.contains("1 (before, after) pairs for a rank-2 tensor"),
+        "{err}"
+    );
+}
+
+#[test]
 fn broadcast_to() {
     let cases: [(&[usize], &[usize]); 4] = [
         (&[3, 1], &[2, 3, 4]),

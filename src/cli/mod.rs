@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod guide;
 pub mod info;
 pub mod inpaint;

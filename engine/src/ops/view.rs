@@ -84,19 +84,59 @@ impl Tensor {
     /// into zeros of the input shape.
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         let layout = self.layout().narrowed("narrow", axis, start, len)?;
-        let full = self.shape().to_vec();
-        Ok(self.view_op(layout, "narrow", move |g| g.pad_into(&full, axis, start)))
+        let mut pads = vec![(0, 0); self.rank()];
+        pads[axis] = (start, self.shape()[axis] - start - len);
+        Ok(self.view_op(layout, "narrow", move |g| g.pad_zeros(&pads)))
     }
 
-    /// Zeros of `full` with `self` written at `start` along `axis` (the adjoint of narrow).
-    fn pad_into(&self, full: &[usize], axis: usize, start: usize) -> Result<Tensor> {
-        let out = Tensor::zeros(full, self.dtype(), self.device())?;
-        let region = out
-            .layout()
-            .narrowed("narrow_backward", axis, start, self.shape()[axis])?;
+    /// `self` surrounded by zeros: `pads[d] = (before, after)` extra
+    /// elements along axis `d` (one pair per axis). It is the adjoint of
+    /// [`Tensor::narrow`], so its backward narrows the gradient back. The
+    /// U-Net uses it for TF's asymmetric 'SAME' padding of a stride-2 conv
+    /// (0 top/left, 1 bottom/right), which a symmetric conv pad cannot express.
+    /// Works on every device (one zero fill and one strided copy).
+    pub fn pad_zeros(&self, pads: &[(usize, usize)]) -> Result<Tensor> {
+        if pads.len() != self.rank() {
+            return Err(bad_arg(
+                "pad_zeros",
+                format!(
+                    "{} (before, after) pairs for a rank-{} tensor of shape {:?}",
+                    pads.len(),
+                    self.rank(),
+                    self.shape()
+                ),
+            ));
+        }
+        let mut full = Vec::with_capacity(pads.len());
+        for (&n, &(lo, hi)) in self.shape().iter().zip(pads) {
+            full.push(
+                n.checked_add(lo)
+                    .and_then(|v| v.checked_add(hi))
+                    .ok_or_else(|| {
+                        bad_arg(
+                            "pad_zeros",
+                            format!("padding {pads:?} overflows {:?}", self.shape()),
+                        )
+                    })?,
+            );
+        }
+        let out = Tensor::zeros(&full, self.dtype(), self.device())?;
+        let mut region = out.layout().clone();
+        for (axis, (&n, &(lo, _))) in self.shape().iter().zip(pads).enumerate() {
+            region = region.narrowed("pad_zeros", axis, lo, n)?;
+        }
         out.storage_mut()
             .copy_from(&region, &self.storage(), self.layout())?;
-        Ok(out)
+        let (pads, shape) = (pads.to_vec(), self.shape().to_vec());
+        Ok(record(out, "pad_zeros", &[self], move || {
+            Box::new(move |g, _| {
+                let mut g = g.clone();
+                for (axis, (&n, &(lo, _))) in shape.iter().zip(&pads).enumerate() {
+                    g = g.narrow(axis, lo, n)?;
+                }
+                Ok(vec![Some(g)])
+            })
+        }))
     }
 
     /// Repeats size-1 (or missing leading) axes up to `shape`, without a copy.
