@@ -136,6 +136,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(d) = a.dropout {
         model.dropout = d;
     }
+    model.validate()?;
+    super::guard::check_unet_batch_fits("--batch-size", a.batch_size, &model)?;
     let mut cfg = TrainConfig::ddpm(model);
     cfg.batch_size = a.batch_size;
     cfg.lr = a.lr.unwrap_or(if a.data.is_none() { 1e-3 } else { 2e-4 });
@@ -153,6 +155,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.objective = objective_from_flags(&a)?;
     cfg.latent = latent.info();
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+    let _lock = super::guard::RunLock::acquire(&a.out)?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::with_data(cfg, data.clone())?;
     if a.resume {
@@ -191,6 +194,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
         writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4}", s.loss));
+        // A periodic grid stops early on Ctrl-C; the checkpoint is saved below first.
+        let grid = match a.sample_every > 0 && s.step % a.sample_every == 0 && s.step != a.steps {
+            true => write_samples(
+                &mut trainer,
+                &a.out.join(format!("samples_{:06}.png", s.step)),
+                a.sample_steps,
+                16,
+                a.guidance,
+                latent.decoder(),
+            ),
+            false => Ok(()),
+        };
         let interrupted = super::interrupted();
         if s.step % a.ckpt_every == 0 || s.step == a.steps || interrupted {
             trainer.save_checkpoint(&ckpt)?;
@@ -200,16 +215,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             bar.abandon_with_message(format!("interrupted: checkpoint saved at step {}", s.step));
             return Ok(());
         }
-        if a.sample_every > 0 && s.step % a.sample_every == 0 && s.step != a.steps {
-            write_samples(
-                &mut trainer,
-                &a.out.join(format!("samples_{:06}.png", s.step)),
-                a.sample_steps,
-                16,
-                a.guidance,
-                latent.decoder(),
-            )?;
-        }
+        grid?;
     }
     bar.finish_with_message("done");
     let steps_per_s = (a.steps as f64) / started.elapsed().as_secs_f64();
