@@ -141,7 +141,7 @@ fn catches_sigint(pid: u32) -> bool {
 fn sigint_stops_sampling_promptly_with_status_130() {
     let dir = scratch("sigint");
     // 1000 DDPM steps on 64 images: far longer than the few seconds allowed.
-    let mut child = noisegrad()
+    let child = noisegrad()
         .args(["sample", "--sampler", "ddpm", "--n", "64", "--checkpoint"])
         .arg(tiny_checkpoint())
         .arg("--out")
