@@ -57,6 +57,7 @@ enum Command {
 }
 
 fn main() {
+    cli::guard::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train(a),
@@ -72,6 +73,6 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(if cli::interrupted() { 130 } else { 1 });
     }
 }

@@ -85,6 +85,33 @@ impl AutoencoderConfig {
                 "ch, in_channels, z_channels and ch_mult must be positive/non-empty".into(),
             );
         }
+        use crate::unet::{MAX_CH, MAX_IMAGE_SIZE, MAX_IN_CHANNELS};
+        for (name, v, min, max) in [
+            ("image_size", self.image_size, 1, MAX_IMAGE_SIZE),
+            ("in_channels", self.in_channels, 1, MAX_IN_CHANNELS),
+            ("z_channels", self.z_channels, 1, MAX_IN_CHANNELS),
+            ("ch", self.ch, 1, MAX_CH),
+            ("num_res_blocks", self.num_res_blocks, 0, 16),
+            ("groups", self.groups, 1, self.ch),
+        ] {
+            if !(min..=max).contains(&v) {
+                return bad(format!("{name} {v} is outside {min}..={max}"));
+            }
+        }
+        if let Some(m) = self.ch_mult.iter().find(|&&m| !(1..=16).contains(&m)) {
+            return bad(format!("channel multiplier {m} is outside 1..=16"));
+        }
+        // Encoder and decoder: per level ≤ num_res_blocks + 2 blocks of ≤ 20 c²
+        // (two 3×3 convs, a 1×1 skip), c the widest level's channels.
+        let c = (self.ch * self.ch_mult.iter().copied().max().unwrap_or(1)) as u128;
+        let bound =
+            2 * 20 * c * c * (self.ch_mult.len() as u128 + 1) * (self.num_res_blocks as u128 + 2);
+        if bound > crate::unet::MAX_PARAMETERS {
+            return bad(format!(
+                "about {bound} parameters is more than the {} allowed",
+                crate::unet::MAX_PARAMETERS
+            ));
+        }
         if self.ch_mult.len() > 8 || self.image_size == 0 {
             return bad(format!(
                 "{} levels for image size {}",
@@ -117,9 +144,14 @@ impl AutoencoderConfig {
         serde_json::to_string(self).expect("a plain struct serialises")
     }
 
+    /// The config stored in a checkpoint, validated before anything is
+    /// sized from it.
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s)
-            .map_err(|e| Error::Msg(format!("invalid autoencoder config in checkpoint: {e}")))
+        let cfg: Self = serde_json::from_str(s)
+            .map_err(|e| Error::Msg(format!("invalid autoencoder config in checkpoint: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::Msg(format!("invalid config in checkpoint: {e}")))?;
+        Ok(cfg)
     }
 
     /// What the shared U-Net blocks read from a `UNetConfig`: the GroupNorm

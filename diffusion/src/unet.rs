@@ -10,6 +10,18 @@
 use noisegrad_engine::nn::{Init, Linear, ParamScope, ParamStore, default_init};
 use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor};
 
+/// The largest image side [`UNetConfig::validate`] accepts (pixels or latents).
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// The most input channels (images have 1–4, latents a few more).
+pub const MAX_IN_CHANNELS: usize = 256;
+/// The largest base channel count (DDPM uses 128, ADM 256).
+pub const MAX_CH: usize = 4096;
+/// The most classes of a class-conditional model.
+pub const MAX_CLASSES: usize = 100_000;
+/// 2^32 parameters: 16 GiB of f32 weights, 80 GiB with the gradients,
+/// Adam's moments and the EMA (the DDPM CIFAR-10 model has 35.7 M).
+pub const MAX_PARAMETERS: u128 = 1 << 32;
+
 /// Every architectural choice of the model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UNetConfig {
@@ -115,16 +127,70 @@ impl UNetConfig {
         serde_json::to_string(self).expect("a plain struct serialises")
     }
 
+    /// The config stored in a checkpoint, validated: a corrupt or edited
+    /// value (say an image size of 2^20) is refused here, before anything
+    /// is allocated from it.
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s)
-            .map_err(|e| Error::Msg(format!("invalid U-Net config in checkpoint: {e}")))
+        let cfg: Self = serde_json::from_str(s)
+            .map_err(|e| Error::Msg(format!("invalid U-Net config in checkpoint: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::Msg(format!("invalid config in checkpoint: {e}")))?;
+        Ok(cfg)
     }
 
-    /// Rejects configurations the architecture cannot build.
+    /// An upper bound on the parameter count, computed without building
+    /// the model: every ResBlock counted at the widest level with a doubled
+    /// input (the up path's skip concatenation) and a 1×1 skip, every
+    /// block with attention. Within a small factor of the true count (the
+    /// presets are tested), so it catches sizes that cannot fit in memory.
+    pub fn parameter_bound(&self) -> u128 {
+        let ch = self.ch as u128;
+        let c = ch * self.ch_mult.iter().copied().max().unwrap_or(1) as u128;
+        let temb = 4 * ch;
+        let levels = self.ch_mult.len() as u128;
+        let blocks = self.num_res_blocks as u128;
+        let res_block = 29 * c * c + temb * c + 10 * c;
+        let attn = 4 * c * c + 6 * c;
+        let resample = 9 * c * c + c;
+        let res_blocks = levels * (2 * blocks + 1) + 2;
+        let io = 9 * ch * (self.in_channels as u128) * (1 + self.out_mult as u128) + 4 * ch;
+        let classes = self.num_classes.map_or(0, |k| (k as u128 + 1) * temb);
+        res_blocks * (res_block + attn) + 2 * levels * resample + 5 * temb * temb + io + classes
+    }
+
+    /// Rejects configurations the architecture cannot build, and sizes far
+    /// beyond any model this crate trains (a mistyped flag, a corrupt
+    /// checkpoint) before a buffer is sized from them.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Msg(format!("U-Net config: {m}")));
         if self.ch_mult.is_empty() || self.ch == 0 || self.in_channels == 0 {
             return bad("ch, in_channels and ch_mult must be non-empty/positive".into());
+        }
+        for (name, v, min, max) in [
+            ("image_size", self.image_size, 1, MAX_IMAGE_SIZE),
+            ("in_channels", self.in_channels, 1, MAX_IN_CHANNELS),
+            ("ch", self.ch, 1, MAX_CH),
+            ("ch_mult levels", self.ch_mult.len(), 1, 8),
+            ("num_res_blocks", self.num_res_blocks, 0, 16),
+            ("groups", self.groups, 1, self.ch),
+            ("num_classes", self.num_classes.unwrap_or(1), 1, MAX_CLASSES),
+        ] {
+            if !(min..=max).contains(&v) {
+                return bad(format!("{name} {v} is outside {min}..={max}"));
+            }
+        }
+        if let Some(m) = self.ch_mult.iter().find(|&&m| !(1..=16).contains(&m)) {
+            return bad(format!("channel multiplier {m} is outside 1..=16"));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return bad(format!("norm_eps {} must be in (0, 1)", self.norm_eps));
+        }
+        if self.parameter_bound() > MAX_PARAMETERS {
+            return bad(format!(
+                "about {} parameters ({} bytes as f32) is more than the {MAX_PARAMETERS} allowed",
+                self.parameter_bound(),
+                self.parameter_bound() * 4
+            ));
         }
         let down = 1usize << (self.ch_mult.len() - 1);
         if !self.image_size.is_multiple_of(down) {
@@ -143,9 +209,6 @@ impl UNetConfig {
                     self.groups
                 ));
             }
-        }
-        if self.num_classes == Some(0) {
-            return bad("num_classes must be at least 1".into());
         }
         if !(1..=2).contains(&self.out_mult) {
             return bad(format!("out_mult {} must be 1 or 2", self.out_mult));
@@ -642,4 +705,91 @@ pub fn timestep_embedding(t: &[usize], dim: usize, dtype: DType, device: Device)
         v.extend(std::iter::repeat_n(0.0, dim - 2 * half));
     }
     Tensor::from_vec(&v, &[t.len(), dim], dtype, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(cfg: &UNetConfig) -> u128 {
+        let store = ParamStore::new(DType::F32, Device::Cpu, 0);
+        UNet::new(cfg.clone(), &store).unwrap();
+        store.num_elements() as u128
+    }
+
+    /// The bound holds, and is tight enough to mean something (within 6×),
+    /// for every preset, class-conditional and with a learned variance.
+    #[test]
+    fn parameter_bound_is_above_the_true_count_and_close_to_it() {
+        let cond = UNetConfig {
+            num_classes: Some(10),
+            out_mult: 2,
+            ..UNetConfig::tiny()
+        };
+        for cfg in [UNetConfig::tiny(), UNetConfig::small(), cond] {
+            let (n, bound) = (count(&cfg), cfg.parameter_bound());
+            assert!(
+                n <= bound && bound <= 6 * n,
+                "{n} parameters, bound {bound}"
+            );
+        }
+        assert_eq!(count(&UNetConfig::cifar10()), 35_746_307);
+        assert!(UNetConfig::cifar10().parameter_bound() < 6 * 35_746_307);
+    }
+
+    /// Sizes no machine holds are refused naming the field, before any
+    /// parameter is allocated; the presets pass.
+    #[test]
+    fn validate_refuses_absurd_sizes_naming_the_field() {
+        for p in ["tiny", "small", "cifar10"] {
+            UNetConfig::preset(p).unwrap().validate().unwrap();
+        }
+        let tiny = UNetConfig::tiny;
+        let cases = [
+            (
+                UNetConfig {
+                    image_size: 1 << 20,
+                    ..tiny()
+                },
+                "image_size 1048576 is outside 1..=4096",
+            ),
+            (
+                UNetConfig {
+                    ch: 1_000_000,
+                    ..tiny()
+                },
+                "ch 1000000 is outside 1..=4096",
+            ),
+            (
+                UNetConfig {
+                    num_classes: Some(0),
+                    ..tiny()
+                },
+                "num_classes 0 is outside",
+            ),
+            (
+                UNetConfig {
+                    ch: 4096,
+                    ch_mult: vec![16, 16],
+                    groups: 32,
+                    ..tiny()
+                },
+                "parameters",
+            ),
+            (
+                UNetConfig {
+                    norm_eps: f64::NAN,
+                    ..tiny()
+                },
+                "norm_eps",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should say {want}");
+            let json = cfg.to_json();
+            let err = UNetConfig::from_json(&json).unwrap_err().to_string();
+            assert!(err.contains("in checkpoint") && err.contains(want), "{err}");
+        }
+    }
 }

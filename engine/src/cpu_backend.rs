@@ -90,6 +90,63 @@ pub(crate) fn zeroed<T: Clone + Default>(n: usize) -> Vec<T> {
     noisegrad_kernels::cpu::zeroed_output(n)
 }
 
+/// The error for an allocation the system refused: `n` elements of `T`,
+/// named by element count (the tensor constructors add the shape).
+fn out_of_memory<T>(op: &'static str, n: usize) -> Error {
+    let size = std::mem::size_of::<T>();
+    Error::OutOfMemory {
+        op,
+        shape: vec![n],
+        dtype: if size == 4 { DType::F32 } else { DType::F64 },
+        bytes: n as u128 * size as u128,
+        device: Device::Cpu,
+    }
+}
+
+/// [`zeroed`] for the buffers whose size comes from the caller (the
+/// tensor constructors): an allocation that cannot be satisfied is an
+/// [`Error::OutOfMemory`] instead of the process aborting. Still zeroed by
+/// the allocator (fresh pages, no memset), like `vec![0.0; n]`.
+pub(crate) fn try_zeroed<T: noisegrad_kernels::Float>(
+    op: &'static str,
+    n: usize,
+) -> Result<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| out_of_memory::<T>(op, n))?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size. `T` is f32 or f64, for which
+    // all-zero bytes are the value 0.0, so the buffer is initialised.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(out_of_memory::<T>(op, n));
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `n`
+    // `T`s, all of them initialised; the Vec takes ownership.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+/// `n` copies of `value`, or [`Error::OutOfMemory`].
+fn try_filled<T: noisegrad_kernels::Float>(op: &'static str, n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| out_of_memory::<T>(op, n))?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// `data` converted to `T`, or [`Error::OutOfMemory`].
+fn try_converted<T: noisegrad_kernels::Float>(
+    data: &[f64],
+    f: impl Fn(f64) -> T,
+) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(data.len())
+        .map_err(|_| out_of_memory::<T>("from_vec", data.len()))?;
+    v.extend(data.iter().map(|&x| f(x)));
+    Ok(v)
+}
+
 /// The elements of `layout` in row-major order, contiguous.
 pub(crate) fn gather_contiguous<T: noisegrad_kernels::Float>(v: &[T], layout: &Layout) -> Vec<T> {
     let n = layout.numel();
@@ -150,33 +207,33 @@ impl CpuStorage {
         self.len() == 0
     }
 
-    pub fn zeros(dtype: DType, n: usize) -> Self {
-        Self::new(match dtype {
-            DType::F32 => CpuData::F32(zeroed(n)),
-            DType::F64 => CpuData::F64(zeroed(n)),
-        })
+    pub fn zeros(dtype: DType, n: usize) -> Result<Self> {
+        Ok(Self::new(match dtype {
+            DType::F32 => CpuData::F32(try_zeroed("zeros", n)?),
+            DType::F64 => CpuData::F64(try_zeroed("zeros", n)?),
+        }))
     }
 
-    pub fn full(dtype: DType, n: usize, value: f64) -> Self {
-        Self::new(match dtype {
-            DType::F32 => CpuData::F32(vec![value as f32; n]),
-            DType::F64 => CpuData::F64(vec![value; n]),
-        })
+    pub fn full(dtype: DType, n: usize, value: f64) -> Result<Self> {
+        Ok(Self::new(match dtype {
+            DType::F32 => CpuData::F32(try_filled("full", n, value as f32)?),
+            DType::F64 => CpuData::F64(try_filled("full", n, value)?),
+        }))
     }
 
-    pub fn from_f64(dtype: DType, data: &[f64]) -> Self {
-        Self::new(match dtype {
-            DType::F32 => CpuData::F32(data.iter().map(|&v| v as f32).collect()),
-            DType::F64 => CpuData::F64(data.to_vec()),
-        })
+    pub fn from_f64(dtype: DType, data: &[f64]) -> Result<Self> {
+        Ok(Self::new(match dtype {
+            DType::F32 => CpuData::F32(try_converted(data, |v| v as f32)?),
+            DType::F64 => CpuData::F64(try_converted(data, |v| v)?),
+        }))
     }
 
     /// Fills from Philox blocks reserved on `rng`: element `i` depends only
     /// on (seed, first block, i), so the fill is parallel and reproducible.
-    pub fn rand(dtype: DType, n: usize, kind: RandKind, rng: &mut Philox) -> Self {
+    pub fn rand(dtype: DType, n: usize, kind: RandKind, rng: &mut Philox) -> Result<Self> {
+        let mut vals = try_zeroed::<f64>("rand", n)?;
         let seed = rng.seed();
         let first = rng.reserve_blocks(n.div_ceil(4) as u64);
-        let mut vals = vec![0f64; n];
         vals.par_chunks_mut(4).enumerate().for_each(|(b, out)| {
             let w = Philox::block(seed, first + b as u64);
             let u = w.map(u32_to_open01);
@@ -202,9 +259,9 @@ impl CpuStorage {
         with_data!(&self.data, v => gather_contiguous(v, layout).into_iter().map(|x| x.to_f64_lossless()).collect())
     }
 
-    pub fn to_dtype(&self, layout: &Layout, dtype: DType) -> Self {
+    pub fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self> {
         if dtype == self.dtype() {
-            return self.contiguous(layout);
+            return Ok(self.contiguous(layout));
         }
         Self::from_f64(dtype, &self.to_f64_vec(layout))
     }

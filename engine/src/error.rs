@@ -49,6 +49,20 @@ pub enum Error {
     #[error(transparent)]
     Cuda(noisegrad_kernels::cuda::CudaError),
 
+    /// A CPU allocation the system refused (the CUDA pool reports its own
+    /// in [`Error::Cuda`]).
+    #[error(
+        "{op}: cannot allocate {bytes} bytes ({}) for a {dtype:?} tensor of shape {shape:?} on {device}: out of memory",
+        human_bytes(*bytes)
+    )]
+    OutOfMemory {
+        op: &'static str,
+        shape: Vec<usize>,
+        dtype: DType,
+        bytes: u128,
+        device: Device,
+    },
+
     #[error("{0}")]
     Msg(String),
 }
@@ -76,4 +90,16 @@ pub(crate) fn shape_err(
         rhs: rhs.to_vec(),
         why: why.into(),
     }
+}
+
+/// `bytes` in the largest binary unit that keeps it ≥ 1 (e.g. "1.1 TiB").
+pub fn human_bytes(bytes: u128) -> String {
+    let mut v = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} PiB")
 }

@@ -56,21 +56,21 @@ impl Storage {
 
     pub fn zeros(device: Device, dtype: DType, n: usize) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::zeros(dtype, n))),
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::zeros(dtype, n)?)),
             Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::zeros(i, dtype, n)?)),
         }
     }
 
     pub fn full(device: Device, dtype: DType, n: usize, value: f64) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::full(dtype, n, value))),
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::full(dtype, n, value)?)),
             Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::full(i, dtype, n, value)?)),
         }
     }
 
     pub fn from_f64(device: Device, dtype: DType, data: &[f64]) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f64(dtype, data))),
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f64(dtype, data)?)),
             Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::from_f64(i, dtype, data)?)),
         }
     }
@@ -83,7 +83,7 @@ impl Storage {
         rng: &mut Philox,
     ) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::rand(dtype, n, kind, rng))),
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::rand(dtype, n, kind, rng)?)),
             Device::Cuda(i) => {
                 if dtype != DType::F32 {
                     return Err(crate::cuda_backend::f32_only("rand", dtype));
@@ -136,7 +136,7 @@ impl Storage {
 
     pub fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.to_dtype(layout, dtype))),
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.to_dtype(layout, dtype)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(s.to_dtype(layout, dtype)?)),
         }
     }

@@ -2,7 +2,7 @@
 //! it takes part in autodiff) a link into the tape.
 
 use crate::autograd::{self, Edge, GradSlot, Node};
-use crate::error::{Result, bad_arg};
+use crate::error::{Error, Result, bad_arg};
 use crate::layout::checked_numel;
 use crate::storage::{RandKind, Storage};
 use crate::{DType, Device, Layout};
@@ -11,6 +11,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Names the tensor's shape in an allocation failure that the storage
+/// reported by element count.
+fn with_shape(shape: &[usize]) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::OutOfMemory {
+            op,
+            dtype,
+            bytes,
+            device,
+            ..
+        } => Error::OutOfMemory {
+            op,
+            shape: shape.to_vec(),
+            dtype,
+            bytes,
+            device,
+        },
+        e => e,
+    }
+}
 
 /// An n-dimensional array on some device. Cloning is cheap (an `Arc`);
 /// views share storage with the tensor they came from.
@@ -91,7 +112,7 @@ impl Tensor {
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let n = checked_numel("zeros", shape)?;
         Ok(Tensor::from_contiguous(
-            Storage::zeros(device, dtype, n)?,
+            Storage::zeros(device, dtype, n).map_err(with_shape(shape))?,
             shape,
         ))
     }
@@ -103,7 +124,7 @@ impl Tensor {
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Result<Tensor> {
         let n = checked_numel("full", shape)?;
         Ok(Tensor::from_contiguous(
-            Storage::full(device, dtype, n, value)?,
+            Storage::full(device, dtype, n, value).map_err(with_shape(shape))?,
             shape,
         ))
     }
@@ -132,7 +153,7 @@ impl Tensor {
         }
         let v: Vec<f64> = data.iter().map(|&x| x.into()).collect();
         Ok(Tensor::from_contiguous(
-            Storage::from_f64(device, dtype, &v)?,
+            Storage::from_f64(device, dtype, &v).map_err(with_shape(shape))?,
             shape,
         ))
     }
@@ -159,7 +180,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         let n = checked_numel("randn", shape)?;
         Ok(Tensor::from_contiguous(
-            Storage::rand(device, dtype, n, RandKind::Normal, rng)?,
+            Storage::rand(device, dtype, n, RandKind::Normal, rng).map_err(with_shape(shape))?,
             shape,
         ))
     }
@@ -168,7 +189,7 @@ impl Tensor {
     pub fn rand(shape: &[usize], dtype: DType, device: Device, rng: &mut Philox) -> Result<Tensor> {
         let n = checked_numel("rand", shape)?;
         Ok(Tensor::from_contiguous(
-            Storage::rand(device, dtype, n, RandKind::Uniform, rng)?,
+            Storage::rand(device, dtype, n, RandKind::Uniform, rng).map_err(with_shape(shape))?,
             shape,
         ))
     }

@@ -241,3 +241,40 @@ fn zero_sized_tensors() -> Result<()> {
     assert_eq!(x.grad().unwrap().shape(), &[2, 0]);
     Ok(())
 }
+
+/// A CPU tensor no machine can hold is an `OutOfMemory` error naming the
+/// constructor, the shape and the bytes, not an abort of the process:
+/// 1 PiB (more than the 128 TiB of user address space), and a size whose
+/// byte count overflows the allocator's limit.
+#[test]
+fn impossible_cpu_allocations_are_errors_naming_shape_and_bytes() {
+    let shape = [1usize << 24, 1 << 24];
+    let mut rng = Philox::new(0);
+    expect_err(
+        Tensor::zeros(&shape, DType::F32, Device::Cpu),
+        &[
+            "zeros",
+            "[16777216, 16777216]",
+            "1125899906842624 bytes",
+            "1.0 PiB",
+            "out of memory",
+        ],
+    );
+    expect_err(
+        Tensor::full(&shape, 1.0, DType::F64, Device::Cpu),
+        &["full", "[16777216, 16777216]", "2251799813685248 bytes"],
+    );
+    let e = expect_err(
+        Tensor::randn(&shape, DType::F32, Device::Cpu, &mut rng),
+        &["rand", "[16777216, 16777216]"],
+    );
+    assert!(matches!(e, Error::OutOfMemory { .. }));
+    let huge = [1usize << 40, 1 << 22];
+    expect_err(
+        Tensor::zeros(&huge, DType::F64, Device::Cpu),
+        &["zeros", "[1099511627776, 4194304]", "out of memory"],
+    );
+    // A normal allocation after the failures still works.
+    let ok = Tensor::zeros(&[3, 4], DType::F32, Device::Cpu).unwrap();
+    assert_eq!(ok.to_vec_f64(), vec![0.0; 12]);
+}

@@ -37,8 +37,11 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    super::catch_interrupts()?;
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, true, device)?;
+    let batch = a.batch_size.min(a.images);
+    super::guard::check_unet_batch_fits("--batch-size", batch, &trainer.model.config)?;
     let decoder = super::latent::decoder_of_checkpoint(&a.checkpoint, device)?;
     let data = match &a.data {
         Some(p) => load_dataset(p, false)?,

@@ -49,6 +49,7 @@ pub struct InterpolateArgs {
 }
 
 pub fn interpolate(a: InterpolateArgs) -> Result<()> {
+    super::catch_interrupts()?;
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     if a.n == 0 || a.n > 64 {

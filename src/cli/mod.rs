@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod guard;
 pub mod guide;
 pub mod info;
 pub mod inpaint;
@@ -104,11 +105,27 @@ pub struct DeviceArgs {
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Routes Ctrl-C, SIGTERM and SIGHUP to `interrupted()` instead of killing
-/// the process, so a training loop can save its checkpoint first.
+/// the process, so a training loop can save its checkpoint first and a
+/// sampler stops at its next step. A second one exits at once (status 130).
 pub fn catch_interrupts() -> Result<()> {
-    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).map_err(
-        |e| noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}")),
-    )
+    ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting now");
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}")))
+}
+
+/// An "interrupted" error once a stop was asked for: long loops call it
+/// every step (`main` then exits with status 130).
+pub fn stop_if_interrupted() -> Result<()> {
+    match interrupted() {
+        true => Err(noisegrad::engine::Error::Msg(
+            "interrupted (Ctrl-C, SIGTERM or SIGHUP)".into(),
+        )),
+        false => Ok(()),
+    }
 }
 
 /// Whether a stop was asked for since `catch_interrupts`.
@@ -200,7 +217,7 @@ pub fn trainer_from_checkpoint(
                 path: path.display().to_string(),
                 msg: "not a noisegrad training checkpoint (no model_config metadata)".into(),
             })?;
-    let model = UNetConfig::from_json(cfg_json)?;
+    let model = UNetConfig::from_json(cfg_json).map_err(|e| io_err(path, e))?;
     let diffusion = noisegrad::diffusion::train::DiffusionMetadata::read(&loaded.metadata)
         .map_err(|e| io_err(path, e))?;
     // A one-image placeholder dataset of the right size: sampling needs none.
@@ -255,6 +272,9 @@ pub fn reverse_model_of<'a>(
     predict: Prediction,
 ) -> impl FnMut(&Tensor, &[usize]) -> Result<(Tensor, Option<Tensor>)> + 'a {
     move |x, t| {
+        // Every sampler, the bound and interpolation call the network once
+        // per step through here: where a Ctrl-C stops them.
+        stop_if_interrupted()?;
         let out = raw(x, t)?;
         reverse_output(schedule, predict, x, t, &out)
     }

@@ -102,6 +102,7 @@ pub struct SampleArgs {
 }
 
 pub fn sample(a: SampleArgs) -> Result<()> {
+    super::catch_interrupts()?;
     let device = open_device(a.dev)?;
     let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     let decoder = super::latent::decoder_of_checkpoint(&a.checkpoint, device)?;
@@ -167,6 +168,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
     };
     let n = labels.as_ref().map_or(a.n, Vec::len);
+    super::guard::check_unet_batch_fits("--n", n, cfg)?;
     let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
     let steps = match a.sampler {
         Sampler::Ddpm => a.steps.unwrap_or(t_total),

@@ -22,6 +22,7 @@ pub struct ScoreArgs {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
+    super::catch_interrupts()?;
     let device = open_device(a.dev)?;
     let clf = load_classifier(&a.classifier, device)?;
     if !clf.clean {
@@ -54,6 +55,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let k = cfg.num_classes.unwrap_or(0);
     let (mut hits, mut seen) = (vec![0usize; k], vec![0usize; k]);
     for start in (0..data.len()).step_by(100) {
+        super::stop_if_interrupted()?;
         let n = 100.min(data.len() - start);
         let x = batch_from(&data, start, n)?.to_device(device)?;
         let pred = clf.model.predict(&x, &vec![0; n])?;

@@ -149,6 +149,8 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     if let Some(d) = a.dropout {
         model.dropout = d;
     }
+    model.validate()?;
+    super::guard::check_unet_batch_fits("--batch-size", a.batch_size, &model)?;
     let mut cfg = TrainConfig::ddpm(model);
     cfg.batch_size = a.batch_size;
     cfg.lr = a.lr.unwrap_or(if a.data.is_none() { 1e-3 } else { 2e-4 });
@@ -165,9 +167,14 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     cfg.diffusion_steps = a.diffusion_steps;
     cfg.objective = objective_from_flags(&a)?;
     cfg.latent = latent.info();
-    if lead {
-        std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
-    }
+    // Only rank 0 writes the run folder, so only it holds the folder's lock.
+    let _lock = match lead {
+        true => {
+            std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+            Some(super::guard::RunLock::acquire(&a.out)?)
+        }
+        false => None,
+    };
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::with_data(cfg, data.clone())?;
     trainer.join(world.clone(), &format!("steps {}", a.steps), a.reshard)?;
@@ -222,6 +229,18 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
         writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4}", s.loss));
+        // A periodic grid stops early on Ctrl-C; the checkpoint is saved below first.
+        let grid = match a.sample_every > 0 && s.step % a.sample_every == 0 && s.step != a.steps {
+            true => write_samples(
+                &mut trainer,
+                &a.out.join(format!("samples_{:06}.png", s.step)),
+                a.sample_steps,
+                16,
+                a.guidance,
+                latent.decoder(),
+            ),
+            false => Ok(()),
+        };
         let interrupted = trainer.any_rank(super::interrupted())?;
         if s.step % a.ckpt_every == 0 || s.step == a.steps || interrupted {
             trainer.save_checkpoint(&ckpt)?;
@@ -231,16 +250,7 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
             bar.abandon_with_message(format!("interrupted: checkpoint saved at step {}", s.step));
             return Ok(());
         }
-        if a.sample_every > 0 && s.step % a.sample_every == 0 && s.step != a.steps {
-            write_samples(
-                &mut trainer,
-                &a.out.join(format!("samples_{:06}.png", s.step)),
-                a.sample_steps,
-                16,
-                a.guidance,
-                latent.decoder(),
-            )?;
-        }
+        grid?;
     }
     bar.finish_with_message("done");
     let steps_per_s = (a.steps as f64) / started.elapsed().as_secs_f64();

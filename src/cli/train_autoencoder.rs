@@ -92,6 +92,13 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
         ..AutoencoderConfig::for_images(data.height, data.channels, factor)?
     };
     model.validate()?;
+    super::guard::check_batch_fits(
+        "--batch-size",
+        a.batch_size,
+        model.in_channels,
+        model.image_size,
+        model.ch,
+    )?;
     let mut cfg = AutoencoderTrainConfig::new(model);
     cfg.batch_size = a.batch_size;
     cfg.lr = a.lr;
@@ -107,6 +114,7 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
     cfg.seed = a.seed;
     cfg.device = open_device(a.dev)?;
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
+    let _lock = super::guard::RunLock::acquire(&a.out)?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = AutoencoderTrainer::new(cfg, data.clone())?;
     if a.resume {

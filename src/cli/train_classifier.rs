@@ -45,6 +45,7 @@ pub struct TrainClassifierArgs {
 }
 
 pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
+    super::catch_interrupts()?;
     let (data, names) = load_labelled_data(&a.data, true)?;
     let (test, _) = load_labelled_data(&a.data, false)?;
     let mut model = UNetConfig::preset(&a.preset)?;
@@ -63,6 +64,8 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
             "--diffusion-steps and --steps must be positive".into(),
         ));
     }
+    model.validate()?;
+    super::guard::check_unet_batch_fits("--batch-size", a.batch_size, &model)?;
     let cfg = ClassifierTrainConfig {
         model,
         diffusion_steps: a.diffusion_steps,
@@ -92,6 +95,7 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
         .expect("valid template"),
     );
     for _ in 0..a.steps {
+        super::stop_if_interrupted()?;
         let loss = trainer.train_step()?;
         bar.inc(1);
         bar.set_message(format!("cross-entropy {loss:.3}"));
