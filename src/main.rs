@@ -19,10 +19,18 @@ use cli::train::{TrainArgs, train};
 use cli::train_autoencoder::{TrainAutoencoderArgs, train_autoencoder};
 use cli::train_classifier::{TrainClassifierArgs, train_classifier};
 
+/// `--version`, naming the optional features built in (tests/ddp_mpi.rs asks
+/// it whether a binary can join an MPI job).
+const VERSION: &str = if cfg!(feature = "mpi") {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: mpi)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "noisegrad",
-    version,
+    version = VERSION,
     about = "DDPM diffusion models on a from-scratch autodiff engine"
 )]
 struct Cli {

@@ -23,6 +23,13 @@ fn mpi_binary() -> Result<PathBuf, String> {
             bin.display()
         ));
     }
+    let version = Command::new(&bin).arg("--version").output();
+    if !version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("features: mpi")) {
+        return Err(format!(
+            "{} was built without MPI (build it with `cargo build --release --features mpi`)",
+            bin.display()
+        ));
+    }
     match Command::new("mpirun").arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => return Err("mpirun not found (apt-get install openmpi-bin libopenmpi-dev)".into()),

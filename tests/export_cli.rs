@@ -88,6 +88,31 @@ fn export_writes_the_ema_state_dict_and_the_diffusers_layout() {
         );
     }
 
+    // `sample --from-diffusers` on the export draws the very grid the
+    // checkpoint's raw weights draw (same process, seed and sampler).
+    let sample = |args: &[&str], png: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_noisegrad"))
+            .arg("sample")
+            .args(args)
+            .args(["--n", "2", "--steps", "2", "--seed", "3", "--out"])
+            .arg(png)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(png).unwrap()
+    };
+    let from_checkpoint = sample(&["--checkpoint", ck, "--no-ema"], &dir.join("a.png"));
+    let df_path = df.to_str().unwrap();
+    let from_diffusers = sample(
+        &["--checkpoint", df_path, "--from-diffusers"],
+        &dir.join("b.png"),
+    );
+    assert!(from_checkpoint == from_diffusers, "the two grids differ");
+
     let out = export(&[
         "--checkpoint",
         pt.to_str().unwrap(),

@@ -220,15 +220,7 @@ pub fn trainer_from_checkpoint(
     let model = UNetConfig::from_json(cfg_json).map_err(|e| io_err(path, e))?;
     let diffusion = noisegrad::diffusion::train::DiffusionMetadata::read(&loaded.metadata)
         .map_err(|e| io_err(path, e))?;
-    // A one-image placeholder dataset of the right size: sampling needs none.
-    let dummy = ImageDataset {
-        pixels: vec![0; model.in_channels * model.image_size * model.image_size],
-        labels: vec![0],
-        channels: model.in_channels,
-        height: model.image_size,
-        width: model.image_size,
-        source: "none".into(),
-    };
+    let dummy = placeholder_dataset(&model);
     let mut cfg = TrainConfig::ddpm(model);
     diffusion.apply(&mut cfg);
     cfg.device = device;
@@ -240,6 +232,49 @@ pub fn trainer_from_checkpoint(
         trainer.use_ema_weights()?;
     }
     Ok((trainer, dummy))
+}
+
+/// A one-image placeholder dataset of the model's image size: sampling needs none.
+fn placeholder_dataset(model: &UNetConfig) -> ImageDataset {
+    ImageDataset {
+        pixels: vec![0; model.in_channels * model.image_size * model.image_size],
+        labels: vec![0],
+        channels: model.in_channels,
+        height: model.image_size,
+        width: model.image_size,
+        source: "none".into(),
+    }
+}
+
+/// The trainer of diffusers `UNet2DModel` weights (`sample --from-diffusers`):
+/// the U-Net from the `config.json` beside `path`, the weights renamed to
+/// ours, and the DDPM process of Ho et al. (linear β 1e-4 → 0.02, T = 1000,
+/// ε-prediction, σ² = β_t), which is what `google/ddpm-cifar10-32`'s
+/// scheduler uses (diffusers keeps the scheduler in a separate folder).
+pub fn trainer_from_diffusers(path: &Path, device: Device) -> Result<Trainer> {
+    let config_path = path.with_file_name("config.json");
+    let json = std::fs::read_to_string(&config_path).map_err(|e| {
+        io_err(
+            &config_path,
+            format!("diffusers weights need their config.json beside them: {e}"),
+        )
+    })?;
+    let model = noisegrad::diffusion::diffusers_names::config_from_diffusers(
+        &json,
+        &config_path.display().to_string(),
+    )?;
+    let theirs = noisegrad::engine::io::load(path, Device::Cpu)?.tensors;
+    let mut cfg = TrainConfig::ddpm(model.clone());
+    cfg.device = device;
+    let trainer = Trainer::new(cfg, Arc::new(placeholder_dataset(&model)))?;
+    let ours = noisegrad::diffusion::diffusers_names::from_diffusers(
+        &model,
+        &theirs,
+        &trainer.store.params(),
+    )
+    .map_err(|e| io_err(path, e))?;
+    trainer.store.load_state_dict(&ours)?;
+    Ok(trainer)
 }
 
 pub fn io_err(path: &Path, e: impl std::fmt::Display) -> noisegrad::engine::Error {

@@ -32,9 +32,15 @@ pub enum Sampler {
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// Checkpoint written by `train`.
+    /// Checkpoint written by `train` (or, with --from-diffusers, a diffusers
+    /// `UNet2DModel` weights file, e.g. `export --format diffusers` output).
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// --checkpoint holds diffusers `UNet2DModel` weights (names as diffusers'
+    /// DDPM layout, the `config.json` beside the file); sampled with Ho et al.'s
+    /// process (linear β 1e-4 → 0.02, T = 1000). --no-ema has no effect.
+    #[arg(long)]
+    pub from_diffusers: bool,
     #[arg(long, value_enum, default_value_t = Sampler::Ddim)]
     pub sampler: Sampler,
     /// Sampling steps: DDIM's (default 100), or DDPM's respaced K ≤ T
@@ -104,8 +110,13 @@ pub struct SampleArgs {
 pub fn sample(a: SampleArgs) -> Result<()> {
     super::catch_interrupts()?;
     let device = open_device(a.dev)?;
-    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
-    let decoder = super::latent::decoder_of_checkpoint(&a.checkpoint, device)?;
+    let (trainer, decoder) = match a.from_diffusers {
+        true => (super::trainer_from_diffusers(&a.checkpoint, device)?, None),
+        false => (
+            trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?.0,
+            super::latent::decoder_of_checkpoint(&a.checkpoint, device)?,
+        ),
+    };
     let cfg = &trainer.model.config;
     let t_total = trainer.schedule.steps();
     let opts = SampleOptions {
