@@ -111,11 +111,20 @@ fn resumed_run_repeats_the_uninterrupted_losses_exactly() {
         .collect();
 
     let mut b = Trainer::new(cfg, few_images(12)).unwrap();
-    b.load_checkpoint(&ckpt).unwrap();
+    b.resume_checkpoint(&ckpt).unwrap();
     assert_eq!(b.step(), 3);
     let resumed: Vec<u64> = (0..3)
         .map(|_| b.train_step().unwrap().loss.to_bits())
         .collect();
     assert_eq!(uninterrupted, resumed);
+    // Not only the losses: every weight, average, moment and stream
+    // position, byte for byte.
+    let (ca, cb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    a.save_checkpoint(&ca).unwrap();
+    b.save_checkpoint(&cb).unwrap();
+    assert!(
+        std::fs::read(&ca).unwrap() == std::fs::read(&cb).unwrap(),
+        "resumed checkpoint differs from the uninterrupted one"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
