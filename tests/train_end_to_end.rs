@@ -110,6 +110,24 @@ fn resumed_run_repeats_the_uninterrupted_losses_exactly() {
         .map(|_| a.train_step().unwrap().loss.to_bits())
         .collect();
 
+    // Files written before the prefixes were fixed (`ema.ema.*`,
+    // `opt.opt.*`) resume the same.
+    let old = dir.join("doubled.safetensors");
+    let loaded = noisegrad::engine::io::load(&ckpt, Device::Cpu).unwrap();
+    let doubled: Vec<(String, Tensor)> = loaded
+        .tensors
+        .iter()
+        .map(|(n, t)| match n.split_once('.') {
+            Some((p @ ("ema" | "opt"), _)) => (format!("{p}.{n}"), t.clone()),
+            _ => (n.clone(), t.clone()),
+        })
+        .collect();
+    assert!(doubled.iter().any(|(n, _)| n.starts_with("opt.opt.m.")));
+    noisegrad::engine::io::save(&old, &doubled, &loaded.metadata).unwrap();
+    let mut c = Trainer::new(cfg.clone(), few_images(12)).unwrap();
+    c.resume_checkpoint(&old).unwrap();
+    assert_eq!(c.train_step().unwrap().loss.to_bits(), uninterrupted[0]);
+
     let mut b = Trainer::new(cfg, few_images(12)).unwrap();
     b.resume_checkpoint(&ckpt).unwrap();
     assert_eq!(b.step(), 3);

@@ -24,7 +24,7 @@ pub fn checkpoint_tensors(
 /// A tensor name as [`checkpoint_tensors`] writes it today: checkpoints
 /// written before the prefixes were fixed hold `ema.ema.<name>` and
 /// `opt.opt.m.<name>`, which still load.
-fn undoubled(name: &str) -> &str {
+pub fn undoubled(name: &str) -> &str {
     for prefix in ["ema.", "opt."] {
         if let Some(rest) = name.strip_prefix(prefix) {
             if rest.starts_with(prefix) {
