@@ -26,10 +26,10 @@ pub fn checkpoint_tensors(
 /// `opt.opt.m.<name>`, which still load.
 pub fn undoubled(name: &str) -> &str {
     for prefix in ["ema.", "opt."] {
-        if let Some(rest) = name.strip_prefix(prefix) {
-            if rest.starts_with(prefix) {
-                return rest;
-            }
+        if let Some(rest) = name.strip_prefix(prefix)
+            && rest.starts_with(prefix)
+        {
+            return rest;
         }
     }
     name
