@@ -110,12 +110,39 @@ fn resumed_run_repeats_the_uninterrupted_losses_exactly() {
         .map(|_| a.train_step().unwrap().loss.to_bits())
         .collect();
 
+    // Files written before the prefixes were fixed (`ema.ema.*`,
+    // `opt.opt.*`) resume the same.
+    let old = dir.join("doubled.safetensors");
+    let loaded = noisegrad::engine::io::load(&ckpt, Device::Cpu).unwrap();
+    let doubled: Vec<(String, Tensor)> = loaded
+        .tensors
+        .iter()
+        .map(|(n, t)| match n.split_once('.') {
+            Some((p @ ("ema" | "opt"), _)) => (format!("{p}.{n}"), t.clone()),
+            _ => (n.clone(), t.clone()),
+        })
+        .collect();
+    assert!(doubled.iter().any(|(n, _)| n.starts_with("opt.opt.m.")));
+    noisegrad::engine::io::save(&old, &doubled, &loaded.metadata).unwrap();
+    let mut c = Trainer::new(cfg.clone(), few_images(12)).unwrap();
+    c.resume_checkpoint(&old).unwrap();
+    assert_eq!(c.train_step().unwrap().loss.to_bits(), uninterrupted[0]);
+
     let mut b = Trainer::new(cfg, few_images(12)).unwrap();
-    b.load_checkpoint(&ckpt).unwrap();
+    b.resume_checkpoint(&ckpt).unwrap();
     assert_eq!(b.step(), 3);
     let resumed: Vec<u64> = (0..3)
         .map(|_| b.train_step().unwrap().loss.to_bits())
         .collect();
     assert_eq!(uninterrupted, resumed);
+    // Not only the losses: every weight, average, moment and stream
+    // position, byte for byte.
+    let (ca, cb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    a.save_checkpoint(&ca).unwrap();
+    b.save_checkpoint(&cb).unwrap();
+    assert!(
+        std::fs::read(&ca).unwrap() == std::fs::read(&cb).unwrap(),
+        "resumed checkpoint differs from the uninterrupted one"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -399,14 +399,21 @@ impl Autoencoder {
             AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
         let store = ParamStore::new(DType::F32, device, 0);
         let model = Autoencoder::new(config, &store)?;
-        // The trainer stores the EMA under `ema.` + the EMA's own names
-        // (which start with `ema.` too).
-        let prefix = if use_ema { "ema.ema." } else { "" };
+        loaded.check_weights(path)?;
+        // The EMA is stored as `ema.<name>` (`ema.ema.<name>` in older files).
         let weights: Vec<(String, Tensor)> = loaded
             .tensors
             .iter()
-            .filter(|(n, _)| use_ema || !(n.starts_with("ema.") || n.starts_with("opt.")))
-            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
+            .filter_map(|(n, t)| {
+                let n = crate::train_state::undoubled(n);
+                let own = !(n.starts_with("ema.") || n.starts_with("opt."));
+                let name = if use_ema {
+                    n.strip_prefix("ema.")
+                } else {
+                    own.then_some(n)
+                };
+                name.map(|s| (s.to_string(), t.clone()))
+            })
             .collect();
         store.load_state_dict(&weights)?;
         Ok((model, store))

@@ -126,7 +126,7 @@ impl AutoencoderTrainer {
         if !value.is_finite() {
             return Err(Error::Msg(format!(
                 "autoencoder training diverged at step {}: loss is {value} (lower the learning rate)",
-                self.step
+                self.step + 1
             )));
         }
         let lr = self.warmup.lr(self.step + 1);
@@ -191,7 +191,14 @@ impl AutoencoderTrainer {
                 ),
             });
         }
-        restore_checkpoint_tensors(&loaded, &self.store, &mut self.ema, &mut self.opt)?;
+        restore_checkpoint_tensors(
+            &loaded,
+            path,
+            &self.store,
+            &mut self.ema,
+            &mut self.opt,
+            true,
+        )?;
         let meta = |k: &str| metadata_u64(&loaded, path, k);
         self.step = meta("step")?;
         self.rng = Philox::from_state(meta("rng_seed")?, meta("rng_offset")?);

@@ -299,7 +299,7 @@ impl Trainer {
         if !loss_value.is_finite() {
             return Err(Error::Msg(format!(
                 "training diverged at step {}: loss is {loss_value} (lower the learning rate or check the data)",
-                self.step
+                self.step + 1
             )));
         }
         let lr = self.warmup.lr(self.step + 1);
@@ -365,8 +365,19 @@ impl Trainer {
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for
-    /// the same configuration.
+    /// the same configuration, to sample from: the optimizer state may be
+    /// absent.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.restore_checkpoint(path, false)
+    }
+
+    /// [`Trainer::load_checkpoint`] to go on training (`--resume`): the
+    /// optimizer state of every parameter must be there.
+    pub fn resume_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.restore_checkpoint(path, true)
+    }
+
+    fn restore_checkpoint(&mut self, path: &Path, resume: bool) -> Result<()> {
         // Read on the host; `load_state_dict` copies each tensor into the
         // parameter it belongs to, on whatever device that lives.
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
@@ -375,9 +386,11 @@ impl Trainer {
         self.check_checkpoint_world(&loaded.metadata, path)?;
         crate::train_state::restore_checkpoint_tensors(
             &loaded,
+            path,
             &self.store,
             &mut self.ema,
             &mut self.opt,
+            resume,
         )?;
         self.step = meta("step")?;
         self.rng = Philox::from_state(meta("rng_seed")?, meta("rng_offset")?);

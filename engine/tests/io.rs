@@ -1,7 +1,7 @@
 //! safetensors I/O: reading what PyTorch wrote, round trips, atomic writes
 //! and errors that name the file.
 
-use noisegrad_engine::io::{load, save};
+use noisegrad_engine::io::{CHECKSUM_KEY, load, save};
 use noisegrad_engine::{DType, Device, Error, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -239,4 +239,113 @@ fn write_file_for_pytorch_check() {
     ]);
     save(&path, &expected(), &meta).unwrap();
     println!("wrote {path}");
+}
+
+/// Saves `tensors` with one metadata key and returns the file's bytes.
+fn saved_bytes(path: &std::path::Path, tensors: &[(String, Tensor)]) -> Vec<u8> {
+    let meta = HashMap::from([
+        ("b".to_string(), "2".to_string()),
+        ("a".to_string(), "1".to_string()),
+        ("c".to_string(), "3".to_string()),
+    ]);
+    save(path, tensors, &meta).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn identical_saves_give_identical_bytes_whatever_the_tensor_order() {
+    let dir = scratch("reproducible");
+    let tensors = expected();
+    let first = saved_bytes(&dir.join("a.safetensors"), &tensors);
+    let mut reversed = tensors.clone();
+    reversed.reverse();
+    for _ in 0..5 {
+        assert_eq!(saved_bytes(&dir.join("b.safetensors"), &reversed), first);
+    }
+    let loaded = load(dir.join("a.safetensors"), Device::Cpu).unwrap();
+    assert!(!loaded.metadata.contains_key(CHECKSUM_KEY));
+    assert_eq!(loaded.metadata.len(), 3);
+}
+
+#[test]
+fn flipped_byte_is_a_checksum_error_naming_tensor_and_file() {
+    let dir = scratch("flipped");
+    let path = dir.join("model.safetensors");
+    let t = vec![(
+        "w".to_string(),
+        Tensor::from_vec(&[0.5, 0.25, -1.0, 2.0], &[4], DType::F32, Device::Cpu).unwrap(),
+    )];
+    let mut bytes = saved_bytes(&path, &t);
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01; // a mantissa bit of the last value: still finite
+    std::fs::write(&path, &bytes).unwrap();
+    let err = load(&path, Device::Cpu).expect_err("must fail").to_string();
+    assert_eq!(
+        err,
+        format!(
+            "checksum mismatch in tensor 'w' of {}: the file is corrupt",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn non_finite_value_is_an_error_naming_the_tensor() {
+    let dir = scratch("nan");
+    let path = dir.join("model.safetensors");
+    let t = vec![(
+        "layer.weight".to_string(),
+        Tensor::from_vec(&[0.5, f64::NAN], &[2], DType::F32, Device::Cpu).unwrap(),
+    )];
+    save(&path, &t, &HashMap::new()).unwrap();
+    let err = load(&path, Device::Cpu).expect_err("must fail").to_string();
+    assert!(
+        err.contains("'layer.weight'") && err.contains("NaN") && err.contains("model.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn huge_weight_is_refused_by_check_weights_but_not_in_opt_tensors() {
+    let dir = scratch("huge");
+    let path = dir.join("model.safetensors");
+    let big = Tensor::from_vec(&[1.0, 2e6], &[2], DType::F64, Device::Cpu).unwrap();
+    let t = vec![
+        ("opt.step.w".to_string(), big.clone()),
+        ("ok".to_string(), arange(2, &[2], DType::F32)),
+    ];
+    save(&path, &t, &HashMap::new()).unwrap();
+    let loaded = load(&path, Device::Cpu).unwrap();
+    loaded.check_weights(&path).unwrap();
+    save(&path, &[("ema.w".to_string(), big)], &HashMap::new()).unwrap();
+    let loaded = load(&path, Device::Cpu).unwrap();
+    let err = loaded
+        .check_weights(&path)
+        .expect_err("must fail")
+        .to_string();
+    assert!(err.contains("'ema.w'") && err.contains("2e6"), "{err}");
+}
+
+#[test]
+fn changed_metadata_is_a_checksum_error() {
+    let dir = scratch("meta");
+    let path = dir.join("model.safetensors");
+    let bytes = saved_bytes(&path, &expected());
+    let mut bytes = bytes;
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"\"a\":\"1\"")
+        .expect("metadata a=1 in the header");
+    bytes[at + 5] = b'7';
+    std::fs::write(&path, &bytes).unwrap();
+    let err = load(&path, Device::Cpu).expect_err("must fail").to_string();
+    assert!(err.contains("metadata") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn reserved_checksum_key_is_refused_on_save() {
+    let path = scratch("reserved").join("x.safetensors");
+    let meta = HashMap::from([(CHECKSUM_KEY.to_string(), "{}".to_string())]);
+    let err = save(&path, &expected(), &meta).expect_err("must fail");
+    assert!(err.to_string().contains(CHECKSUM_KEY), "{err}");
 }

@@ -100,6 +100,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         n += count;
     }
     let nf = n as f64;
+    if !(total / nf).is_finite() {
+        return Err(noisegrad::engine::Error::Msg(format!(
+            "eval of {}: bits/dim is {} (L_T {}, Σ L_t {}, L_0 {}): the model's output is not finite, its weights have diverged",
+            a.checkpoint.display(),
+            total / nf,
+            parts[0] / nf,
+            parts[1] / nf,
+            parts[2] / nf
+        )));
+    }
     println!(
         "bits/dim {:.4} on {n} images ({}): L_T {:.4} + Σ L_t {:.4} + L_0 {:.4}; L_simple {:.5}  [{:.1}s]",
         total / nf,

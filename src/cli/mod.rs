@@ -133,15 +133,59 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// The run folder's JSONL log, opened for appending.
-pub fn open_run_log(out: &Path) -> Result<(std::fs::File, PathBuf)> {
+/// The run folder's JSONL log, opened for appending after dropping every
+/// line past `step` (the step training starts from: 0, or the checkpoint's
+/// on `--resume`), so a resumed run's log holds each step once.
+pub fn open_run_log(out: &Path, step: u64) -> Result<(std::fs::File, PathBuf)> {
     let path = out.join("log.jsonl");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    let kept: String = old
+        .lines()
+        .filter(|l| log_line_step(l).is_some_and(|s| s <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept != old {
+        noisegrad::engine::io::write_atomically(&path, kept.as_bytes())?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
     Ok((file, path))
+}
+
+/// Refuses samples holding a NaN or ±∞ (a diverged model's output) before
+/// anything is written to `path`: a grid of garbage is not a result.
+pub fn check_finite_samples(images: &Tensor, path: &Path) -> Result<()> {
+    let values = images.to_vec_f64();
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(io_err(
+        path,
+        format!(
+            "not written: sampling produced {bad} non-finite values (NaN/inf) out of {}; the model's weights have diverged",
+            values.len()
+        ),
+    ))
+}
+
+/// The `"step"` of one log.jsonl line.
+fn log_line_step(line: &str) -> Option<u64> {
+    let rest = &line[line.find("\"step\":")? + 7..];
+    rest.split([',', '}']).next()?.trim().parse().ok()
+}
+
+/// Steps per second of this invocation alone (a resumed run started at
+/// `first_step`, not 0).
+pub fn steps_per_second(first_step: u64, last_step: u64, elapsed: std::time::Duration) -> f64 {
+    last_step.saturating_sub(first_step) as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
 /// A whole number ≥ 1 (steps, batch sizes, counts, intervals): zero is

@@ -250,6 +250,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             |_| bar.inc(1),
         )?;
         bar.finish();
+        super::check_finite_samples(&done, &a.out)?;
         save_grid(&a.out, &inpaint_row(&x0, &m, &done)?, n + 2)?;
         println!(
             "wrote {}: original, masked input, {n} completions (resample {})",
@@ -306,6 +307,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     };
     bar.finish();
     let out = super::latent::decode_samples(out, decoder.as_ref())?;
+    super::check_finite_samples(&out.images, &a.out)?;
     match &labels {
         Some(y) => save_class_grid(&a.out, &out.images, y, &names)?,
         None => save_grid(&a.out, &out.images, (n as f64).sqrt().ceil() as usize)?,

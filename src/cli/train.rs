@@ -179,7 +179,7 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     let mut trainer = Trainer::with_data(cfg, data.clone())?;
     trainer.join(world.clone(), &format!("steps {}", a.steps), a.reshard)?;
     if a.resume {
-        trainer.load_checkpoint(&ckpt)?;
+        trainer.resume_checkpoint(&ckpt)?;
         if lead {
             println!("resumed from {} at step {}", ckpt.display(), trainer.step());
         }
@@ -211,10 +211,11 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     if !lead {
         return follow(&mut trainer, a.steps);
     }
-    let (mut log, log_path) = super::open_run_log(&a.out)?;
+    let (mut log, log_path) = super::open_run_log(&a.out, trainer.step())?;
     let mut losses = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
+    let first_step = trainer.step();
     while trainer.step() < a.steps {
         let s = trainer.train_step()?;
         losses.push((s.step, s.loss));
@@ -253,7 +254,7 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
         grid?;
     }
     bar.finish_with_message("done");
-    let steps_per_s = (a.steps as f64) / started.elapsed().as_secs_f64();
+    let steps_per_s = super::steps_per_second(first_step, trainer.step(), started.elapsed());
     println!(
         "{steps_per_s:.2} steps/s ({:.1} img/s)",
         steps_per_s * a.batch_size as f64
@@ -369,6 +370,7 @@ pub fn write_samples(
         Some(d) => d.decode(&images)?,
         None => images,
     };
+    super::check_finite_samples(&images, path)?;
     match labels {
         Some(_) => {
             let rows: Vec<String> = (0..cfg.num_classes.unwrap_or(0))

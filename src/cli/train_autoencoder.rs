@@ -135,7 +135,7 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
         a.out.display()
     );
     super::catch_interrupts()?;
-    let (mut log, log_path) = super::open_run_log(&a.out)?;
+    let (mut log, log_path) = super::open_run_log(&a.out, trainer.step())?;
     let mut losses = read_loss_log(&log_path, trainer.step());
     let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
