@@ -90,8 +90,15 @@ fn huge_sample_count_is_refused_naming_the_flag() {
 }
 
 /// Rewrites the `model_config` metadata of a safetensors file (8-byte
-/// little-endian header length, then the JSON header) with `edit`.
-fn rewrite_model_config(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
+/// little-endian header length, then the JSON header) with `edit`, and
+/// drops noisegrad's checksums if `strip_checksums` (as a file written by
+/// another tool, which has none).
+fn rewrite_model_config(
+    src: &Path,
+    dst: &Path,
+    strip_checksums: bool,
+    edit: impl Fn(&mut serde_json::Value),
+) {
     let bytes = std::fs::read(src).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
@@ -99,6 +106,12 @@ fn rewrite_model_config(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::V
     let mut cfg: serde_json::Value = serde_json::from_str(meta.as_str().unwrap()).unwrap();
     edit(&mut cfg);
     *meta = serde_json::Value::String(cfg.to_string());
+    if strip_checksums {
+        header["__metadata__"]
+            .as_object_mut()
+            .unwrap()
+            .remove("noisegrad.crc32");
+    }
     let mut text = header.to_string().into_bytes();
     while text.len() % 8 != 0 {
         text.push(b' ');
@@ -112,8 +125,20 @@ fn rewrite_model_config(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::V
 #[test]
 fn checkpoint_with_huge_image_size_is_refused_before_allocating() {
     let dir = scratch("image-size");
+    // With noisegrad's checksums kept, the edit is caught as corruption...
+    let tampered = dir.join("tampered.safetensors");
+    rewrite_model_config(tiny_checkpoint(), &tampered, false, |c| {
+        c["image_size"] = 1048576.into()
+    });
+    let out = noisegrad()
+        .args(["sample", "--checkpoint"])
+        .arg(&tampered)
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "checksum mismatch in its metadata");
+    // ...and without them the config check refuses it before allocating.
     let bad = dir.join("bad.safetensors");
-    rewrite_model_config(tiny_checkpoint(), &bad, |c| {
+    rewrite_model_config(tiny_checkpoint(), &bad, true, |c| {
         c["image_size"] = 1048576.into()
     });
     for cmd in ["sample", "eval"] {
