@@ -18,30 +18,35 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Trains a 1-step tiny run into `run`, asserting that it succeeds.
+fn train_one_step(run: &Path) {
+    let out = noisegrad()
+        .args([
+            "train",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--sample-steps",
+            "1",
+            "--out",
+        ])
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A 1-step tiny class-conditional run's checkpoint, trained once.
 fn tiny_checkpoint() -> &'static Path {
     static CKPT: OnceLock<PathBuf> = OnceLock::new();
     CKPT.get_or_init(|| {
         let run = scratch("tiny").join("run");
-        let out = noisegrad()
-            .args([
-                "train",
-                "--steps",
-                "1",
-                "--batch-size",
-                "2",
-                "--sample-steps",
-                "1",
-                "--out",
-            ])
-            .arg(&run)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        train_one_step(&run);
         run.join("checkpoint.safetensors")
     })
 }
@@ -240,25 +245,7 @@ fn stale_lock_file_of_a_dead_process_does_not_block() {
     let run = dir.join("run");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join(".lock"), "999999999\n").unwrap();
-    let out = noisegrad()
-        .args([
-            "train",
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--sample-steps",
-            "1",
-            "--out",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_one_step(&run);
     let pid = std::fs::read_to_string(run.join(".lock")).unwrap();
     assert_ne!(pid.trim(), "999999999", "the lock holds the new PID");
 }
