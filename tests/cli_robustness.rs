@@ -280,19 +280,3 @@ fn printing_to_a_closed_pipe_ends_quietly() {
         );
     }
 }
-
-/// The cases tests/cli_flags.rs covers stay refused (exit 2, the flag named).
-#[test]
-fn zero_counts_and_eta_outside_the_unit_interval_stay_refused() {
-    let cases: &[(&[&str], &str)] = &[
-        (&["train", "--ckpt-every", "0"], "--ckpt-every"),
-        (&["train", "--batch-size", "0"], "--batch-size"),
-        (&["train", "--steps", "0"], "--steps"),
-        (&["eval", "--checkpoint", "c", "--images", "0"], "--images"),
-        (&["bench-train", "--steps", "0"], "--steps"),
-        (&["sample", "--checkpoint", "c", "--eta", "1.5"], "--eta"),
-    ];
-    for (args, flag) in cases {
-        assert_fails(&noisegrad().args(*args).output().unwrap(), 2, flag);
-    }
-}
