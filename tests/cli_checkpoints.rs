@@ -1,7 +1,8 @@
 //! The built binary on damaged checkpoints: a flipped byte, a NaN or an
 //! implausible weight and missing optimizer state are errors naming the
 //! tensor and file; a resumed run's log holds each step once; identical
-//! runs write identical checkpoints.
+//! runs write identical checkpoints; `--resume` refuses other settings
+//! unless `--override` names them.
 
 use noisegrad::engine::io::{load, save};
 use noisegrad::engine::{Device, Tensor};
@@ -16,18 +17,16 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// `noisegrad train` for `steps` steps of the smallest model into `run`.
+/// `noisegrad train` for `steps` steps of the smallest model into `run`
+/// (batch 2 unless `extra` names another).
 fn train(run: &Path, steps: u64, extra: &[&str]) -> Output {
+    let batch: &[&str] = match extra.contains(&"--batch-size") {
+        true => &[],
+        false => &["--batch-size", "2"],
+    };
     Command::new(env!("CARGO_BIN_EXE_noisegrad"))
-        .args([
-            "train",
-            "--batch-size",
-            "2",
-            "--ch",
-            "8",
-            "--sample-steps",
-            "1",
-        ])
+        .args(["train", "--ch", "8", "--sample-steps", "1"])
+        .args(batch)
         .args(["--steps", &steps.to_string(), "--out"])
         .arg(run)
         .args(extra)
@@ -180,4 +179,133 @@ fn resume_truncates_the_log_and_identical_runs_write_identical_checkpoints() {
     let out = train(&run_a, 4, &["--resume"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(logged_steps(&run_a), vec![1, 2, 3, 4]);
+}
+
+/// `--resume` must fail with every phrase of `want` in its message.
+fn assert_resume_refused(out: &Output, want: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for w in want {
+        assert!(err.contains(w), "missing '{w}' in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn resume_refuses_other_settings_naming_each_unless_overridden() {
+    let (run, ckpt) = trained("settings", 2);
+    let before = std::fs::read(&ckpt).unwrap();
+    let out = train(
+        &run,
+        3,
+        &[
+            "--resume",
+            "--batch-size",
+            "4",
+            "--seed",
+            "1",
+            "--lr",
+            "0.01",
+        ],
+    );
+    assert_resume_refused(
+        &out,
+        &[
+            "cannot resume: this command's settings differ from the checkpoint's",
+            "--batch-size: checkpoint 2, this run 4",
+            "--seed: checkpoint 0, this run 1",
+            "--lr: checkpoint 0.001, this run 0.01",
+            "--override",
+        ],
+    );
+    let out = train(
+        &run,
+        3,
+        &[
+            "--resume",
+            "--predict",
+            "v",
+            "--schedule",
+            "cosine",
+            "--no-flip",
+        ],
+    );
+    assert_resume_refused(
+        &out,
+        &[
+            "--predict: checkpoint eps, this run v",
+            "--schedule: checkpoint linear, this run cosine",
+            "--no-flip: checkpoint false, this run true",
+        ],
+    );
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist-sample");
+    let out = train(&run, 3, &["--resume", "--data", data.to_str().unwrap()]);
+    assert_resume_refused(&out, &["--data: checkpoint embedded, this run"]);
+    // A fixed setting cannot be overridden at all.
+    let out = train(&run, 3, &["--resume", "--override", "seed", "--seed", "1"]);
+    assert_resume_refused(&out, &["--override seed: --seed cannot change on resume"]);
+    let out = train(&run, 3, &["--resume", "--override", "learning-rate"]);
+    assert_resume_refused(&out, &["--override learning-rate: no such setting"]);
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "a refused resume wrote"
+    );
+    // Named in --override, lr and batch size change; the checkpoint then
+    // records the new values, which a plain --resume repeats.
+    let changed = [
+        "--resume",
+        "--override",
+        "lr,batch-size",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "4",
+    ];
+    let out = train(&run, 3, &changed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&run, 4, &["--resume", "--lr", "0.01", "--batch-size", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&run, 5, &["--resume"]);
+    assert_resume_refused(&out, &["--lr: checkpoint 0.01, this run 0.001"]);
+}
+
+#[test]
+fn override_needs_resume() {
+    let run = scratch("override-alone");
+    let out = train(&run, 1, &["--override", "lr"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+}
+
+#[test]
+fn autoencoder_resume_refuses_other_settings() {
+    let run = scratch("ae-settings");
+    let ae = |steps: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_noisegrad"))
+            .args(["train-autoencoder", "--ch", "8", "--batch-size", "2"])
+            .args(["--test-images", "2", "--steps", steps, "--out"])
+            .arg(&run)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = ae("2", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ae(
+        "3",
+        &["--resume", "--kl-weight", "0.5", "--z-channels", "8"],
+    );
+    assert_resume_refused(
+        &out,
+        &[
+            "--kl-weight: checkpoint 0.000001, this run 0.5",
+            "--z-channels: checkpoint 4, this run 8",
+        ],
+    );
+    let out = ae(
+        "3",
+        &["--resume", "--override", "kl-weight", "--kl-weight", "0.5"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }

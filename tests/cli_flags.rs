@@ -82,9 +82,11 @@ fn sigterm_saves_the_checkpoint_like_ctrl_c() {
             .success()
     );
     let status = child.wait().unwrap();
-    assert!(
-        status.code().is_some(),
-        "killed by the signal instead of stopping: {status}"
+    // Stopped, not killed, and not "success": the run did not finish.
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "SIGTERM must save and exit 130: {status}"
     );
     let last_step = std::fs::read_to_string(&log)
         .unwrap()

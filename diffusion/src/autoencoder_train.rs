@@ -9,7 +9,7 @@ use crate::autoencoder::{
 };
 use crate::data::{Batcher, BatcherState, ImageDataset};
 use crate::latent::check_image_shape;
-use crate::train_state::{checkpoint_tensors, metadata_u64, restore_checkpoint_tensors};
+use crate::train_state::{RunFlags, checkpoint_tensors, metadata_u64, restore_checkpoint_tensors};
 use noisegrad_engine::nn::ParamStore;
 use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WarmupSchedule};
 use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor, no_grad};
@@ -31,6 +31,8 @@ pub struct AutoencoderTrainConfig {
     pub kl_weight: f64,
     pub seed: u64,
     pub device: Device,
+    /// The command-line settings, stored so `--resume` can refuse another run's.
+    pub run_flags: RunFlags,
 }
 
 impl AutoencoderTrainConfig {
@@ -47,6 +49,7 @@ impl AutoencoderTrainConfig {
             kl_weight: 1e-6,
             seed: 0,
             device: Device::Cpu,
+            run_flags: RunFlags::default(),
         }
     }
 }
@@ -161,7 +164,7 @@ impl AutoencoderTrainer {
         let tensors = checkpoint_tensors(&self.store, &self.ema, &self.opt)?;
         let (seed, offset) = self.rng.state();
         let b = self.batcher.state();
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("format".to_string(), AUTOENCODER_FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
             ("rng_seed".to_string(), seed.to_string()),
@@ -174,11 +177,13 @@ impl AutoencoderTrainer {
             ),
             ("train_config".to_string(), format!("{:?}", self.config)),
         ]);
+        meta.extend(self.config.run_flags.metadata());
         noisegrad_engine::io::save(path, &tensors, &meta)
     }
 
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
+        self.config.run_flags.check_resume(path, &loaded.metadata)?;
         let stored =
             AutoencoderConfig::from_json(autoencoder_config_json(path, &loaded.metadata)?)?;
         if stored != self.config.model {

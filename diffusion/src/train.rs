@@ -14,6 +14,7 @@ use crate::objective::{Objective, batch_loss};
 use crate::process::q_sample_coefs;
 use crate::resample::LossSecondMomentSampler;
 use crate::schedule::{BetaSchedule, Schedule};
+use crate::train_state::RunFlags;
 use crate::unet::{UNet, UNetConfig};
 use noisegrad_engine::comm::{Communicator, DEFAULT_BUCKET_BYTES, Single, average_gradients};
 use noisegrad_engine::nn::ParamStore;
@@ -50,6 +51,8 @@ pub struct TrainConfig {
     pub objective: Objective,
     /// Latent diffusion: the autoencoder whose latents the model learns.
     pub latent: Option<LatentInfo>,
+    /// The command-line settings, stored so `--resume` can refuse another run's.
+    pub run_flags: RunFlags,
 }
 
 impl TrainConfig {
@@ -72,6 +75,7 @@ impl TrainConfig {
             class_names: Vec::new(),
             objective: Objective::default(),
             latent: None,
+            run_flags: RunFlags::default(),
         }
     }
 }
@@ -358,6 +362,7 @@ impl Trainer {
         ]);
         meta.extend(self.diffusion_metadata());
         meta.extend(self.world_metadata());
+        meta.extend(self.config.run_flags.metadata());
         if let Some(latent) = &self.config.latent {
             meta.extend(latent.metadata());
         }
@@ -382,6 +387,9 @@ impl Trainer {
         // parameter it belongs to, on whatever device that lives.
         let loaded = noisegrad_engine::io::load(path, Device::Cpu)?;
         let meta = |k: &str| crate::train_state::metadata_u64(&loaded, path, k);
+        if resume {
+            self.config.run_flags.check_resume(path, &loaded.metadata)?;
+        }
         LatentInfo::check_matches(path, &loaded.metadata, self.config.latent.as_ref())?;
         self.check_checkpoint_world(&loaded.metadata, path)?;
         crate::train_state::restore_checkpoint_tensors(

@@ -5,6 +5,7 @@ use noisegrad_engine::io::Loaded;
 use noisegrad_engine::nn::ParamStore;
 use noisegrad_engine::optim::{Adam, Ema};
 use noisegrad_engine::{Error, Result, Tensor};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 /// The weights (their own names), the EMA (`ema.*`) and Adam's state
@@ -106,4 +107,182 @@ pub fn metadata_u64(loaded: &Loaded, path: &Path, key: &str) -> Result<u64> {
             path: path.display().to_string(),
             msg: format!("checkpoint metadata has no valid '{key}'"),
         })
+}
+
+/// Checkpoint metadata key of [`RunFlags`].
+pub const RUN_FLAGS_KEY: &str = "run_flags";
+
+/// The command-line settings that define a training run (`--batch-size`,
+/// `--seed`, `--lr`, the data, the model preset…), as the values the run
+/// resolved them to, stored in its checkpoint so that `--resume` can refuse
+/// a command that would silently continue a different run.
+///
+/// A *fixed* setting can never change on resume (the model's shape, the
+/// data, the diffusion, the seed: the random streams continue from the
+/// checkpoint). A *changeable* one (learning rate, batch size, EMA…) may,
+/// but only when named in `--override`, so a change is always deliberate.
+/// `--steps` is not a setting: it is where the run stops, and may always move.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFlags {
+    values: BTreeMap<String, String>,
+    changeable: BTreeSet<String>,
+    overrides: BTreeSet<String>,
+}
+
+impl RunFlags {
+    /// A setting that can never change on resume.
+    pub fn fixed(mut self, flag: &str, value: impl std::fmt::Display) -> Self {
+        self.values.insert(flag.to_string(), value.to_string());
+        self
+    }
+
+    /// A setting `--override` may change on resume.
+    pub fn changeable(mut self, flag: &str, value: impl std::fmt::Display) -> Self {
+        self.changeable.insert(flag.to_string());
+        self.fixed(flag, value)
+    }
+
+    /// Allows the changeable settings in `overrides` (flag names without
+    /// `--`) to differ from the checkpoint's; a name that is not a setting,
+    /// or one that is fixed, is an error naming it.
+    pub fn with_overrides(mut self, overrides: &[String]) -> Result<Self> {
+        for name in overrides {
+            let name = name.trim().trim_start_matches("--");
+            if !self.values.contains_key(name) {
+                return Err(Error::Msg(format!(
+                    "--override {name}: no such setting (changeable: {})",
+                    self.changeable_list()
+                )));
+            }
+            if !self.changeable.contains(name) {
+                return Err(Error::Msg(format!(
+                    "--override {name}: --{name} cannot change on resume, it defines the run itself (changeable: {})",
+                    self.changeable_list()
+                )));
+            }
+            self.overrides.insert(name.to_string());
+        }
+        Ok(self)
+    }
+
+    /// The checkpoint metadata entry; None when no settings were recorded
+    /// (a trainer used as a library).
+    pub fn metadata(&self) -> Option<(String, String)> {
+        (!self.values.is_empty()).then(|| {
+            let json = serde_json::to_string(&self.values).expect("strings serialise");
+            (RUN_FLAGS_KEY.to_string(), json)
+        })
+    }
+
+    /// Refuses to resume the checkpoint at `path` (its `meta`) when a
+    /// setting differs from the stored one and is not overridden, naming
+    /// every such setting with both values. A checkpoint from before
+    /// settings were stored, and a trainer without settings, pass.
+    pub fn check_resume(&self, path: &Path, meta: &HashMap<String, String>) -> Result<()> {
+        let (Some(json), false) = (meta.get(RUN_FLAGS_KEY), self.values.is_empty()) else {
+            return Ok(());
+        };
+        let stored: BTreeMap<String, String> =
+            serde_json::from_str(json).map_err(|e| Error::Io {
+                path: path.display().to_string(),
+                msg: format!("checkpoint metadata '{RUN_FLAGS_KEY}' is unreadable: {e}"),
+            })?;
+        let differing: Vec<String> = self
+            .values
+            .iter()
+            .filter(|(flag, _)| !self.overrides.contains(*flag))
+            .filter_map(|(flag, given)| {
+                let was = stored.get(flag).map_or("(not recorded)", String::as_str);
+                (was != given).then(|| format!("  --{flag}: checkpoint {was}, this run {given}"))
+            })
+            .collect();
+        if differing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Io {
+            path: path.display().to_string(),
+            msg: format!(
+                "cannot resume: this command's settings differ from the checkpoint's\n{}\nrepeat the run's settings (only --steps may change freely), or name changeable ones in --override (changeable: {})",
+                differing.join("\n"),
+                self.changeable_list()
+            ),
+        })
+    }
+
+    fn changeable_list(&self) -> String {
+        let v: Vec<&str> = self.changeable.iter().map(String::as_str).collect();
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(batch: usize, lr: f64, seed: u64) -> RunFlags {
+        RunFlags::default()
+            .fixed("seed", seed)
+            .changeable("batch-size", batch)
+            .changeable("lr", lr)
+    }
+
+    fn stored(f: &RunFlags) -> HashMap<String, String> {
+        HashMap::from([f.metadata().unwrap()])
+    }
+
+    #[test]
+    fn same_settings_resume() {
+        let f = flags(16, 1e-3, 0);
+        f.check_resume(Path::new("c"), &stored(&f)).unwrap();
+        // Before settings were stored, and for a library trainer: nothing to compare.
+        f.check_resume(Path::new("c"), &HashMap::new()).unwrap();
+        RunFlags::default()
+            .check_resume(Path::new("c"), &stored(&f))
+            .unwrap();
+    }
+
+    #[test]
+    fn every_difference_is_named_with_both_values() {
+        let e = flags(32, 2e-4, 1)
+            .check_resume(Path::new("run/c"), &stored(&flags(16, 1e-3, 0)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run/c"), "{e}");
+        assert!(
+            e.contains("--batch-size: checkpoint 16, this run 32"),
+            "{e}"
+        );
+        assert!(e.contains("--lr: checkpoint 0.001, this run 0.0002"), "{e}");
+        assert!(e.contains("--seed: checkpoint 0, this run 1"), "{e}");
+        assert!(e.contains("changeable: batch-size, lr"), "{e}");
+    }
+
+    #[test]
+    fn overrides_allow_only_changeable_settings() {
+        let old = stored(&flags(16, 1e-3, 0));
+        let lr = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            flags(16, 2e-4, 0).with_overrides(&o)
+        };
+        lr(&["lr"])
+            .unwrap()
+            .check_resume(Path::new("c"), &old)
+            .unwrap();
+        lr(&["--lr"])
+            .unwrap()
+            .check_resume(Path::new("c"), &old)
+            .unwrap();
+        // An override of another setting leaves lr's change refused.
+        let e = lr(&["batch-size"])
+            .unwrap()
+            .check_resume(Path::new("c"), &old);
+        assert!(e.unwrap_err().to_string().contains("--lr: checkpoint"));
+        let e = lr(&["seed"]).unwrap_err().to_string();
+        assert!(e.contains("--seed cannot change on resume"), "{e}");
+        let e = lr(&["learning-rate"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--override learning-rate: no such setting"),
+            "{e}"
+        );
+    }
 }

@@ -101,6 +101,25 @@ pub struct DeviceArgs {
     pub tf32: bool,
 }
 
+/// `--resume` and which settings it may change, shared by the trainers.
+#[derive(Args, Clone, Debug)]
+pub struct ResumeArgs {
+    /// Continue from the run folder's checkpoint, with the run's settings.
+    #[arg(long)]
+    pub resume: bool,
+    /// With --resume: settings allowed to differ from the checkpoint's,
+    /// comma-separated flag names (e.g. lr,batch-size). Without it a resume
+    /// with any different setting is refused, naming each one and which can
+    /// change; --steps may always change.
+    #[arg(
+        long = "override",
+        value_delimiter = ',',
+        value_name = "FLAG",
+        requires = "resume"
+    )]
+    pub overrides: Vec<String>,
+}
+
 /// Set by Ctrl-C, SIGTERM or SIGHUP; long loops check it between steps.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -126,6 +145,15 @@ pub fn stop_if_interrupted() -> Result<()> {
         )),
         false => Ok(()),
     }
+}
+
+/// What a trainer returns once it has saved its checkpoint on a stop (`main`
+/// then exits with status 130: the run did not finish).
+pub fn interrupted_at_checkpoint(step: u64, ckpt: &Path) -> noisegrad::engine::Error {
+    noisegrad::engine::Error::Msg(format!(
+        "interrupted (Ctrl-C, SIGTERM or SIGHUP) at step {step}: checkpoint saved to {}; add --resume to the same command to continue",
+        ckpt.display()
+    ))
 }
 
 /// Whether a stop was asked for since `catch_interrupts`.
@@ -224,6 +252,24 @@ pub fn open_device(d: DeviceArgs) -> Result<Device> {
         );
     }
     Ok(d.device)
+}
+
+/// A path flag as a resume setting: the file it names wherever the command
+/// was run from (so `runs/x` and `./runs/x` agree), or "embedded" without one.
+pub fn data_setting(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.clone())
+            .display()
+            .to_string(),
+        None => "embedded".into(),
+    }
+}
+
+/// A value-enum flag's value as it is spelled on the command line.
+pub fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
 }
 
 pub fn load_train_data(path: &Option<PathBuf>) -> Result<ImageDataset> {

@@ -14,6 +14,7 @@ use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
 use noisegrad::diffusion::schedule::BetaSchedule;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
+use noisegrad::diffusion::train_state::RunFlags;
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::diffusion::vlb::EpsModel;
 use noisegrad::engine::comm::Communicator;
@@ -72,9 +73,8 @@ pub struct TrainArgs {
     /// DDIM steps for the periodic and final sample grids.
     #[arg(long, value_parser = super::positive::<usize>, default_value_t = 50)]
     pub sample_steps: usize,
-    /// Continue from the run folder's checkpoint.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: super::ResumeArgs,
     /// Class-conditional model (on by default for the embedded data): labels are
     /// dropped to the null label with probability --p-uncond, for classifier-free guidance.
     #[arg(long)]
@@ -167,6 +167,7 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     cfg.diffusion_steps = a.diffusion_steps;
     cfg.objective = objective_from_flags(&a)?;
     cfg.latent = latent.info();
+    cfg.run_flags = run_flags(&a, &cfg)?;
     // Only rank 0 writes the run folder, so only it holds the folder's lock.
     let _lock = match lead {
         true => {
@@ -178,7 +179,7 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::with_data(cfg, data.clone())?;
     trainer.join(world.clone(), &format!("steps {}", a.steps), a.reshard)?;
-    if a.resume {
+    if a.resume.resume {
         trainer.resume_checkpoint(&ckpt)?;
         if lead {
             println!("resumed from {} at step {}", ckpt.display(), trainer.step());
@@ -249,7 +250,8 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
         }
         if interrupted {
             bar.abandon_with_message(format!("interrupted: checkpoint saved at step {}", s.step));
-            return Ok(());
+            trainer.comm().barrier()?;
+            return Err(super::interrupted_at_checkpoint(s.step, &ckpt));
         }
         grid?;
     }
@@ -280,10 +282,48 @@ fn follow(trainer: &mut Trainer, steps: u64) -> Result<()> {
     while trainer.step() < steps {
         trainer.train_step()?;
         if trainer.any_rank(super::interrupted())? {
-            return Ok(());
+            // Wait for rank 0's checkpoint: its error then ends the job.
+            return trainer.comm().barrier();
         }
     }
     Ok(())
+}
+
+/// The settings `--resume` compares with the checkpoint's, as this run
+/// resolved them (the preset's channel count, the default learning rate…).
+fn run_flags(a: &TrainArgs, cfg: &TrainConfig) -> Result<RunFlags> {
+    let o = &cfg.objective;
+    // The latent mode only means something with --latent.
+    let latent_sample = match &a.latent {
+        Some(_) => super::value_name(a.latent_sample),
+        None => "none".into(),
+    };
+    RunFlags::default()
+        .fixed("data", super::data_setting(&a.data))
+        .fixed("preset", &a.preset)
+        .fixed("ch", cfg.model.ch)
+        .fixed("seed", cfg.seed)
+        .fixed("class-cond", cfg.model.num_classes.is_some())
+        .fixed("schedule", &a.schedule)
+        .fixed("diffusion-steps", cfg.diffusion_steps)
+        .fixed("variance", &a.variance)
+        .fixed("loss", &a.loss)
+        .fixed("predict", &a.predict)
+        .fixed(
+            "min-snr",
+            o.min_snr.map_or("none".into(), |g| g.to_string()),
+        )
+        .fixed("latent", super::data_setting(&a.latent))
+        .fixed("latent-sample", latent_sample)
+        .changeable("batch-size", cfg.batch_size)
+        .changeable("lr", cfg.lr)
+        .changeable("warmup", cfg.warmup_steps)
+        .changeable("grad-clip", cfg.grad_clip)
+        .changeable("ema", cfg.ema_decay)
+        .changeable("dropout", cfg.model.dropout)
+        .changeable("no-flip", !cfg.random_flip)
+        .changeable("p-uncond", cfg.p_uncond)
+        .with_overrides(&a.resume.overrides)
 }
 
 /// The objective the flags name (errors name the flag and the choices).

@@ -10,6 +10,7 @@ use noisegrad::diffusion::autoencoder_train::{AutoencoderTrainConfig, Autoencode
 use noisegrad::diffusion::data::{ImageDataset, batch_from};
 use noisegrad::diffusion::image::{save_grid, save_loss_plot};
 use noisegrad::diffusion::latent::check_image_shape;
+use noisegrad::diffusion::train_state::RunFlags;
 use noisegrad::engine::{Device, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,9 +44,9 @@ pub struct TrainAutoencoderArgs {
     /// β of the KL(q(z|x) ‖ N(0, I)) term (LDM: 1e-6).
     #[arg(long, default_value_t = 1e-6)]
     pub kl_weight: f64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_parser = super::positive::<u64>, default_value_t = 1000)]
     pub steps: u64,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -63,14 +64,13 @@ pub struct TrainAutoencoderArgs {
     /// Run folder (checkpoint.safetensors, log.jsonl, loss.png, reconstructions.png).
     #[arg(long, default_value = "runs/ae")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, value_parser = super::positive::<u64>, default_value_t = 250)]
     pub ckpt_every: u64,
     /// Test images for the final reconstruction MSE/PSNR.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = super::positive::<usize>, default_value_t = 256)]
     pub test_images: usize,
-    /// Continue from the run folder's checkpoint.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: super::ResumeArgs,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -113,11 +113,12 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
     cfg.kl_weight = a.kl_weight;
     cfg.seed = a.seed;
     cfg.device = open_device(a.dev)?;
+    cfg.run_flags = run_flags(&a, &cfg)?;
     std::fs::create_dir_all(&a.out).map_err(|e| io_err(&a.out, e))?;
     let _lock = super::guard::RunLock::acquire(&a.out)?;
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = AutoencoderTrainer::new(cfg, data.clone())?;
-    if a.resume {
+    if a.resume.resume {
         trainer.load_checkpoint(&ckpt)?;
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
     }
@@ -162,7 +163,7 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
         }
         if interrupted {
             bar.abandon_with_message(format!("interrupted: checkpoint saved at step {}", s.step));
-            return Ok(());
+            return Err(super::interrupted_at_checkpoint(s.step, &ckpt));
         }
     }
     bar.finish_with_message("done");
@@ -186,6 +187,25 @@ pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// The settings `--resume` compares with the checkpoint's.
+fn run_flags(a: &TrainAutoencoderArgs, cfg: &AutoencoderTrainConfig) -> Result<RunFlags> {
+    RunFlags::default()
+        .fixed("data", super::data_setting(&a.data))
+        .fixed("factor", cfg.model.factor())
+        .fixed("z-channels", cfg.model.z_channels)
+        .fixed("ch", cfg.model.ch)
+        .fixed("seed", cfg.seed)
+        .changeable("loss", super::value_name(a.loss))
+        .changeable("kl-weight", cfg.kl_weight)
+        .changeable("batch-size", cfg.batch_size)
+        .changeable("lr", cfg.lr)
+        .changeable("warmup", cfg.warmup_steps)
+        .changeable("grad-clip", cfg.grad_clip)
+        .changeable("ema", cfg.ema_decay)
+        .changeable("no-flip", !cfg.random_flip)
+        .with_overrides(&a.resume.overrides)
 }
 
 /// Eight originals above their posterior-mean reconstructions.
