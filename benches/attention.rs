@@ -14,7 +14,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use noisegrad_engine::{DType, Device, Philox, Tensor};
-use noisegrad_kernels::cpu::attention::{
+use noisegrad_kernels::attention::cpu::{
     AttnConfig, AttnPath, Qkv, QkvGrads, Tiles, attention_backward, attention_forward,
 };
 use std::hint::black_box;

@@ -13,11 +13,11 @@
 //! results: `cargo bench --bench conv -- conv/ && PYTHONPATH=/opt/pt/site
 //! python3 scripts/bench_conv_pytorch.py`. The `conv_algorithm` group times
 //! Winograd against the GEMM path for the 3×3 stride-1 layers (the choice
-//! documented in `noisegrad_kernels::cpu::conv`). On a busy machine compare
+//! documented in `noisegrad_kernels::conv::cpu`). On a busy machine compare
 //! single-thread CPU time instead: `examples/conv_cpu_time.rs`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use noisegrad_kernels::cpu::conv::{
+use noisegrad_kernels::conv::cpu::{
     Algorithm, Conv2dGeometry, conv2d_backward_bias, conv2d_backward_input,
     conv2d_backward_input_with, conv2d_backward_weight, conv2d_backward_weight_with,
     conv2d_forward, conv2d_forward_with,
@@ -106,7 +106,7 @@ fn bench_conv(c: &mut Criterion) {
 }
 
 /// The algorithm choice for 3×3 stride 1 (the module documentation of
-/// `noisegrad_kernels::cpu::conv` quotes these): the same convolutions
+/// `noisegrad_kernels::conv::cpu` quotes these): the same convolutions
 /// through Winograd F(2×2, 3×3) and through the GEMM path, forward and the
 /// two GEMM-sized gradients (the bias gradient is the same for both).
 fn bench_algorithms(c: &mut Criterion) {

@@ -16,9 +16,9 @@
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use noisegrad_engine::{DType, Device, Philox, Tensor};
-use noisegrad_kernels::cpu::copy::copy_strided;
-use noisegrad_kernels::cpu::elementwise::{self, BinaryOp, Strided};
-use noisegrad_kernels::cpu::reduce::{ReduceOp, reduce};
+use noisegrad_kernels::copy::cpu::copy_strided;
+use noisegrad_kernels::elementwise::cpu::{self as elementwise, BinaryOp, Strided};
+use noisegrad_kernels::reduce::cpu::{ReduceOp, reduce};
 use std::cell::OnceCell;
 use std::hint::black_box;
 use std::time::Duration;

@@ -14,7 +14,7 @@
 //! Each number is the minimum over the repetitions; backward is the input,
 //! weight and bias gradients together.
 
-use noisegrad_kernels::cpu::conv::{
+use noisegrad_kernels::conv::cpu::{
     Conv2dGeometry, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
     conv2d_forward,
 };

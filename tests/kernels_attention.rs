@@ -4,11 +4,11 @@
 
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
 use noisegrad_engine::{DType, Device, Philox, Tensor};
-use noisegrad_kernels::cpu::attention::{
+use noisegrad_kernels::attention::cpu::{
     AttnConfig, AttnPath, Qkv, QkvGrads, Tiles, attention_backward, attention_forward,
 };
-use noisegrad_kernels::cpu::gemm::Gemm;
 use noisegrad_kernels::cpu::simd;
+use noisegrad_kernels::gemm::cpu::Gemm;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -6,7 +6,7 @@ mod conv_common;
 
 use conv_common::{cases, check_case_against_pytorch};
 use noisegrad_engine::DType;
-use noisegrad_kernels::cpu::conv::gemm::GemmFloat;
+use noisegrad_kernels::conv::cpu::gemm::GemmFloat;
 use noisegrad_kernels::cpu::simd;
 
 #[test]

@@ -10,11 +10,13 @@ use crate::layout::contiguous_strides;
 use crate::memory::MemTicket;
 use crate::primitive::{MatmulDims, RandKind, split_at_axis};
 use crate::{DType, Device, Layout};
-use noisegrad_kernels::cpu::elementwise::{self, BinaryOp, Strided, UnaryOp};
-use noisegrad_kernels::cpu::gemm::{MatRef, batched_gemm};
-use noisegrad_kernels::cpu::reduce::{self, ReduceOp};
-use noisegrad_kernels::cpu::{copy, index, optim, softmax};
+use noisegrad_kernels::elementwise::cpu::{self as elementwise, BinaryOp, Strided, UnaryOp};
+use noisegrad_kernels::gemm::cpu::{MatRef, batched_gemm};
+use noisegrad_kernels::reduce::cpu::{self as reduce, ReduceOp};
 use noisegrad_kernels::rng::{Philox, u32_to_open01};
+use noisegrad_kernels::{
+    copy::cpu as copy, index::cpu as index, optim::cpu as optim, softmax::cpu as softmax,
+};
 use rayon::prelude::*;
 
 #[derive(Debug)]
@@ -541,7 +543,7 @@ fn softmax_bwd_typed<T: noisegrad_kernels::Float>(
 /// Batched product over layouts already broadcast to `[batch.., m, k]` and
 /// `[batch.., k, n]`: any strides work (transposes are free), batch offsets
 /// are enumerated from the batch strides.
-fn matmul_typed<T: noisegrad_kernels::cpu::gemm::Gemm>(
+fn matmul_typed<T: noisegrad_kernels::gemm::cpu::Gemm>(
     a: &[T],
     l: &Layout,
     b: &[T],

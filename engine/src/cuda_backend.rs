@@ -12,12 +12,12 @@ use crate::memory::MemTicket;
 use crate::primitive::{BinaryOp, MatmulDims, RandKind, ReduceOp, UnaryOp, split_at_axis};
 use crate::{DType, Device, Layout};
 use noisegrad_kernels::cpu::collapse_dims;
-use noisegrad_kernels::cuda::elementwise::{self as ew, Dense, View};
-use noisegrad_kernels::cuda::gemm::{self, MatOperand, MatOut};
 use noisegrad_kernels::cuda::{CudaDevice, CudaError, DeviceBuffer};
 use noisegrad_kernels::cuda::{MAX_RANK, Strided};
-use noisegrad_kernels::cuda::{index as kindex, random as krandom, reduce as kreduce};
+use noisegrad_kernels::elementwise::cuda::{self as ew, Dense, View};
+use noisegrad_kernels::gemm::cuda::{self as gemm, MatOperand, MatOut};
 use noisegrad_kernels::rng::Philox;
+use noisegrad_kernels::{index::cuda as kindex, random::cuda as krandom, reduce::cuda as kreduce};
 use std::sync::Arc;
 
 impl From<CudaError> for Error {
@@ -516,7 +516,7 @@ mod tests {
     /// reduction, for every axis subset of a 4-D shape.
     #[test]
     fn reduce_runs_compute_the_reduction_over_any_axis_set() {
-        use noisegrad_kernels::cpu::reduce::reduce;
+        use noisegrad_kernels::reduce::cpu::reduce;
         let shape = [3usize, 4, 2, 5];
         let n: usize = shape.iter().product();
         let x: Vec<f64> = (0..n).map(|v| ((v * 37) % 23) as f64).collect();

@@ -30,6 +30,6 @@ pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use layout::Layout;
-pub use noisegrad_kernels::cpu::noise::{QSampleCoef, StepCoef};
+pub use noisegrad_kernels::noise::cpu::{QSampleCoef, StepCoef};
 pub use noisegrad_kernels::rng::Philox;
 pub use tensor::Tensor;

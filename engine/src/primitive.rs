@@ -2,8 +2,8 @@
 //! [`crate::storage`] and both backends: a leaf, so that neither backend
 //! imports the other or the dispatch that calls it.
 
-pub use noisegrad_kernels::cpu::elementwise::{BinaryOp, UnaryOp};
-pub use noisegrad_kernels::cpu::reduce::ReduceOp;
+pub use noisegrad_kernels::elementwise::cpu::{BinaryOp, UnaryOp};
+pub use noisegrad_kernels::reduce::cpu::ReduceOp;
 
 /// The shapes of a (batched) matrix product, after broadcasting batch dims.
 #[derive(Clone, Debug)]

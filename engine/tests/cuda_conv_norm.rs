@@ -9,8 +9,8 @@
 
 use noisegrad_engine::device_check::{compare_devices, gpu_or_skip};
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
+use noisegrad_kernels::conv::cuda::{DEFAULT_WORKSPACE_BYTES, set_workspace_limit};
 use noisegrad_kernels::cuda::CudaDevice;
-use noisegrad_kernels::cuda::conv::{DEFAULT_WORKSPACE_BYTES, set_workspace_limit};
 use std::sync::{Mutex, MutexGuard};
 
 /// f32 kernels with TF32 off (the default).

@@ -42,8 +42,8 @@ fn launched_kernels(launcher_src: &str) -> Vec<String> {
 /// binary copied to another machine by `scripts/gpu_suite.sh`) relative to
 /// the repository root it runs in.
 fn launcher_source(module: &str) -> String {
-    let built = format!("{}/src/cuda/{module}.rs", env!("CARGO_MANIFEST_DIR"));
-    let relative = format!("kernels/src/cuda/{module}.rs");
+    let built = format!("{}/src/{module}/cuda.rs", env!("CARGO_MANIFEST_DIR"));
+    let relative = format!("kernels/src/{module}/cuda.rs");
     std::fs::read_to_string(&built)
         .or_else(|_| std::fs::read_to_string(&relative))
         .unwrap_or_else(|e| panic!("{built} (or ./{relative}): {e}"))
@@ -63,7 +63,7 @@ fn every_cuda_module_compiles_and_defines_the_kernels_its_launcher_names() {
         for name in launched_kernels(&launcher_source(module)) {
             assert!(
                 entries.contains_key(&name),
-                "launcher {module}.rs names kernel `{name}`, which {module}.cu does not define"
+                "launcher {module}/cuda.rs names kernel `{name}`, which {module}.cu does not define"
             );
         }
         // Every parameter must parse, or launches would report false mismatches.

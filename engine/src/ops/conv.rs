@@ -1,7 +1,7 @@
 //! 2-D convolution (NCHW) with an optional bias, differentiable in the
 //! input, the weight and the bias. The arithmetic lives in
-//! `noisegrad_kernels::cpu::conv` (Winograd for 3×3 stride 1, packed GEMM
-//! otherwise) and `noisegrad_kernels::cuda::conv` (im2col + cuBLAS); this
+//! `noisegrad_kernels::conv::cpu` (Winograd for 3×3 stride 1, packed GEMM
+//! otherwise) and `noisegrad_kernels::conv::cuda` (im2col + cuBLAS); this
 //! file validates shapes, dispatches on device and dtype, and records the
 //! backward. It reads top-down: the `Tensor` method, then the `Storage`
 //! dispatch it calls, then each device's side.
@@ -14,11 +14,11 @@ use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::storage::{Storage, device_mismatch};
 use crate::{DType, Layout};
-use noisegrad_kernels::cpu::conv::{
+use noisegrad_kernels::conv::cpu::{
     Conv2dGeometry, ConvFloat, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
     conv2d_forward,
 };
-use noisegrad_kernels::cuda::conv as cuda_conv;
+use noisegrad_kernels::conv::cuda as cuda_conv;
 
 impl Tensor {
     /// 2-D cross-correlation over NCHW input, as in PyTorch's `conv2d`:
@@ -357,7 +357,7 @@ impl CpuStorage {
     }
 }
 
-/// The CUDA convolution: im2col + cuBLAS (see `noisegrad_kernels::cuda::conv`).
+/// The CUDA convolution: im2col + cuBLAS (see `noisegrad_kernels::conv::cuda`).
 /// Every result is a new contiguous buffer; operands may be any views.
 impl CudaStorage {
     pub fn conv2d(

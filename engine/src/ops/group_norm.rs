@@ -1,6 +1,6 @@
 //! Group normalisation with affine γ/β and an optional fused SiLU, on the
-//! CPU (`noisegrad_kernels::cpu::group_norm`) and on CUDA
-//! (`noisegrad_kernels::cuda::group_norm`).
+//! CPU (`noisegrad_kernels::group_norm::cpu`) and on CUDA
+//! (`noisegrad_kernels::group_norm::cuda`).
 
 use super::typed::{CpuElem, CpuView, StorageView, by_dtype, cpu_storage, cpu_view, on_cpu, typed};
 use super::{check_same, with_storage_list};
@@ -10,211 +10,8 @@ use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
 use crate::storage::Storage;
 use crate::{Layout, Tensor};
-use noisegrad_kernels::cpu::group_norm::{self as kernel, GroupNormDims};
-use noisegrad_kernels::cuda::group_norm as cuda_kernel;
-
-/// What a group-norm call computes besides the data: the sizes, ε and
-/// whether SiLU follows.
-#[derive(Clone, Copy, Debug)]
-pub struct GroupNormArgs {
-    pub dims: GroupNormDims,
-    pub eps: f64,
-    pub silu: bool,
-}
-
-impl Storage {
-    /// Forward group norm; returns (y, mean, rstd), the last two `[N·G]`.
-    pub fn group_norm(
-        &self,
-        xl: &Layout,
-        gamma: StorageView,
-        beta: StorageView,
-        args: GroupNormArgs,
-    ) -> Result<(Storage, Storage, Storage)> {
-        match self {
-            Storage::Cpu(x) => {
-                let g = cpu_view("group_norm", gamma)?;
-                let b = cpu_view("group_norm", beta)?;
-                let (y, m, r) = x.group_norm(xl, g, b, args)?;
-                Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
-            }
-            Storage::Cuda(x) => {
-                let op = "group_norm";
-                let (g, b) = (on_cuda(op, x, gamma)?, on_cuda(op, x, beta)?);
-                let (y, m, r) = x.group_norm(xl, g, b, args)?;
-                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
-            }
-        }
-    }
-
-    /// Backward group norm from x (self), ∂L/∂y, γ, β and the saved
-    /// (mean, rstd); returns (dx, dγ, dβ).
-    pub fn group_norm_backward(
-        &self,
-        xl: &Layout,
-        dy: StorageView,
-        gamma: StorageView,
-        beta: StorageView,
-        stats: (&Storage, &Storage),
-        args: GroupNormArgs,
-    ) -> Result<(Storage, Storage, Storage)> {
-        match self {
-            Storage::Cpu(x) => {
-                let op = "group_norm_backward";
-                let cpu = |v| cpu_view(op, v);
-                let stats = (on_cpu(op, stats.0)?, on_cpu(op, stats.1)?);
-                let (dx, dg, db) =
-                    x.group_norm_backward(xl, cpu(dy)?, cpu(gamma)?, cpu(beta)?, stats, args)?;
-                Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
-            }
-            Storage::Cuda(x) => {
-                let op = "group_norm_backward";
-                let cuda = |v| on_cuda(op, x, v);
-                let (mean, rstd) = (same_gpu(op, x, stats.0)?, same_gpu(op, x, stats.1)?);
-                let (dx, dg, db) = x.group_norm_backward(
-                    xl,
-                    cuda(dy)?,
-                    cuda(gamma)?,
-                    cuda(beta)?,
-                    (mean, rstd),
-                    args,
-                )?;
-                Ok((Storage::Cuda(dx), Storage::Cuda(dg), Storage::Cuda(db)))
-            }
-        }
-    }
-}
-
-/// The CUDA storage behind `s` when it is on the same GPU as `x`, or a
-/// device error naming `op`.
-fn same_gpu<'a>(op: &'static str, x: &CudaStorage, s: &'a Storage) -> Result<&'a CudaStorage> {
-    match s {
-        Storage::Cuda(c) if c.device() == x.device() => Ok(c),
-        other => Err(Error::DeviceMismatch {
-            op,
-            lhs: x.device(),
-            rhs: other.device(),
-        }),
-    }
-}
-
-/// [`same_gpu`] for a storage view.
-fn on_cuda<'a>(op: &'static str, x: &CudaStorage, (s, l): StorageView<'a>) -> Result<CudaView<'a>> {
-    Ok((same_gpu(op, x, s)?, l))
-}
-
-/// A CUDA storage viewed through a layout.
-type CudaView<'a> = (&'a CudaStorage, &'a Layout);
-
-/// The CUDA group norm (see `noisegrad_kernels::cuda::group_norm`): same
-/// formulas and saved statistics as the CPU kernel; x, dy, γ, β may be any
-/// views, the outputs are contiguous.
-impl CudaStorage {
-    pub fn group_norm(
-        &self,
-        xl: &Layout,
-        (gamma, gl): CudaView,
-        (beta, bl): CudaView,
-        args: GroupNormArgs,
-    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-        let (y, mean, rstd) = cuda_kernel::forward(
-            &self.dev,
-            args.dims,
-            self.view(xl)?,
-            gamma.view(gl)?,
-            beta.view(bl)?,
-            args.eps as f32,
-            args.silu,
-        )?;
-        Ok((self.wrap(y), self.wrap(mean), self.wrap(rstd)))
-    }
-
-    pub fn group_norm_backward(
-        &self,
-        xl: &Layout,
-        (dy, dyl): CudaView,
-        (gamma, gl): CudaView,
-        (beta, bl): CudaView,
-        (mean, rstd): (&CudaStorage, &CudaStorage),
-        args: GroupNormArgs,
-    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-        let (dx, dg, db) = cuda_kernel::backward(
-            &self.dev,
-            args.dims,
-            self.view(xl)?,
-            dy.view(dyl)?,
-            gamma.view(gl)?,
-            beta.view(bl)?,
-            (&mean.buf, &rstd.buf),
-            args.silu,
-        )?;
-        Ok((self.wrap(dx), self.wrap(dg), self.wrap(db)))
-    }
-}
-
-impl CpuStorage {
-    pub fn group_norm(
-        &self,
-        xl: &Layout,
-        gamma: CpuView,
-        beta: CpuView,
-        args: GroupNormArgs,
-    ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
-        by_dtype!(self.dtype(), T => group_norm_typed::<T>((self, xl), gamma, beta, args))
-    }
-
-    pub fn group_norm_backward(
-        &self,
-        xl: &Layout,
-        dy: CpuView,
-        gamma: CpuView,
-        beta: CpuView,
-        stats: (&CpuStorage, &CpuStorage),
-        args: GroupNormArgs,
-    ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
-        let views = [(self, xl), dy, gamma, beta];
-        by_dtype!(self.dtype(), T => group_norm_backward_typed::<T>(views, stats, args))
-    }
-}
-
-fn group_norm_typed<T: CpuElem>(
-    x: CpuView,
-    gamma: CpuView,
-    beta: CpuView,
-    args: GroupNormArgs,
-) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
-    let op = "group_norm";
-    let x = typed::<T>(op, x.0, x.1)?;
-    let gamma = typed::<T>(op, gamma.0, gamma.1)?;
-    let beta = typed::<T>(op, beta.0, beta.1)?;
-    let stats_len = args.dims.n * args.dims.groups;
-    let (mut y, mut mean, mut rstd) = (zeroed(x.len()), zeroed(stats_len), zeroed(stats_len));
-    kernel::group_norm(
-        &x, args.dims, &gamma, &beta, args.eps, args.silu, &mut y, &mut mean, &mut rstd,
-    );
-    Ok((cpu_storage(y), cpu_storage(mean), cpu_storage(rstd)))
-}
-
-fn group_norm_backward_typed<T: CpuElem>(
-    [x, dy, gamma, beta]: [CpuView; 4],
-    stats: (&CpuStorage, &CpuStorage),
-    args: GroupNormArgs,
-) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
-    let op = "group_norm_backward";
-    let x = typed::<T>(op, x.0, x.1)?;
-    let dy = typed::<T>(op, dy.0, dy.1)?;
-    let gamma = typed::<T>(op, gamma.0, gamma.1)?;
-    let beta = typed::<T>(op, beta.0, beta.1)?;
-    let stats_layout = Layout::contiguous(&[args.dims.n * args.dims.groups]);
-    let mean = typed::<T>(op, stats.0, &stats_layout)?;
-    let rstd = typed::<T>(op, stats.1, &stats_layout)?;
-    let c = args.dims.channels;
-    let (mut dx, mut dg, mut db) = (zeroed(x.len()), zeroed(c), zeroed(c));
-    kernel::group_norm_backward(
-        &x, &dy, args.dims, &gamma, &beta, &mean, &rstd, args.silu, &mut dx, &mut dg, &mut db,
-    );
-    Ok((cpu_storage(dx), cpu_storage(dg), cpu_storage(db)))
-}
+use noisegrad_kernels::group_norm::cpu::{self as kernel, GroupNormDims};
+use noisegrad_kernels::group_norm::cuda as cuda_kernel;
 
 impl Tensor {
     /// Group normalisation of x = `[N, C, *spatial]` with `groups` groups of
@@ -327,3 +124,206 @@ impl Tensor {
         Ok(GroupNormArgs { dims, eps, silu })
     }
 }
+
+/// What a group-norm call computes besides the data: the sizes, ε and
+/// whether SiLU follows.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupNormArgs {
+    pub dims: GroupNormDims,
+    pub eps: f64,
+    pub silu: bool,
+}
+
+impl Storage {
+    /// Forward group norm; returns (y, mean, rstd), the last two `[N·G]`.
+    pub fn group_norm(
+        &self,
+        xl: &Layout,
+        gamma: StorageView,
+        beta: StorageView,
+        args: GroupNormArgs,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match self {
+            Storage::Cpu(x) => {
+                let g = cpu_view("group_norm", gamma)?;
+                let b = cpu_view("group_norm", beta)?;
+                let (y, m, r) = x.group_norm(xl, g, b, args)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
+            }
+            Storage::Cuda(x) => {
+                let op = "group_norm";
+                let (g, b) = (on_cuda(op, x, gamma)?, on_cuda(op, x, beta)?);
+                let (y, m, r) = x.group_norm(xl, g, b, args)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
+            }
+        }
+    }
+
+    /// Backward group norm from x (self), ∂L/∂y, γ, β and the saved
+    /// (mean, rstd); returns (dx, dγ, dβ).
+    pub fn group_norm_backward(
+        &self,
+        xl: &Layout,
+        dy: StorageView,
+        gamma: StorageView,
+        beta: StorageView,
+        stats: (&Storage, &Storage),
+        args: GroupNormArgs,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match self {
+            Storage::Cpu(x) => {
+                let op = "group_norm_backward";
+                let cpu = |v| cpu_view(op, v);
+                let stats = (on_cpu(op, stats.0)?, on_cpu(op, stats.1)?);
+                let (dx, dg, db) =
+                    x.group_norm_backward(xl, cpu(dy)?, cpu(gamma)?, cpu(beta)?, stats, args)?;
+                Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
+            }
+            Storage::Cuda(x) => {
+                let op = "group_norm_backward";
+                let cuda = |v| on_cuda(op, x, v);
+                let (mean, rstd) = (same_gpu(op, x, stats.0)?, same_gpu(op, x, stats.1)?);
+                let (dx, dg, db) = x.group_norm_backward(
+                    xl,
+                    cuda(dy)?,
+                    cuda(gamma)?,
+                    cuda(beta)?,
+                    (mean, rstd),
+                    args,
+                )?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(dg), Storage::Cuda(db)))
+            }
+        }
+    }
+}
+
+impl CpuStorage {
+    pub fn group_norm(
+        &self,
+        xl: &Layout,
+        gamma: CpuView,
+        beta: CpuView,
+        args: GroupNormArgs,
+    ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+        by_dtype!(self.dtype(), T => group_norm_typed::<T>((self, xl), gamma, beta, args))
+    }
+
+    pub fn group_norm_backward(
+        &self,
+        xl: &Layout,
+        dy: CpuView,
+        gamma: CpuView,
+        beta: CpuView,
+        stats: (&CpuStorage, &CpuStorage),
+        args: GroupNormArgs,
+    ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+        let views = [(self, xl), dy, gamma, beta];
+        by_dtype!(self.dtype(), T => group_norm_backward_typed::<T>(views, stats, args))
+    }
+}
+
+fn group_norm_typed<T: CpuElem>(
+    x: CpuView,
+    gamma: CpuView,
+    beta: CpuView,
+    args: GroupNormArgs,
+) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+    let op = "group_norm";
+    let x = typed::<T>(op, x.0, x.1)?;
+    let gamma = typed::<T>(op, gamma.0, gamma.1)?;
+    let beta = typed::<T>(op, beta.0, beta.1)?;
+    let stats_len = args.dims.n * args.dims.groups;
+    let (mut y, mut mean, mut rstd) = (zeroed(x.len()), zeroed(stats_len), zeroed(stats_len));
+    kernel::group_norm(
+        &x, args.dims, &gamma, &beta, args.eps, args.silu, &mut y, &mut mean, &mut rstd,
+    );
+    Ok((cpu_storage(y), cpu_storage(mean), cpu_storage(rstd)))
+}
+
+fn group_norm_backward_typed<T: CpuElem>(
+    [x, dy, gamma, beta]: [CpuView; 4],
+    stats: (&CpuStorage, &CpuStorage),
+    args: GroupNormArgs,
+) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+    let op = "group_norm_backward";
+    let x = typed::<T>(op, x.0, x.1)?;
+    let dy = typed::<T>(op, dy.0, dy.1)?;
+    let gamma = typed::<T>(op, gamma.0, gamma.1)?;
+    let beta = typed::<T>(op, beta.0, beta.1)?;
+    let stats_layout = Layout::contiguous(&[args.dims.n * args.dims.groups]);
+    let mean = typed::<T>(op, stats.0, &stats_layout)?;
+    let rstd = typed::<T>(op, stats.1, &stats_layout)?;
+    let c = args.dims.channels;
+    let (mut dx, mut dg, mut db) = (zeroed(x.len()), zeroed(c), zeroed(c));
+    kernel::group_norm_backward(
+        &x, &dy, args.dims, &gamma, &beta, &mean, &rstd, args.silu, &mut dx, &mut dg, &mut db,
+    );
+    Ok((cpu_storage(dx), cpu_storage(dg), cpu_storage(db)))
+}
+
+/// The CUDA group norm (see `noisegrad_kernels::group_norm::cuda`): same
+/// formulas and saved statistics as the CPU kernel; x, dy, γ, β may be any
+/// views, the outputs are contiguous.
+impl CudaStorage {
+    pub fn group_norm(
+        &self,
+        xl: &Layout,
+        (gamma, gl): CudaView,
+        (beta, bl): CudaView,
+        args: GroupNormArgs,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (y, mean, rstd) = cuda_kernel::forward(
+            &self.dev,
+            args.dims,
+            self.view(xl)?,
+            gamma.view(gl)?,
+            beta.view(bl)?,
+            args.eps as f32,
+            args.silu,
+        )?;
+        Ok((self.wrap(y), self.wrap(mean), self.wrap(rstd)))
+    }
+
+    pub fn group_norm_backward(
+        &self,
+        xl: &Layout,
+        (dy, dyl): CudaView,
+        (gamma, gl): CudaView,
+        (beta, bl): CudaView,
+        (mean, rstd): (&CudaStorage, &CudaStorage),
+        args: GroupNormArgs,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (dx, dg, db) = cuda_kernel::backward(
+            &self.dev,
+            args.dims,
+            self.view(xl)?,
+            dy.view(dyl)?,
+            gamma.view(gl)?,
+            beta.view(bl)?,
+            (&mean.buf, &rstd.buf),
+            args.silu,
+        )?;
+        Ok((self.wrap(dx), self.wrap(dg), self.wrap(db)))
+    }
+}
+
+/// The CUDA storage behind `s` when it is on the same GPU as `x`, or a
+/// device error naming `op`.
+fn same_gpu<'a>(op: &'static str, x: &CudaStorage, s: &'a Storage) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) if c.device() == x.device() => Ok(c),
+        other => Err(Error::DeviceMismatch {
+            op,
+            lhs: x.device(),
+            rhs: other.device(),
+        }),
+    }
+}
+
+/// [`same_gpu`] for a storage view.
+fn on_cuda<'a>(op: &'static str, x: &CudaStorage, (s, l): StorageView<'a>) -> Result<CudaView<'a>> {
+    Ok((same_gpu(op, x, s)?, l))
+}
+
+/// A CUDA storage viewed through a layout.
+type CudaView<'a> = (&'a CudaStorage, &'a Layout);

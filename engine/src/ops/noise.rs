@@ -14,208 +14,8 @@ use crate::cuda_backend::CudaStorage;
 use crate::error::{Result, bad_arg, shape_err};
 use crate::storage::Storage;
 use crate::{Device, Layout, Tensor};
-use noisegrad_kernels::cpu::noise::{self as kernel, QSampleCoef, StepCoef};
-use noisegrad_kernels::cuda::noise as cuda_kernel;
-
-impl Storage {
-    /// x_t = √ᾱ·x_0 + √(1−ᾱ)·ε per sample (self = x_0).
-    pub fn q_sample(&self, l: &Layout, eps: StorageView, coefs: &[QSampleCoef]) -> Result<Storage> {
-        match placed("q_sample", [(self, l), eps])? {
-            Placed::Cpu([x, e]) => Ok(Storage::Cpu(x.0.q_sample(l, e, coefs)?)),
-            Placed::Cuda([x, e]) => Ok(Storage::Cuda(x.0.q_sample(l, e, coefs)?)),
-        }
-    }
-
-    /// mean((self − ε)²) as a one-element storage on self's device (so a
-    /// GPU loss stays on the GPU until someone reads it), and its gradient
-    /// w.r.t. self when `with_grad`.
-    pub fn l_simple(
-        &self,
-        l: &Layout,
-        eps: StorageView,
-        with_grad: bool,
-    ) -> Result<(Storage, Option<Storage>)> {
-        match placed("l_simple_loss", [(self, l), eps])? {
-            Placed::Cpu([p, e]) => {
-                let (loss, grad) = p.0.l_simple(l, e, with_grad)?;
-                let loss = Storage::full(Device::Cpu, self.dtype(), 1, loss)?;
-                Ok((loss, grad.map(Storage::Cpu)))
-            }
-            Placed::Cuda([p, e]) => {
-                let (loss, grad) = p.0.l_simple(l, e, with_grad)?;
-                Ok((Storage::Cuda(loss), grad.map(Storage::Cuda)))
-            }
-        }
-    }
-
-    /// One reverse step per sample (self = x_t); see [`StepCoef`].
-    pub fn denoise_step(
-        &self,
-        l: &Layout,
-        eps: StorageView,
-        z: Option<StorageView>,
-        coefs: &[StepCoef],
-    ) -> Result<Storage> {
-        let op = "denoise_step";
-        // z is checked against x's device too (when given).
-        let z_check = z.unwrap_or(eps);
-        match placed(op, [(self, l), eps, z_check])? {
-            Placed::Cpu([x, e, zc]) => {
-                let z = z.map(|_| zc);
-                Ok(Storage::Cpu(x.0.denoise_step(l, e, z, coefs)?))
-            }
-            Placed::Cuda([x, e, zc]) => {
-                let z = z.map(|_| zc);
-                Ok(Storage::Cuda(x.0.denoise_step(l, e, z, coefs)?))
-            }
-        }
-    }
-}
-
-/// Checks that a CUDA operand has `n` elements (the kernels read `n`).
-fn check_len(op: &'static str, (_, l): CudaView, n: usize) -> Result<()> {
-    if l.numel() != n {
-        return Err(bad_arg(
-            op,
-            format!("operand has {} elements, expected {n}", l.numel()),
-        ));
-    }
-    Ok(())
-}
-
-impl CudaStorage {
-    pub fn q_sample(
-        &self,
-        l: &Layout,
-        eps: CudaView,
-        coefs: &[QSampleCoef],
-    ) -> Result<CudaStorage> {
-        let n = l.numel();
-        check_len("q_sample", eps, n)?;
-        let op = "q_sample";
-        let (x0, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
-        let out = cuda_kernel::q_sample(&self.dev, x0.ptr(), e.ptr(), coefs, n)?;
-        Ok(self.wrap(out))
-    }
-
-    /// The loss as a one-element buffer, reduced on the device (no host read).
-    pub fn l_simple(
-        &self,
-        l: &Layout,
-        eps: CudaView,
-        with_grad: bool,
-    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
-        let n = l.numel();
-        check_len("l_simple_loss", eps, n)?;
-        let op = "l_simple_loss";
-        let (p, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
-        let (loss, grad) = cuda_kernel::l_simple(&self.dev, p.ptr(), e.ptr(), n, with_grad)?;
-        Ok((self.wrap(loss), grad.map(|g| self.wrap(g))))
-    }
-
-    pub fn denoise_step(
-        &self,
-        l: &Layout,
-        eps: CudaView,
-        z: Option<CudaView>,
-        coefs: &[StepCoef],
-    ) -> Result<CudaStorage> {
-        let op = "denoise_step";
-        let n = l.numel();
-        check_len(op, eps, n)?;
-        if let Some(z) = z {
-            check_len(op, z, n)?;
-        }
-        let (x, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
-        let z = z.map(|z| cuda_contiguous(op, z)).transpose()?;
-        let z_ptr = z.as_ref().map(|z| z.ptr());
-        let out = cuda_kernel::denoise_step(&self.dev, x.ptr(), e.ptr(), z_ptr, coefs, n)?;
-        Ok(self.wrap(out))
-    }
-}
-
-impl CpuStorage {
-    pub fn q_sample(&self, l: &Layout, eps: CpuView, coefs: &[QSampleCoef]) -> Result<CpuStorage> {
-        by_dtype!(self.dtype(), T => {
-            let x0 = typed::<T>("q_sample", self, l)?;
-            let e = typed::<T>("q_sample", eps.0, eps.1)?;
-            let mut out = zeroed(x0.len());
-            kernel::q_sample(&x0, &e, coefs, &mut out);
-            Ok(cpu_storage(out))
-        })
-    }
-
-    pub fn l_simple(
-        &self,
-        l: &Layout,
-        eps: CpuView,
-        with_grad: bool,
-    ) -> Result<(f64, Option<CpuStorage>)> {
-        by_dtype!(self.dtype(), T => {
-            let p = typed::<T>("l_simple_loss", self, l)?;
-            let e = typed::<T>("l_simple_loss", eps.0, eps.1)?;
-            let mut grad: Option<Vec<T>> = with_grad.then(|| zeroed(p.len()));
-            let loss = kernel::l_simple(&p, &e, grad.as_deref_mut());
-            Ok((loss, grad.map(cpu_storage)))
-        })
-    }
-
-    pub fn denoise_step(
-        &self,
-        l: &Layout,
-        eps: CpuView,
-        z: Option<CpuView>,
-        coefs: &[StepCoef],
-    ) -> Result<CpuStorage> {
-        by_dtype!(self.dtype(), T => denoise_step_typed::<T>((self, l), eps, z, coefs))
-    }
-}
-
-fn denoise_step_typed<T: CpuElem>(
-    x: CpuView,
-    eps: CpuView,
-    z: Option<CpuView>,
-    coefs: &[StepCoef],
-) -> Result<CpuStorage> {
-    let op = "denoise_step";
-    let x = typed::<T>(op, x.0, x.1)?;
-    let e = typed::<T>(op, eps.0, eps.1)?;
-    let z = z.map(|(s, zl)| typed::<T>(op, s, zl)).transpose()?;
-    let mut out = zeroed(x.len());
-    kernel::denoise_step(&x, &e, z.as_deref(), coefs, &mut out);
-    Ok(cpu_storage(out))
-}
-
-/// Checks that `other` matches `x` (dtype, device, shape) and that `x` is
-/// `[N, ...]` with one coefficient set per sample.
-fn check_batch(
-    op: &'static str,
-    x: &Tensor,
-    others: &[(&str, &Tensor)],
-    samples: usize,
-) -> Result<()> {
-    for &(name, t) in others {
-        check_same(op, x, t)?;
-        if t.shape() != x.shape() {
-            return Err(shape_err(
-                op,
-                x.shape(),
-                t.shape(),
-                format!("{name} must have the input's shape"),
-            ));
-        }
-    }
-    if x.rank() == 0 || x.shape()[0] != samples {
-        return Err(bad_arg(
-            op,
-            format!(
-                "input shape {:?} must be [N, ...] with N = {samples}, the number of per-sample coefficients",
-                x.shape()
-            ),
-        ));
-    }
-    Ok(())
-}
+use noisegrad_kernels::noise::cpu::{self as kernel, QSampleCoef, StepCoef};
+use noisegrad_kernels::noise::cuda as cuda_kernel;
 
 impl Tensor {
     /// Forward noising q(x_t | x_0), sample n using `coefs[n]`:
@@ -347,4 +147,204 @@ impl Tensor {
         })?;
         Ok(Tensor::from_contiguous(st, self.shape()))
     }
+}
+
+/// Checks that `other` matches `x` (dtype, device, shape) and that `x` is
+/// `[N, ...]` with one coefficient set per sample.
+fn check_batch(
+    op: &'static str,
+    x: &Tensor,
+    others: &[(&str, &Tensor)],
+    samples: usize,
+) -> Result<()> {
+    for &(name, t) in others {
+        check_same(op, x, t)?;
+        if t.shape() != x.shape() {
+            return Err(shape_err(
+                op,
+                x.shape(),
+                t.shape(),
+                format!("{name} must have the input's shape"),
+            ));
+        }
+    }
+    if x.rank() == 0 || x.shape()[0] != samples {
+        return Err(bad_arg(
+            op,
+            format!(
+                "input shape {:?} must be [N, ...] with N = {samples}, the number of per-sample coefficients",
+                x.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Storage {
+    /// x_t = √ᾱ·x_0 + √(1−ᾱ)·ε per sample (self = x_0).
+    pub fn q_sample(&self, l: &Layout, eps: StorageView, coefs: &[QSampleCoef]) -> Result<Storage> {
+        match placed("q_sample", [(self, l), eps])? {
+            Placed::Cpu([x, e]) => Ok(Storage::Cpu(x.0.q_sample(l, e, coefs)?)),
+            Placed::Cuda([x, e]) => Ok(Storage::Cuda(x.0.q_sample(l, e, coefs)?)),
+        }
+    }
+
+    /// mean((self − ε)²) as a one-element storage on self's device (so a
+    /// GPU loss stays on the GPU until someone reads it), and its gradient
+    /// w.r.t. self when `with_grad`.
+    pub fn l_simple(
+        &self,
+        l: &Layout,
+        eps: StorageView,
+        with_grad: bool,
+    ) -> Result<(Storage, Option<Storage>)> {
+        match placed("l_simple_loss", [(self, l), eps])? {
+            Placed::Cpu([p, e]) => {
+                let (loss, grad) = p.0.l_simple(l, e, with_grad)?;
+                let loss = Storage::full(Device::Cpu, self.dtype(), 1, loss)?;
+                Ok((loss, grad.map(Storage::Cpu)))
+            }
+            Placed::Cuda([p, e]) => {
+                let (loss, grad) = p.0.l_simple(l, e, with_grad)?;
+                Ok((Storage::Cuda(loss), grad.map(Storage::Cuda)))
+            }
+        }
+    }
+
+    /// One reverse step per sample (self = x_t); see [`StepCoef`].
+    pub fn denoise_step(
+        &self,
+        l: &Layout,
+        eps: StorageView,
+        z: Option<StorageView>,
+        coefs: &[StepCoef],
+    ) -> Result<Storage> {
+        let op = "denoise_step";
+        // z is checked against x's device too (when given).
+        let z_check = z.unwrap_or(eps);
+        match placed(op, [(self, l), eps, z_check])? {
+            Placed::Cpu([x, e, zc]) => {
+                let z = z.map(|_| zc);
+                Ok(Storage::Cpu(x.0.denoise_step(l, e, z, coefs)?))
+            }
+            Placed::Cuda([x, e, zc]) => {
+                let z = z.map(|_| zc);
+                Ok(Storage::Cuda(x.0.denoise_step(l, e, z, coefs)?))
+            }
+        }
+    }
+}
+
+impl CpuStorage {
+    pub fn q_sample(&self, l: &Layout, eps: CpuView, coefs: &[QSampleCoef]) -> Result<CpuStorage> {
+        by_dtype!(self.dtype(), T => {
+            let x0 = typed::<T>("q_sample", self, l)?;
+            let e = typed::<T>("q_sample", eps.0, eps.1)?;
+            let mut out = zeroed(x0.len());
+            kernel::q_sample(&x0, &e, coefs, &mut out);
+            Ok(cpu_storage(out))
+        })
+    }
+
+    pub fn l_simple(
+        &self,
+        l: &Layout,
+        eps: CpuView,
+        with_grad: bool,
+    ) -> Result<(f64, Option<CpuStorage>)> {
+        by_dtype!(self.dtype(), T => {
+            let p = typed::<T>("l_simple_loss", self, l)?;
+            let e = typed::<T>("l_simple_loss", eps.0, eps.1)?;
+            let mut grad: Option<Vec<T>> = with_grad.then(|| zeroed(p.len()));
+            let loss = kernel::l_simple(&p, &e, grad.as_deref_mut());
+            Ok((loss, grad.map(cpu_storage)))
+        })
+    }
+
+    pub fn denoise_step(
+        &self,
+        l: &Layout,
+        eps: CpuView,
+        z: Option<CpuView>,
+        coefs: &[StepCoef],
+    ) -> Result<CpuStorage> {
+        by_dtype!(self.dtype(), T => denoise_step_typed::<T>((self, l), eps, z, coefs))
+    }
+}
+
+fn denoise_step_typed<T: CpuElem>(
+    x: CpuView,
+    eps: CpuView,
+    z: Option<CpuView>,
+    coefs: &[StepCoef],
+) -> Result<CpuStorage> {
+    let op = "denoise_step";
+    let x = typed::<T>(op, x.0, x.1)?;
+    let e = typed::<T>(op, eps.0, eps.1)?;
+    let z = z.map(|(s, zl)| typed::<T>(op, s, zl)).transpose()?;
+    let mut out = zeroed(x.len());
+    kernel::denoise_step(&x, &e, z.as_deref(), coefs, &mut out);
+    Ok(cpu_storage(out))
+}
+
+impl CudaStorage {
+    pub fn q_sample(
+        &self,
+        l: &Layout,
+        eps: CudaView,
+        coefs: &[QSampleCoef],
+    ) -> Result<CudaStorage> {
+        let n = l.numel();
+        check_len("q_sample", eps, n)?;
+        let op = "q_sample";
+        let (x0, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
+        let out = cuda_kernel::q_sample(&self.dev, x0.ptr(), e.ptr(), coefs, n)?;
+        Ok(self.wrap(out))
+    }
+
+    /// The loss as a one-element buffer, reduced on the device (no host read).
+    pub fn l_simple(
+        &self,
+        l: &Layout,
+        eps: CudaView,
+        with_grad: bool,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        let n = l.numel();
+        check_len("l_simple_loss", eps, n)?;
+        let op = "l_simple_loss";
+        let (p, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
+        let (loss, grad) = cuda_kernel::l_simple(&self.dev, p.ptr(), e.ptr(), n, with_grad)?;
+        Ok((self.wrap(loss), grad.map(|g| self.wrap(g))))
+    }
+
+    pub fn denoise_step(
+        &self,
+        l: &Layout,
+        eps: CudaView,
+        z: Option<CudaView>,
+        coefs: &[StepCoef],
+    ) -> Result<CudaStorage> {
+        let op = "denoise_step";
+        let n = l.numel();
+        check_len(op, eps, n)?;
+        if let Some(z) = z {
+            check_len(op, z, n)?;
+        }
+        let (x, e) = (cuda_contiguous(op, (self, l))?, cuda_contiguous(op, eps)?);
+        let z = z.map(|z| cuda_contiguous(op, z)).transpose()?;
+        let z_ptr = z.as_ref().map(|z| z.ptr());
+        let out = cuda_kernel::denoise_step(&self.dev, x.ptr(), e.ptr(), z_ptr, coefs, n)?;
+        Ok(self.wrap(out))
+    }
+}
+
+/// Checks that a CUDA operand has `n` elements (the kernels read `n`).
+fn check_len(op: &'static str, (_, l): CudaView, n: usize) -> Result<()> {
+    if l.numel() != n {
+        return Err(bad_arg(
+            op,
+            format!("operand has {} elements, expected {n}", l.numel()),
+        ));
+    }
+    Ok(())
 }

@@ -7,8 +7,8 @@ use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result};
 use crate::optim::clip::GradScale;
 use crate::storage::{Storage, device_mismatch};
-use noisegrad_kernels::cpu::optim::AdamStep;
-use noisegrad_kernels::cuda::optim::{self as cuda_kernel, AdamScale};
+use noisegrad_kernels::optim::cpu::AdamStep;
+use noisegrad_kernels::optim::cuda::{self as cuda_kernel, AdamScale};
 
 impl Storage {
     /// Σ x² over the elements of `layout`, in f64 (on a GPU: reduced there,

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::storage::{Storage, device_mismatch};
 use crate::{DType, Layout};
 use noisegrad_kernels::Float;
-use noisegrad_kernels::cuda::elementwise::Dense;
+use noisegrad_kernels::elementwise::cuda::Dense;
 use std::borrow::Cow;
 
 /// A storage viewed through a layout (one operand of a multi-operand primitive).

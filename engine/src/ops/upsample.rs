@@ -6,8 +6,33 @@ use crate::cuda_backend::CudaStorage;
 use crate::error::{Result, bad_arg};
 use crate::storage::Storage;
 use crate::{Layout, Tensor};
-use noisegrad_kernels::cpu::upsample as kernel;
-use noisegrad_kernels::cuda::upsample as cuda_kernel;
+use noisegrad_kernels::upsample::cpu as kernel;
+use noisegrad_kernels::upsample::cuda as cuda_kernel;
+
+impl Tensor {
+    /// Nearest-neighbour ×2 upsampling of `[N, C, H, W]` to `[N, C, 2H, 2W]`:
+    /// y[n, c, 2i + a, 2j + b] = x[n, c, i, j] (a, b ∈ {0, 1}), as PyTorch's
+    /// `interpolate(scale_factor=2, mode="nearest")`. The gradient of
+    /// x[n, c, i, j] is the sum of the 2×2 output block it was copied to.
+    pub fn upsample_nearest2x(&self) -> Result<Tensor> {
+        if self.rank() != 4 {
+            return Err(bad_arg(
+                "upsample_nearest2x",
+                format!("input must be NCHW (rank 4), got shape {:?}", self.shape()),
+            ));
+        }
+        let st = self.storage().upsample_nearest2x(self.layout())?;
+        let s = self.shape();
+        let out = Tensor::from_contiguous(st, &[s[0], s[1], 2 * s[2], 2 * s[3]]);
+        let in_shape = s.to_vec();
+        Ok(record(out, "upsample_nearest2x", &[self], move || {
+            Box::new(move |g, _| {
+                let st = g.storage().upsample_nearest2x_backward(g.layout())?;
+                Ok(vec![Some(Tensor::from_contiguous(st, &in_shape))])
+            })
+        }))
+    }
+}
 
 /// `[planes, h, w]` of an NCHW layout (planes = N·C).
 fn planes_h_w(shape: &[usize]) -> (usize, usize, usize) {
@@ -29,22 +54,6 @@ impl Storage {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.upsample_nearest2x_backward(dyl))),
             Storage::Cuda(s) => Ok(Storage::Cuda(s.upsample_nearest2x_backward(dyl)?)),
         }
-    }
-}
-
-/// The CUDA upsample (see `noisegrad_kernels::cuda::upsample`); inputs may
-/// be any views, outputs are contiguous.
-impl CudaStorage {
-    pub fn upsample_nearest2x(&self, xl: &Layout) -> Result<CudaStorage> {
-        let (planes, h, w) = planes_h_w(xl.shape());
-        let y = cuda_kernel::forward(&self.dev, self.view(xl)?, planes, h, w)?;
-        Ok(self.wrap(y))
-    }
-
-    pub fn upsample_nearest2x_backward(&self, dyl: &Layout) -> Result<CudaStorage> {
-        let (planes, h2, w2) = planes_h_w(dyl.shape());
-        let dx = cuda_kernel::backward(&self.dev, self.view(dyl)?, planes, h2 / 2, w2 / 2)?;
-        Ok(self.wrap(dx))
     }
 }
 
@@ -70,27 +79,18 @@ impl CpuStorage {
     }
 }
 
-impl Tensor {
-    /// Nearest-neighbour ×2 upsampling of `[N, C, H, W]` to `[N, C, 2H, 2W]`:
-    /// y[n, c, 2i + a, 2j + b] = x[n, c, i, j] (a, b ∈ {0, 1}), as PyTorch's
-    /// `interpolate(scale_factor=2, mode="nearest")`. The gradient of
-    /// x[n, c, i, j] is the sum of the 2×2 output block it was copied to.
-    pub fn upsample_nearest2x(&self) -> Result<Tensor> {
-        if self.rank() != 4 {
-            return Err(bad_arg(
-                "upsample_nearest2x",
-                format!("input must be NCHW (rank 4), got shape {:?}", self.shape()),
-            ));
-        }
-        let st = self.storage().upsample_nearest2x(self.layout())?;
-        let s = self.shape();
-        let out = Tensor::from_contiguous(st, &[s[0], s[1], 2 * s[2], 2 * s[3]]);
-        let in_shape = s.to_vec();
-        Ok(record(out, "upsample_nearest2x", &[self], move || {
-            Box::new(move |g, _| {
-                let st = g.storage().upsample_nearest2x_backward(g.layout())?;
-                Ok(vec![Some(Tensor::from_contiguous(st, &in_shape))])
-            })
-        }))
+/// The CUDA upsample (see `noisegrad_kernels::upsample::cuda`); inputs may
+/// be any views, outputs are contiguous.
+impl CudaStorage {
+    pub fn upsample_nearest2x(&self, xl: &Layout) -> Result<CudaStorage> {
+        let (planes, h, w) = planes_h_w(xl.shape());
+        let y = cuda_kernel::forward(&self.dev, self.view(xl)?, planes, h, w)?;
+        Ok(self.wrap(y))
+    }
+
+    pub fn upsample_nearest2x_backward(&self, dyl: &Layout) -> Result<CudaStorage> {
+        let (planes, h2, w2) = planes_h_w(dyl.shape());
+        let dx = cuda_kernel::backward(&self.dev, self.view(dyl)?, planes, h2 / 2, w2 / 2)?;
+        Ok(self.wrap(dx))
     }
 }

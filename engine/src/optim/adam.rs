@@ -1,7 +1,7 @@
 //! Adam and AdamW with a fused one-pass update.
 //!
 //! Each step reads θ, g, m, v and writes θ, m, v exactly once per element
-//! ([`noisegrad_kernels::cpu::optim::adam`]); gradient clipping is folded in
+//! ([`noisegrad_kernels::optim::cpu::adam`]); gradient clipping is folded in
 //! as a scale on g, so clipping costs one extra read of g (for the norm).
 //! On a GPU the clip scale stays on the device (see [`super::clip`]), so
 //! a clipped step is queued without the host waiting for the norm.
@@ -10,7 +10,7 @@ use super::clip::{GradNorm, GradScale, check_max_norm, global_norm};
 use crate::error::{Result, bad_arg};
 use crate::nn::params::check_names_and_shapes;
 use crate::{DType, Device, Tensor};
-use noisegrad_kernels::cpu::optim::AdamStep;
+use noisegrad_kernels::optim::cpu::AdamStep;
 use std::collections::HashMap;
 
 /// How weight decay λ enters the update.

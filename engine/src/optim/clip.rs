@@ -26,8 +26,8 @@ use crate::error::{Result, bad_arg};
 use crate::ops::with_storage_list;
 use crate::storage::Storage;
 use crate::{Device, Tensor, no_grad};
-use noisegrad_kernels::cuda::optim::{self as cuda_kernel, NormState, read_norm};
 use noisegrad_kernels::cuda::{CudaDevice, DeviceBuffer};
+use noisegrad_kernels::optim::cuda::{self as cuda_kernel, NormState, read_norm};
 use std::sync::Arc;
 
 /// The ε of torch's clip coefficient max_norm / (‖g‖ + ε).

@@ -8,20 +8,8 @@
 //! - explicit SIMD lives in [`simd`], chosen at run time; the scalar path is
 //!   always there and tests run both (see [`simd::force_scalar`]).
 
-pub mod attention;
-pub mod conv;
-pub mod copy;
-pub mod elementwise;
-pub mod gemm;
-pub mod group_norm;
-pub mod index;
-pub mod noise;
-pub mod optim;
-pub mod reduce;
 pub mod simd;
 pub mod simd_avx512;
-pub mod softmax;
-pub mod upsample;
 
 /// Elements per rayon task for memory-bound kernels: large enough that task
 /// overhead (~1 µs) is small against the ~10 µs the chunk takes.

@@ -25,25 +25,14 @@
 
 pub mod abi;
 pub mod alloc;
-pub mod attention;
 mod backend;
 pub mod compile;
-pub mod conv;
 pub mod device;
 mod driver;
-pub mod elementwise;
 #[cfg(feature = "emulator")]
 pub mod emu;
-pub mod gemm;
-pub mod group_norm;
-pub mod index;
-pub mod noise;
-pub mod optim;
-pub mod random;
-pub mod reduce;
 pub mod signature;
 pub mod sources;
-pub mod upsample;
 
 pub use abi::{Arg, MAX_RANK, Strided};
 pub use alloc::{DeviceBuffer, PoolStats};

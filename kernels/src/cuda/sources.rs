@@ -8,16 +8,16 @@ pub const COMMON: &str = include_str!("common.cuh");
 
 /// `(module name, source)` of every kernel family.
 pub const SOURCES: &[(&str, &str)] = &[
-    ("elementwise", include_str!("elementwise.cu")),
-    ("reduce", include_str!("reduce.cu")),
-    ("index", include_str!("index.cu")),
-    ("random", include_str!("random.cu")),
-    ("conv", include_str!("conv.cu")),
-    ("group_norm", include_str!("group_norm.cu")),
-    ("upsample", include_str!("upsample.cu")),
-    ("noise", include_str!("noise.cu")),
-    ("optim", include_str!("optim.cu")),
-    ("attention", include_str!("attention.cu")),
+    ("elementwise", include_str!("../elementwise/elementwise.cu")),
+    ("reduce", include_str!("../reduce/reduce.cu")),
+    ("index", include_str!("../index/index.cu")),
+    ("random", include_str!("../random/random.cu")),
+    ("conv", include_str!("../conv/conv.cu")),
+    ("group_norm", include_str!("../group_norm/group_norm.cu")),
+    ("upsample", include_str!("../upsample/upsample.cu")),
+    ("noise", include_str!("../noise/noise.cu")),
+    ("optim", include_str!("../optim/optim.cu")),
+    ("attention", include_str!("../attention/attention.cu")),
 ];
 
 /// The full source of `module` (header + body), or `None` if unknown.

@@ -4,9 +4,10 @@
 //! g++ and say so when it is missing.
 
 use super::*;
-use crate::cuda::gemm::{MatOperand, MatOut, gemm};
 use crate::cuda::use_emulator_if_no_gpu;
-use crate::cuda::{CudaDevice, elementwise, sources::COMMON};
+use crate::cuda::{CudaDevice, sources::COMMON};
+use crate::elementwise::cuda as elementwise;
+use crate::gemm::cuda::{MatOperand, MatOut, gemm};
 
 fn have_gxx(test: &str) -> bool {
     let ok = compiler_available();

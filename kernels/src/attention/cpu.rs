@@ -1,0 +1,1238 @@
+//! Single-head scaled dot-product attention, forward and backward:
+//!
+//! O = softmax(S) V,  S = s·Q Kᵀ  (softmax along each row, s usually 1/√C),
+//!
+//! for contiguous row-major q `[B, M, C]`, k `[B, N, C]`, v `[B, N, E]` and
+//! out `[B, M, E]` (self-attention in the U-Net: M = N = H·W, E = C).
+//!
+//! The forward also writes the per-row log-sum-exp L_r = ln Σ_c e^{S_rc}
+//! (`lse`, `[B, M]`): with it the backward rebuilds P = e^{S − L} exactly
+//! from a recomputed S, so nothing of size M×N is kept between passes.
+//! The backward, with dO = ∂loss/∂O and D_r = Σ_e dO_re·O_re:
+//!
+//! dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − D),  dQ = s·dS K,  dK = s·dSᵀ Q.
+//!
+//! # Two paths
+//!
+//! - **Flash** ([`AttnPath::Flash`]): the rows of Q are cut into tiles of
+//!   `rows`, the keys into tiles of `cols`, and only one `rows × cols` score
+//!   tile exists at a time. The forward keeps, per query row, a running max
+//!   m and sum l of e^{S − m}; when a new key tile raises the max, the sum
+//!   and the output accumulator are rescaled by e^{m_old − m_new} (online
+//!   softmax), and the output is divided by l at the end. Rayon tasks are
+//!   (batch item, query tile) pairs. The backward (FlashAttention-2 order)
+//!   gives each task a run of key tiles of one batch item (it owns those
+//!   rows of dK and dV) and loops over every query tile, recomputing S and
+//!   P; dQ contributions go to a per-task partial summed at the end, or,
+//!   with at least two batch items per thread (the training case), each
+//!   task owns a whole batch item and writes its dQ directly.
+//! - **Plain** ([`AttnPath::Plain`]): the full `[B, M, N]` score matrix is
+//!   materialised with one batched GEMM (`gemm::batched_gemm`), softmax
+//!   runs over its rows, and a second batched GEMM applies it; the backward
+//!   does the same with five batched GEMMs. It is the straightforward
+//!   composition of the existing kernels, kept as the reference the flash
+//!   path is tested and measured against.
+//!
+//! The flash path's products are small and reuse one operand many times,
+//! so they do not go through `matrixmultiply` (which packs both operands on
+//! every call, and starts its own threads above 2¹⁵-element operands, which
+//! would compete with the rayon tasks). Instead, per batch item, each
+//! B-side operand (Kᵀ, V, and in the backward Vᵀ, K, Q, dO) is packed once
+//! into 16-column panels, and a register-blocked 6×16 AVX2+FMA micro-kernel
+//! (`tile_gemm`) reads the A side in place with any strides (so Pᵀ and dSᵀ
+//! are never copied). Packing also removes the 1 KB row strides (C = 256
+//! floats) that would map a B panel onto a few L1 sets. On its own it ran
+//! at ~100–110 GFLOP/s per core here (AVX2+FMA peak: 32 flops per cycle),
+//! and ~75–80% of the flash path's time is spent in it; a generic loop
+//! covers f64 and CPUs without AVX2.
+//!
+//! # Which path, and the tile size (measured)
+//!
+//! [`AttnPath::Auto`] always takes the flash path with [`Tiles::DEFAULT`]
+//! (64 × 64): it was faster at every shape measured. Process CPU time per
+//! call in ms, f32, one thread, best of 5–7 runs (2-core AMD EPYC Zen 4
+//! shared with other jobs, so provisional; `benches/attention.rs` measures
+//! the 2-thread wall clock):
+//!
+//! | B × T × C            | fwd plain | fwd flash | bwd plain | bwd flash |
+//! |----------------------|-----------|-----------|-----------|-----------|
+//! | 8 × 256 × 256 (U-Net)| 7.6       | 6.4       | 18.3      | 15.9      |
+//! | 32 × 256 × 128       | 18.1      | 13.7      | 49.7      | 31.8      |
+//! | 8 × 64 × 256         | 0.69      | 0.45      | 1.57      | 1.32      |
+//! | 8 × 16 × 256         | 0.09      | 0.06      | 0.24      | 0.16      |
+//! | 4 × 1024 × 128       | 32.9      | 26.1      | 85.5      | 68.6      |
+//! | 1 × 256 × 256        | 1.00      | 0.74      | 2.93      | 1.88      |
+//!
+//! At the U-Net's 16×16 maps a 256 × 256 score matrix is only 256 KB, so
+//! the plain path is not memory-bound; it loses on the extra pass of its
+//! softmax over the whole score matrix, on repacking inside every GEMM, and
+//! (with two threads) on splitting each GEMM across threads where the
+//! flash tasks are independent. The tile barely matters once operands are
+//! packed per batch item: backward 64/128/256 query rows × 64 keys took
+//! 16.0/16.4/16.0 ms, the forward ~6.8 ms for all; 64 × 64 keeps the score
+//! tile in L1 and gives B·T/64 independent forward tasks.
+//!
+//! Numerics: scores are max-subtracted before `exp` (every exponent ≤ 0);
+//! sums and products accumulate in the element type (f32 in training, f64
+//! in gradient checks).
+
+pub use super::AttnConfig;
+use crate::Float;
+use crate::cpu::simd::{self, SimdLevel};
+use crate::gemm::cpu::{Gemm, MatRef, batched_gemm};
+use rayon::prelude::*;
+use std::any::Any;
+use std::cell::RefCell;
+
+/// The score-tile size of the flash path: `rows` query rows × `cols` keys
+/// (`cols` a multiple of 16, the width of a packed panel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Tiles {
+    /// The tile [`AttnPath::Auto`] uses (see the module docs).
+    pub const DEFAULT: Tiles = Tiles { rows: 64, cols: 64 };
+}
+
+/// Which algorithm computes the attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnPath {
+    /// [`choose_path`] decides from the shape.
+    Auto,
+    /// One score tile at a time, online softmax.
+    Flash(Tiles),
+    /// Full `[B, M, N]` score matrix.
+    Plain,
+}
+
+/// The path [`AttnPath::Auto`] takes for a shape: flash, which measured
+/// faster at every shape tried (see the module docs).
+pub fn choose_path(_c: &AttnConfig) -> AttnPath {
+    AttnPath::Flash(Tiles::DEFAULT)
+}
+
+/// The three inputs, each contiguous row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct Qkv<'a, T> {
+    pub q: &'a [T],
+    pub k: &'a [T],
+    pub v: &'a [T],
+}
+
+/// The three input gradients, written in full by [`attention_backward`].
+#[derive(Debug)]
+pub struct QkvGrads<'a, T> {
+    pub dq: &'a mut [T],
+    pub dk: &'a mut [T],
+    pub dv: &'a mut [T],
+}
+
+fn check_inputs<T>(c: &AttnConfig, x: &Qkv<T>) {
+    assert!(
+        x.q.len() == c.q_size() && x.k.len() == c.k_size() && x.v.len() == c.v_size(),
+        "attention: q/k/v lengths do not match {c:?}"
+    );
+    assert!(
+        c.is_empty() || (c.kv_len > 0 && c.qk_dim > 0 && c.v_dim > 0),
+        "attention: needs at least one key and one channel ({c:?})"
+    );
+}
+
+/// O = softmax(s·Q Kᵀ) V into `out` `[B, M, E]`, and the row log-sum-exp
+/// L_r = ln Σ_c e^{s·(Q Kᵀ)_rc} into `lse` `[B, M]`.
+pub fn attention_forward<T: Gemm>(
+    c: &AttnConfig,
+    path: AttnPath,
+    x: Qkv<T>,
+    out: &mut [T],
+    lse: &mut [T],
+) {
+    check_inputs(c, &x);
+    assert!(
+        out.len() == c.out_size() && lse.len() == c.rows(),
+        "attention: out/lse lengths do not match {c:?}"
+    );
+    if c.is_empty() {
+        return;
+    }
+    match resolve(c, path) {
+        Some(t) => flash_forward(c, t, &x, out, lse),
+        None => plain_forward(c, &x, out, lse),
+    }
+}
+
+/// Gradients of Σ dO ⊙ O with respect to q, k and v, from the forward's
+/// `out` and `lse` (see the module docs for the equations).
+pub fn attention_backward<T: Gemm>(
+    c: &AttnConfig,
+    path: AttnPath,
+    x: Qkv<T>,
+    out: &[T],
+    lse: &[T],
+    d_out: &[T],
+    g: QkvGrads<T>,
+) {
+    check_inputs(c, &x);
+    assert!(
+        out.len() == c.out_size() && d_out.len() == c.out_size() && lse.len() == c.rows(),
+        "attention_backward: out/d_out/lse lengths do not match {c:?}"
+    );
+    assert!(
+        g.dq.len() == c.q_size() && g.dk.len() == c.k_size() && g.dv.len() == c.v_size(),
+        "attention_backward: gradient lengths do not match {c:?}"
+    );
+    if c.is_empty() {
+        g.dq.fill(T::ZERO);
+        g.dk.fill(T::ZERO);
+        g.dv.fill(T::ZERO);
+        return;
+    }
+    let delta = row_dots(d_out, out, c.v_dim);
+    let saved = Saved {
+        lse,
+        d_out,
+        delta: &delta,
+    };
+    match resolve(c, path) {
+        Some(t) => flash_backward(c, t, &x, &saved, g),
+        None => plain_backward(c, &x, &saved, g),
+    }
+}
+
+/// The flash tiles to run with, or `None` for the plain path.
+fn resolve(c: &AttnConfig, path: AttnPath) -> Option<Tiles> {
+    match path {
+        AttnPath::Auto => resolve(c, choose_path(c)),
+        AttnPath::Plain => None,
+        AttnPath::Flash(t) => {
+            assert!(
+                t.rows > 0 && t.cols > 0 && t.cols.is_multiple_of(NR),
+                "attention: tile {t:?} needs rows > 0 and cols a multiple of {NR}"
+            );
+            Some(t)
+        }
+    }
+}
+
+/// What the backward needs besides q, k, v: L, dO and D = rowsum(dO ⊙ O).
+struct Saved<'a, T> {
+    lse: &'a [T],
+    d_out: &'a [T],
+    delta: &'a [T],
+}
+
+/// D_r = Σ_e a_re·b_re for rows of `width` elements.
+fn row_dots<T: Float>(a: &[T], b: &[T], width: usize) -> Vec<T> {
+    let mut d = vec![T::ZERO; a.len() / width];
+    d.par_iter_mut()
+        .zip(a.par_chunks(width).zip(b.par_chunks(width)))
+        .with_min_len(64)
+        .for_each(|(d, (ar, br))| {
+            *d = simd::with_avx2(|| ar.iter().zip(br).fold(T::ZERO, |s, (&x, &y)| s + x * y));
+        });
+    d
+}
+
+/// Row-major view (for the plain path's batched GEMMs) of a matrix with
+/// `width` columns, and of its transpose.
+fn mat_rows<T>(data: &[T], width: usize) -> MatRef<'_, T> {
+    MatRef {
+        data,
+        rs: width,
+        cs: 1,
+    }
+}
+
+fn mat_transposed<T>(data: &[T], width: usize) -> MatRef<'_, T> {
+    MatRef {
+        data,
+        rs: 1,
+        cs: width,
+    }
+}
+
+// ---- flash path ---------------------------------------------------------
+
+/// One batch item's slice of a `[B, rows, width]` operand.
+fn item<T>(x: &[T], b: usize, rows: usize, width: usize) -> &[T] {
+    &x[b * rows * width..(b + 1) * rows * width]
+}
+
+fn flash_forward<T: Float>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, out: &mut [T], lse: &mut [T]) {
+    let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+    out.par_chunks_mut(m * e)
+        .zip(lse.par_chunks_mut(m))
+        .enumerate()
+        .for_each(|(b, (out_b, lse_b))| {
+            // Packed here, by the thread that starts on this batch item, so
+            // they are still in its cache for the first query tiles.
+            let ops = ForwardOperands {
+                q: item(x.q, b, m, d),
+                k_t: Packed::new(item(x.k, b, n, d), n, d, true),
+                v: Packed::new(item(x.v, b, n, e), n, e, false),
+            };
+            out_b
+                .par_chunks_mut(t.rows * e)
+                .zip(lse_b.par_chunks_mut(t.rows))
+                .enumerate()
+                .for_each(|(i, (out_t, lse_t))| {
+                    forward_query_tile(c, t, &ops, i * t.rows, out_t, lse_t)
+                });
+        });
+}
+
+/// One batch item's forward operands: q as is, Kᵀ and V packed.
+struct ForwardOperands<'a, T: Float> {
+    q: &'a [T],
+    k_t: Packed<T>,
+    v: Packed<T>,
+}
+
+/// One query tile (rows r0..) against every key tile, with the online
+/// softmax; `out` (the tile's rows) doubles as the accumulator.
+fn forward_query_tile<T: Float>(
+    c: &AttnConfig,
+    t: Tiles,
+    ops: &ForwardOperands<T>,
+    r0: usize,
+    out: &mut [T],
+    lse: &mut [T],
+) {
+    let (n, d, e) = (c.kv_len, c.qk_dim, c.v_dim);
+    let rows = lse.len();
+    let scale = T::from_f64(c.scale);
+    let q_tile = rows_of(ops.q, r0 * d, d);
+    let mut s = vec![T::ZERO; rows * t.cols];
+    let mut max = vec![T::NEG_INFINITY; rows];
+    let mut sum = vec![T::ZERO; rows];
+    out.fill(T::ZERO);
+    for c0 in (0..n).step_by(t.cols) {
+        let cols = t.cols.min(n - c0);
+        let s = &mut s[..rows * cols];
+        // S = s·Q_i K_jᵀ
+        tile_gemm(
+            (rows, d, cols),
+            scale,
+            q_tile,
+            ops.k_t.at(0, c0),
+            T::ZERO,
+            s,
+        );
+        simd::with_avx2(|| {
+            for (r, (s_r, o_r)) in s.chunks_mut(cols).zip(out.chunks_mut(e)).enumerate() {
+                online_softmax_step(s_r, &mut max[r], &mut sum[r], o_r);
+            }
+        });
+        // O_i += P V_j
+        let p = rows_of(s, 0, cols);
+        tile_gemm((rows, cols, e), T::ONE, p, ops.v.at(c0, 0), T::ONE, out);
+    }
+    simd::with_avx2(|| {
+        for (r, o_r) in out.chunks_mut(e).enumerate() {
+            let inv = T::ONE / sum[r];
+            o_r.iter_mut().for_each(|o| *o *= inv);
+            lse[r] = max[r] + sum[r].ln();
+        }
+    });
+}
+
+/// Folds one tile of scores `s` of a row into its running max and sum:
+/// m' = max(m, max s), l' = l·e^{m − m'} + Σ e^{s − m'}; the row's output
+/// accumulator is rescaled by e^{m − m'} and `s` becomes e^{s − m'}, ready
+/// for `acc += P V`.
+#[inline(always)]
+fn online_softmax_step<T: Float>(s: &mut [T], max: &mut T, sum: &mut T, acc: &mut [T]) {
+    let new_max = row_max(s).max(*max);
+    let tile_sum = exp_shifted(s, new_max);
+    if *max != new_max {
+        // e^{−∞} = 0 on the first tile, where the accumulator is still zero.
+        let rescale = (*max - new_max).exp();
+        *sum *= rescale;
+        acc.iter_mut().for_each(|a| *a *= rescale);
+    }
+    *sum += tile_sum;
+    *max = new_max;
+}
+
+/// max_j x_j, in 8 independent lanes so that it vectorises (a plain fold
+/// is one long dependency chain). NaN inputs are not propagated; the exp
+/// that follows turns them into NaN outputs anyway.
+#[inline(always)]
+fn row_max<T: Float>(x: &[T]) -> T {
+    let mut lanes = [T::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for ch in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(ch) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(T::NEG_INFINITY, |a, &v| a.max(v))
+}
+
+/// One batch item's backward operands, each packed as the B side of one
+/// product (see [`backward_key_chunk`]).
+struct BackwardOperands<'a, T: Float> {
+    q: &'a [T],
+    d_out: &'a [T],
+    lse: &'a [T],
+    delta: &'a [T],
+    k_t: Packed<T>,
+    v_t: Packed<T>,
+    k: Packed<T>,
+    q_rows: Packed<T>,
+    d_out_rows: Packed<T>,
+}
+
+impl<'a, T: Float> BackwardOperands<'a, T> {
+    fn new(c: &AttnConfig, x: &Qkv<'a, T>, saved: &Saved<'a, T>, b: usize) -> Self {
+        let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+        let (q, k, v) = (item(x.q, b, m, d), item(x.k, b, n, d), item(x.v, b, n, e));
+        let d_out = item(saved.d_out, b, m, e);
+        BackwardOperands {
+            q,
+            d_out,
+            lse: item(saved.lse, b, m, 1),
+            delta: item(saved.delta, b, m, 1),
+            k_t: Packed::new(k, n, d, true),
+            v_t: Packed::new(v, n, e, true),
+            k: Packed::new(k, n, d, false),
+            q_rows: Packed::new(q, m, d, false),
+            d_out_rows: Packed::new(d_out, m, e, false),
+        }
+    }
+}
+
+fn flash_backward<T: Float>(
+    c: &AttnConfig,
+    t: Tiles,
+    x: &Qkv<T>,
+    saved: &Saved<T>,
+    g: QkvGrads<T>,
+) {
+    let (bs, m, n, d, e) = (c.batch, c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+    let chunk_keys = keys_per_task(c, t);
+    let splits = n.div_ceil(chunk_keys);
+    let mut partials = (splits > 1).then(|| vec![T::ZERO; bs * splits * m * d]);
+    let dq_target: &mut [T] = match partials.as_mut() {
+        Some(p) => p,
+        None => &mut *g.dq,
+    };
+    dq_target
+        .par_chunks_mut(splits * m * d)
+        .zip(g.dk.par_chunks_mut(n * d))
+        .zip(g.dv.par_chunks_mut(n * e))
+        .enumerate()
+        .for_each(|(b, ((dq_b, dk_b), dv_b))| {
+            let ops = BackwardOperands::new(c, x, saved, b);
+            dq_b.par_chunks_mut(m * d)
+                .zip(dk_b.par_chunks_mut(chunk_keys * d))
+                .zip(dv_b.par_chunks_mut(chunk_keys * e))
+                .enumerate()
+                .for_each(|(i, ((dq_part, dk_c), dv_c))| {
+                    let grads = QkvGrads {
+                        dq: dq_part,
+                        dk: dk_c,
+                        dv: dv_c,
+                    };
+                    backward_key_chunk(c, t, &ops, i * chunk_keys, grads)
+                });
+        });
+    if let Some(p) = partials {
+        g.dq.par_chunks_mut(m * d)
+            .zip(p.par_chunks(splits * m * d))
+            .for_each(|(dq_b, parts)| {
+                dq_b.copy_from_slice(&parts[..m * d]);
+                for part in parts.chunks(m * d).skip(1) {
+                    simd::with_avx2(|| dq_b.iter_mut().zip(part).for_each(|(a, &p)| *a += p));
+                }
+            });
+    }
+}
+
+/// Keys per backward task: whole batch items when there are enough of them
+/// to keep every thread busy (about two tasks per thread), else the keys
+/// are split into runs of whole tiles.
+fn keys_per_task(c: &AttnConfig, t: Tiles) -> usize {
+    let tasks_wanted = 2 * rayon::current_num_threads();
+    let splits = tasks_wanted
+        .div_ceil(c.batch)
+        .min(c.kv_len.div_ceil(t.cols));
+    c.kv_len.div_ceil(splits).div_ceil(t.cols) * t.cols
+}
+
+/// The backward for keys k0.. of one batch item (as many as `g.dk` holds)
+/// against every query tile: writes those rows of dK and dV, and this
+/// chunk's contribution to the item's dQ (`g.dq`, `[M, C]`).
+fn backward_key_chunk<T: Float>(
+    c: &AttnConfig,
+    t: Tiles,
+    ops: &BackwardOperands<T>,
+    k0: usize,
+    g: QkvGrads<T>,
+) {
+    let (m, d, e) = (c.q_len, c.qk_dim, c.v_dim);
+    let scale = T::from_f64(c.scale);
+    let keys = g.dk.len() / d;
+    let mut p = vec![T::ZERO; t.rows * t.cols];
+    let mut ds = vec![T::ZERO; t.rows * t.cols];
+    g.dq.fill(T::ZERO);
+    g.dk.fill(T::ZERO);
+    g.dv.fill(T::ZERO);
+    for j0 in (0..keys).step_by(t.cols) {
+        let cols = t.cols.min(keys - j0);
+        let key = k0 + j0;
+        let dk_j = &mut g.dk[j0 * d..(j0 + cols) * d];
+        let dv_j = &mut g.dv[j0 * e..(j0 + cols) * e];
+        for r0 in (0..m).step_by(t.rows) {
+            let rows = t.rows.min(m - r0);
+            let (p, ds) = (&mut p[..rows * cols], &mut ds[..rows * cols]);
+            // P = e^{s·Q_i K_jᵀ − L}
+            let q_i = rows_of(ops.q, r0 * d, d);
+            tile_gemm((rows, d, cols), scale, q_i, ops.k_t.at(0, key), T::ZERO, p);
+            let lse = &ops.lse[r0..r0 + rows];
+            simd::with_avx2(|| {
+                for (p_r, &l) in p.chunks_mut(cols).zip(lse) {
+                    exp_shifted(p_r, l);
+                }
+            });
+            // dV_j += Pᵀ dO_i
+            let do_i = ops.d_out_rows.at(r0, 0);
+            tile_gemm(
+                (cols, rows, e),
+                T::ONE,
+                transposed(p, cols),
+                do_i,
+                T::ONE,
+                dv_j,
+            );
+            // dS = P ⊙ (dO_i V_jᵀ − D)
+            let do_i = rows_of(ops.d_out, r0 * e, e);
+            tile_gemm(
+                (rows, e, cols),
+                T::ONE,
+                do_i,
+                ops.v_t.at(0, key),
+                T::ZERO,
+                ds,
+            );
+            let delta = &ops.delta[r0..r0 + rows];
+            simd::with_avx2(|| softmax_grad_rows(p, ds, delta, cols));
+            // dQ_i += s·dS K_j,  dK_j += s·dSᵀ Q_i
+            let dq_i = &mut g.dq[r0 * d..(r0 + rows) * d];
+            let k_j = ops.k.at(key, 0);
+            tile_gemm(
+                (rows, cols, d),
+                scale,
+                rows_of(ds, 0, cols),
+                k_j,
+                T::ONE,
+                dq_i,
+            );
+            let q_i = ops.q_rows.at(r0, 0);
+            tile_gemm(
+                (cols, rows, d),
+                scale,
+                transposed(ds, cols),
+                q_i,
+                T::ONE,
+                dk_j,
+            );
+        }
+    }
+}
+
+/// dS_rc = P_rc·(dP_rc − D_r) in place of dP, rows of `width`.
+#[inline(always)]
+fn softmax_grad_rows<T: Float>(p: &[T], dp: &mut [T], delta: &[T], width: usize) {
+    for ((p_r, dp_r), &dl) in p.chunks(width).zip(dp.chunks_mut(width)).zip(delta) {
+        for (g, &pv) in dp_r.iter_mut().zip(p_r) {
+            *g = pv * (*g - dl);
+        }
+    }
+}
+
+// ---- tile GEMM ----------------------------------------------------------
+//
+// C ← α·A·B + β·C with B packed in NR-column panels (see `Packed`) and A
+// read in place; why the flash path has its own GEMM is in the module docs.
+
+/// Columns per packed panel: two 8-lane f32 vectors.
+const NR: usize = 16;
+
+/// Rows per micro-kernel call: MR×NR accumulators (12 AVX2 registers) plus
+/// two B vectors and one broadcast A value fill the 16 registers.
+const MR: usize = 6;
+
+/// A `[rows, cols]` matrix (or the transpose of a stored `[cols, rows]`
+/// one) in column panels of NR: element (r, j) at
+/// `data[((j / NR)·rows + r)·NR + j % NR]`, the last panel padded with
+/// zeros.
+struct Packed<T: Float> {
+    data: Scratch<T>,
+    rows: usize,
+}
+
+impl<T: Float> Packed<T> {
+    /// Packs `src` `[src_rows, src_cols]`, as is or transposed.
+    fn new(src: &[T], src_rows: usize, src_cols: usize, transpose: bool) -> Self {
+        let (rows, cols) = if transpose {
+            (src_cols, src_rows)
+        } else {
+            (src_rows, src_cols)
+        };
+        let mut data = Scratch::with_len(cols.div_ceil(NR) * rows * NR);
+        for (p, panel) in data.0.chunks_mut(rows * NR).enumerate() {
+            let j0 = p * NR;
+            let width = NR.min(cols - j0);
+            if width < NR {
+                // Only the last panel has padding; it must read as zeros.
+                panel.fill(T::ZERO);
+            }
+            if transpose {
+                // Column j of the panel is source row j0 + j: read it
+                // contiguously, write it with stride NR (inside L1).
+                for j in 0..width {
+                    let src_row = &src[(j0 + j) * src_cols..][..rows];
+                    for (out, &v) in panel.chunks_exact_mut(NR).zip(src_row) {
+                        out[j] = v;
+                    }
+                }
+            } else {
+                for (out, src_row) in panel.chunks_exact_mut(NR).zip(src.chunks(src_cols)) {
+                    // A fixed-size copy of whole panels compiles to two
+                    // vector moves instead of a `memmove` call.
+                    match <&[T; NR]>::try_from(&src_row[j0..j0 + width]) {
+                        Ok(full) => *<&mut [T; NR]>::try_from(out).unwrap() = *full,
+                        Err(_) => out[..width].copy_from_slice(&src_row[j0..j0 + width]),
+                    }
+                }
+            }
+        }
+        Packed { data, rows }
+    }
+
+    /// The sub-matrix from row r0 and column c0 (a multiple of NR) on.
+    fn at(&self, r0: usize, c0: usize) -> PanelRef<'_, T> {
+        debug_assert!(
+            c0.is_multiple_of(NR),
+            "packed column offset must start a panel"
+        );
+        let stride = self.rows * NR;
+        PanelRef {
+            data: &self.data.0,
+            off: c0 / NR * stride + r0 * NR,
+            panel_stride: stride,
+        }
+    }
+}
+
+/// A buffer from this thread's spares, given back when dropped.
+///
+/// The packed operands are rebuilt on every call; freshly allocated, each
+/// megabyte-sized buffer page-faults again (glibc returns freed arena
+/// memory to the OS), which cost ~15–20% of the backward. Each thread keeps
+/// up to [`MAX_SPARES`] buffers between calls instead.
+struct Scratch<T: Float>(Vec<T>);
+
+/// Spare buffers kept per thread (a backward task holds five at once).
+const MAX_SPARES: usize = 8;
+
+thread_local! {
+    /// This thread's spare buffers, each a `Vec<T>` of some element type.
+    static SPARES: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<T: Float> Scratch<T> {
+    /// `len` elements holding whatever a previous user left (or zeros):
+    /// for callers that overwrite every element.
+    fn with_len(len: usize) -> Self {
+        let spare = SPARES.with_borrow_mut(|spares| {
+            let i = spares.iter().position(|b| b.is::<Vec<T>>())?;
+            spares.swap_remove(i).downcast::<Vec<T>>().ok()
+        });
+        let mut v = spare.map(|b| *b).unwrap_or_default();
+        v.resize(len, T::ZERO);
+        Scratch(v)
+    }
+}
+
+impl<T: Float> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // During thread teardown the spares may be gone: then just free.
+        let _ = SPARES.try_with(|s| {
+            let mut spares = s.borrow_mut();
+            if spares.len() < MAX_SPARES {
+                spares.push(Box::new(v));
+            }
+        });
+    }
+}
+
+/// A packed B operand: element (r, j) at `off + (j / NR)·panel_stride +
+/// r·NR + j % NR`.
+#[derive(Clone, Copy)]
+struct PanelRef<'a, T> {
+    data: &'a [T],
+    off: usize,
+    panel_stride: usize,
+}
+
+/// A (possibly transposed) operand read in place: element (i, j) at
+/// `data[off + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Strided<'a, T> {
+    data: &'a [T],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// Row-major matrix of `width` columns starting at `off`.
+fn rows_of<T>(data: &[T], off: usize, width: usize) -> Strided<'_, T> {
+    Strided {
+        data,
+        off,
+        rs: width,
+        cs: 1,
+    }
+}
+
+/// The transpose of a row-major matrix of `width` columns.
+fn transposed<T>(data: &[T], width: usize) -> Strided<'_, T> {
+    Strided {
+        data,
+        off: 0,
+        rs: 1,
+        cs: width,
+    }
+}
+
+/// C ← α·A·B + β·C for an m×k A (strided), a packed k×n B and a contiguous
+/// m×n C. β = 0 ignores C's previous contents.
+fn tile_gemm<T: Float>(
+    (m, k, n): (usize, usize, usize),
+    alpha: T,
+    a: Strided<T>,
+    b: PanelRef<T>,
+    beta: T,
+    c: &mut [T],
+) {
+    assert_eq!(c.len(), m * n, "tile_gemm: C is not m×n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.iter_mut()
+            .for_each(|x| *x = if beta == T::ZERO { T::ZERO } else { beta * *x });
+        return;
+    }
+    assert!(
+        a.off + (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+        "tile_gemm: A out of bounds"
+    );
+    assert!(
+        b.off + (n - 1) / NR * b.panel_stride + k * NR <= b.data.len(),
+        "tile_gemm: B out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && simd::level() == SimdLevel::Avx2Fma
+    {
+        // SAFETY: T is f32 (checked above), so these are the same slices.
+        let (af, bf, cf) = unsafe {
+            (
+                std::slice::from_raw_parts(a.data.as_ptr() as *const f32, a.data.len()),
+                std::slice::from_raw_parts(b.data.as_ptr() as *const f32, b.data.len()),
+                std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len()),
+            )
+        };
+        let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
+        let a = Strided {
+            data: af,
+            off: a.off,
+            rs: a.rs,
+            cs: a.cs,
+        };
+        let b = PanelRef {
+            data: bf,
+            off: b.off,
+            panel_stride: b.panel_stride,
+        };
+        // SAFETY: AVX2+FMA are available; bounds were asserted above.
+        unsafe { avx2_gemm::run((m, k, n), alpha, a, b, beta, cf) };
+        return;
+    }
+    simd::with_avx2(|| {
+        for j0 in (0..n).step_by(NR) {
+            let width = NR.min(n - j0);
+            let panel = b.off + j0 / NR * b.panel_stride;
+            for i0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - i0);
+                let mut acc = [[T::ZERO; NR]; MR];
+                for kk in 0..k {
+                    let bv = &b.data[panel + kk * NR..panel + (kk + 1) * NR];
+                    for (i, acc_i) in acc[..rows].iter_mut().enumerate() {
+                        let av = a.data[a.off + (i0 + i) * a.rs + kk * a.cs];
+                        for (x, &y) in acc_i.iter_mut().zip(bv) {
+                            *x += av * y;
+                        }
+                    }
+                }
+                for (i, acc_i) in acc[..rows].iter().enumerate() {
+                    let c_row = &mut c[(i0 + i) * n + j0..][..width];
+                    for (x, &v) in c_row.iter_mut().zip(acc_i) {
+                        *x = if beta == T::ZERO {
+                            alpha * v
+                        } else {
+                            alpha * v + beta * *x
+                        };
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm {
+    //! The f32 micro-kernel: C[R×16] = α·Σ_k A[·,k] ⊗ B[k,·] + β·C with
+    //! 2R accumulator registers, one broadcast of A and two loads of B per k.
+    use super::{MR, NR, PanelRef, Strided};
+    use std::arch::x86_64::*;
+
+    /// See `tile_gemm`; the caller has checked bounds and AVX2+FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(
+        (m, k, n): (usize, usize, usize),
+        alpha: f32,
+        a: Strided<f32>,
+        b: PanelRef<f32>,
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        for j0 in (0..n).step_by(NR) {
+            let width = NR.min(n - j0);
+            let bp = b.data[b.off + j0 / NR * b.panel_stride..].as_ptr();
+            for i0 in (0..m).step_by(MR) {
+                let ap = a.data[a.off + i0 * a.rs..].as_ptr();
+                let cp = c[i0 * n + j0..].as_mut_ptr();
+                let args = Block {
+                    k,
+                    ap,
+                    rs: a.rs,
+                    cs: a.cs,
+                    bp,
+                    cp,
+                    ldc: n,
+                    width,
+                    alpha,
+                    beta,
+                };
+                // SAFETY: bounds asserted by the caller; `block` stays
+                // inside rows i0..i0+R and columns j0..j0+width.
+                unsafe {
+                    match MR.min(m - i0) {
+                        6 => block::<6>(args),
+                        5 => block::<5>(args),
+                        4 => block::<4>(args),
+                        3 => block::<3>(args),
+                        2 => block::<2>(args),
+                        _ => block::<1>(args),
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Block {
+        k: usize,
+        ap: *const f32,
+        rs: usize,
+        cs: usize,
+        bp: *const f32,
+        cp: *mut f32,
+        ldc: usize,
+        width: usize,
+        alpha: f32,
+        beta: f32,
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const R: usize>(x: Block) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let rows: [*const f32; R] = std::array::from_fn(|i| unsafe { x.ap.add(i * x.rs) });
+        for kk in 0..x.k {
+            // SAFETY (whole loop): kk < k and i < R index inside A and B.
+            unsafe {
+                let b0 = _mm256_loadu_ps(x.bp.add(kk * NR));
+                let b1 = _mm256_loadu_ps(x.bp.add(kk * NR + 8));
+                for i in 0..R {
+                    let av = _mm256_broadcast_ss(&*rows[i].add(kk * x.cs));
+                    acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+                }
+            }
+        }
+        let alpha = _mm256_set1_ps(x.alpha);
+        let beta = _mm256_set1_ps(x.beta);
+        for (i, acc_i) in acc.iter().enumerate() {
+            // SAFETY: row i < R of C, columns < width ≤ NR.
+            unsafe {
+                let c_row = x.cp.add(i * x.ldc);
+                let mut v = [
+                    _mm256_mul_ps(alpha, acc_i[0]),
+                    _mm256_mul_ps(alpha, acc_i[1]),
+                ];
+                if x.width == NR {
+                    if x.beta != 0.0 {
+                        v[0] = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c_row), v[0]);
+                        v[1] = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c_row.add(8)), v[1]);
+                    }
+                    _mm256_storeu_ps(c_row, v[0]);
+                    _mm256_storeu_ps(c_row.add(8), v[1]);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
+                    for (j, &t) in tmp[..x.width].iter().enumerate() {
+                        let cj = c_row.add(j);
+                        *cj = if x.beta != 0.0 { t + x.beta * *cj } else { t };
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- plain path ---------------------------------------------------------
+
+/// Batch offsets `i·stride` for the batched GEMMs.
+fn offsets(batch: usize, stride: usize) -> Vec<usize> {
+    (0..batch).map(|i| i * stride).collect()
+}
+
+/// The full scores s·Q Kᵀ, `[B, M, N]`.
+fn all_scores<T: Gemm>(c: &AttnConfig, x: &Qkv<T>) -> Vec<T> {
+    let (bs, m, n, d) = (c.batch, c.q_len, c.kv_len, c.qk_dim);
+    let mut s = vec![T::ZERO; bs * m * n];
+    batched_gemm(
+        m,
+        d,
+        n,
+        T::from_f64(c.scale),
+        mat_rows(x.q, d),
+        &offsets(bs, m * d),
+        mat_transposed(x.k, d),
+        &offsets(bs, n * d),
+        T::ZERO,
+        &mut s,
+    );
+    s
+}
+
+fn plain_forward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, out: &mut [T], lse: &mut [T]) {
+    let (bs, m, n, e) = (c.batch, c.q_len, c.kv_len, c.v_dim);
+    let mut p = all_scores(c, x);
+    p.par_chunks_mut(n)
+        .zip(lse.par_iter_mut())
+        .with_min_len(16)
+        .for_each(|(row, l)| {
+            simd::with_avx2(|| {
+                let max = row.iter().fold(T::NEG_INFINITY, |a, &v| a.max(v));
+                let sum = exp_shifted(row, max);
+                let inv = T::ONE / sum;
+                row.iter_mut().for_each(|v| *v *= inv);
+                *l = max + sum.ln();
+            })
+        });
+    batched_gemm(
+        m,
+        n,
+        e,
+        T::ONE,
+        mat_rows(&p, n),
+        &offsets(bs, m * n),
+        mat_rows(x.v, e),
+        &offsets(bs, n * e),
+        T::ZERO,
+        out,
+    );
+}
+
+fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvGrads<T>) {
+    let (bs, m, n, d, e) = (c.batch, c.q_len, c.kv_len, c.qk_dim, c.v_dim);
+    let scale = T::from_f64(c.scale);
+    let mut p = all_scores(c, x);
+    p.par_chunks_mut(n)
+        .zip(saved.lse.par_iter())
+        .with_min_len(16)
+        .for_each(|(row, &l)| {
+            simd::with_avx2(|| exp_shifted(row, l));
+        });
+    let (mn, me) = (offsets(bs, m * n), offsets(bs, m * e));
+    batched_gemm(
+        n,
+        m,
+        e,
+        T::ONE,
+        mat_transposed(&p, n),
+        &mn,
+        mat_rows(saved.d_out, e),
+        &me,
+        T::ZERO,
+        g.dv,
+    );
+    let mut ds = vec![T::ZERO; bs * m * n];
+    batched_gemm(
+        m,
+        e,
+        n,
+        T::ONE,
+        mat_rows(saved.d_out, e),
+        &me,
+        mat_transposed(x.v, e),
+        &offsets(bs, n * e),
+        T::ZERO,
+        &mut ds,
+    );
+    ds.par_chunks_mut(n * 16)
+        .zip(p.par_chunks(n * 16))
+        .zip(saved.delta.par_chunks(16))
+        .for_each(|((ds, p), delta)| simd::with_avx2(|| softmax_grad_rows(p, ds, delta, n)));
+    batched_gemm(
+        m,
+        n,
+        d,
+        scale,
+        mat_rows(&ds, n),
+        &mn,
+        mat_rows(x.k, d),
+        &offsets(bs, n * d),
+        T::ZERO,
+        g.dq,
+    );
+    batched_gemm(
+        n,
+        m,
+        d,
+        scale,
+        mat_transposed(&ds, n),
+        &mn,
+        mat_rows(x.q, d),
+        &offsets(bs, m * d),
+        T::ZERO,
+        g.dk,
+    );
+}
+
+// ---- exp ----------------------------------------------------------------
+
+/// x_j ← e^{x_j − shift}, returning Σ_j e^{x_j − shift}. f32 on AVX2 uses
+/// the polynomial `exp_ps` (libm's `expf` is not vectorised).
+#[inline(always)]
+fn exp_shifted<T: Float>(x: &mut [T], shift: T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && simd::level() == SimdLevel::Avx2Fma
+    {
+        // SAFETY: T is f32 (same layout), checked just above.
+        let xf = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) };
+        // SAFETY: AVX2 and FMA are available (checked above).
+        let sum = unsafe { exp_shifted_avx2(xf, shift.to_f64() as f32) };
+        return T::from_f64(sum as f64);
+    }
+    let mut sum = T::ZERO;
+    for v in x.iter_mut() {
+        *v = (*v - shift).exp();
+        sum += *v;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> f32 {
+    use simd::avx2::exp_ps;
+    use std::arch::x86_64::*;
+    let sh = _mm256_set1_ps(shift);
+    let mut acc = _mm256_setzero_ps();
+    let mut chunks = x.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        // SAFETY: `ch` holds exactly 8 elements.
+        unsafe {
+            let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(ch.as_ptr()), sh));
+            _mm256_storeu_ps(ch.as_mut_ptr(), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 elements.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut sum: f32 = lanes.iter().sum();
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        // The tail goes through the same vector exp (padded), so every
+        // element is computed the same way.
+        let mut tmp = [shift; 8];
+        tmp[..tail.len()].copy_from_slice(tail);
+        // SAFETY: `tmp` holds 8 elements.
+        unsafe {
+            let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(tmp.as_ptr()), sh));
+            _mm256_storeu_ps(tmp.as_mut_ptr(), e);
+        }
+        tail.copy_from_slice(&tmp[..tail.len()]);
+        sum += tail.iter().sum::<f32>();
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [−1, 1) without an RNG dependency.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    fn check_tile_gemm() {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (6, 3, 16),
+            (7, 5, 17),
+            (13, 64, 40),
+            (64, 256, 64),
+        ] {
+            for a_transposed in [false, true] {
+                for beta in [0.0f32, 1.0] {
+                    let (a, b) = (values(m * k, 1), values(k * n, 2));
+                    let c0 = values(m * n, 3);
+                    let a_at = |i: usize, kk: usize| {
+                        if a_transposed {
+                            a[kk * m + i]
+                        } else {
+                            a[i * k + kk]
+                        }
+                    };
+                    let av = if a_transposed {
+                        transposed(&a, m)
+                    } else {
+                        rows_of(&a, 0, k)
+                    };
+                    let packed = Packed::new(&b, k, n, false);
+                    // β = 0 must ignore C, even NaN.
+                    let mut c = if beta == 0.0 {
+                        vec![f32::NAN; m * n]
+                    } else {
+                        c0.clone()
+                    };
+                    tile_gemm((m, k, n), 0.5, av, packed.at(0, 0), beta, &mut c);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let dot: f64 = (0..k)
+                                .map(|kk| a_at(i, kk) as f64 * b[kk * n + j] as f64)
+                                .sum();
+                            let want = 0.5 * dot + beta as f64 * c0[i * n + j] as f64;
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{m}x{k}x{n} at={a_transposed} β={beta} ({i},{j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tile_gemm_matches_naive_product() {
+        check_tile_gemm();
+        simd::force_scalar(true);
+        let scalar = std::panic::catch_unwind(check_tile_gemm);
+        simd::force_scalar(false);
+        scalar.unwrap();
+    }
+
+    #[test]
+    fn packing_places_every_element_and_pads_with_zeros() {
+        let (rows, cols) = (5, 19);
+        let src = values(rows * cols, 4);
+        for transpose in [false, true] {
+            let (pr, pc) = if transpose {
+                (cols, rows)
+            } else {
+                (rows, cols)
+            };
+            let p = Packed::new(&src, rows, cols, transpose);
+            assert_eq!(p.data.0.len(), pc.div_ceil(NR) * pr * NR);
+            for r in 0..pr {
+                for j in 0..pc.div_ceil(NR) * NR {
+                    let got = p.data.0[((j / NR) * pr + r) * NR + j % NR];
+                    let want = match (j < pc, transpose) {
+                        (false, _) => 0.0,
+                        (true, false) => src[r * cols + j],
+                        (true, true) => src[j * cols + r],
+                    };
+                    assert_eq!(got, want, "transpose={transpose} ({r},{j})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused() {
+        let first = Scratch::<f32>::with_len(1000);
+        let ptr = first.0.as_ptr();
+        drop(first);
+        let again = Scratch::<f32>::with_len(500);
+        assert_eq!(again.0.as_ptr(), ptr, "the spare buffer was not reused");
+        assert_eq!(again.0.len(), 500);
+        // Another element type gets its own buffer.
+        assert_eq!(Scratch::<f64>::with_len(3).0.len(), 3);
+    }
+
+    #[test]
+    fn packing_overwrites_a_dirty_buffer() {
+        drop(Scratch::<f32>::with_len(4096)); // leaves a spare...
+        let mut dirty = Scratch::<f32>::with_len(4096);
+        dirty.0.fill(f32::NAN); // ...filled with garbage
+        drop(dirty);
+        let p = Packed::new(&values(3 * 5, 5), 3, 5, false);
+        assert!(p.data.0.iter().all(|x| !x.is_nan()));
+    }
+
+    #[test]
+    fn row_max_covers_lanes_and_tail() {
+        let mut x: Vec<f32> = (0..21).map(|i| -(i as f32)).collect();
+        assert_eq!(row_max(&x), 0.0);
+        x[20] = 5.0;
+        assert_eq!(row_max(&x), 5.0);
+        x[9] = 7.0;
+        assert_eq!(row_max(&x), 7.0);
+        assert_eq!(row_max::<f32>(&[]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn exp_shifted_matches_scalar() {
+        let mut x: Vec<f32> = (0..21).map(|i| i as f32 * 0.37 - 4.0).collect();
+        let want: Vec<f32> = x.iter().map(|v| (v - 1.5).exp()).collect();
+        let sum = exp_shifted(&mut x, 1.5);
+        for (a, b) in x.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * b.abs());
+        }
+        assert!((sum - want.iter().sum::<f32>()).abs() < 1e-4);
+    }
+}
