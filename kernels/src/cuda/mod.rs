@@ -37,6 +37,8 @@ pub mod emu;
 pub mod gemm;
 pub mod group_norm;
 pub mod index;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod noise;
 pub mod optim;
 pub mod random;
@@ -82,6 +84,9 @@ pub enum CudaError {
 
     #[error("cuBLAS {op}: {msg}")]
     Blas { op: &'static str, msg: String },
+
+    #[error("NCCL {op}: {msg}")]
+    Nccl { op: &'static str, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, CudaError>;
