@@ -119,9 +119,9 @@ pub struct TrainArgs {
     /// of processes (the global batch is re-split over this run's processes).
     #[arg(long)]
     pub reshard: bool,
-    /// The library that averages gradients over processes: auto (NCCL for
-    /// --device cuda when built with it, else MPI), mpi or nccl (also for one
-    /// process: its collectives still run).
+    /// The library that averages gradients over processes: auto (on several
+    /// processes, NCCL for --device cuda when built with it, else MPI), mpi, or
+    /// nccl (also for one process: its collectives still run, a smoke test).
     #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
     pub dist_backend: DistBackend,
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 /// `--dist-backend`: the library that carries the collectives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DistBackend {
-    /// NCCL for CUDA runs when compiled in, else MPI (PyTorch's default choice).
+    /// On several processes, NCCL for CUDA runs when compiled in, else MPI
+    /// (PyTorch's default choice); one process needs neither.
     Auto,
     /// Open MPI (host buffers; CUDA gradients are copied to the host and back).
     Mpi,
@@ -33,7 +34,9 @@ pub fn open(backend: DistBackend, device: Device) -> Result<(Arc<dyn Communicato
     let nccl = match backend {
         DistBackend::Nccl => true,
         DistBackend::Mpi => false,
-        DistBackend::Auto => cfg!(feature = "nccl") && matches!(device, Device::Cuda(_)),
+        DistBackend::Auto => {
+            launch.is_some() && cfg!(feature = "nccl") && matches!(device, Device::Cuda(_))
+        }
     };
     let comm = match launch {
         None if nccl => open_nccl(Box::new(Single), device)?,
