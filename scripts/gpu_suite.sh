@@ -10,14 +10,16 @@
 #
 # `run` takes at most GPU_SUITE_LIMIT_S seconds (default 410, under 7 minutes),
 # in stages, each under its own `timeout`, verdicts first (GPU_SUITE_STAGES=
-# tests,bench-train,pytorch-train,kernels picks some; discovery always runs):
+# tests,nccl,bench-train,pytorch-train,kernels picks some; discovery always runs):
 #   1 gpu.txt                 nvidia-smi, where libcuda/libnvrtc/libcublas are, PyTorch
 #   2 tests.log               every CUDA test binary, NOISEGRAD_REQUIRE_GPU=1
-#   3 bench_train.txt         noisegrad bench-train, cifar10, batch 128, fp32 and --tf32
-#   4 pytorch_train.txt       the same step in PyTorch: eager fp32, eager TF32, compiled bf16
-#   5 bench_cuda_pytorch.txt  per-kernel timings, PyTorch; then bench_cuda.txt, noisegrad's
-#   6 summary.json            everything above in one file (scripts/gpu_summary.py)
-# plus stages.txt (each stage's status and seconds): 8 files in $OUT
+#   3 nccl.txt                NCCL smoke test: a one-process `train --device cuda
+#                             --dist-backend nccl` against the same run without NCCL
+#   4 bench_train.txt         noisegrad bench-train, cifar10, batch 128, fp32 and --tf32
+#   5 pytorch_train.txt       the same step in PyTorch: eager fp32, eager TF32, compiled bf16
+#   6 bench_cuda_pytorch.txt  per-kernel timings, PyTorch; then bench_cuda.txt, noisegrad's
+#   7 summary.json            everything above in one file (scripts/gpu_summary.py)
+# plus stages.txt (each stage's status and seconds): 9 files in $OUT
 # (default gpu-out/), each written as its stage goes, so a stage that hangs
 # leaves the earlier verdicts. Exit status 0 only when every stage that ran
 # succeeded and every test passed.
@@ -71,7 +73,8 @@ pack() {
   [ -n "$ref" ] && [ -f "$ref/ref_unet.py" ] ||
     die "pack: ref_unet.py not found (looked in ../shared/reference, /work/shared/reference); set NOISEGRAD_REFERENCE to its folder"
   rm -rf gpu-bin && mkdir -p gpu-bin/tests gpu-bin/benches gpu-bin/reference || die "pack: cannot make gpu-bin/"
-  cargo test --workspace --no-run --message-format=json | copy_test_binaries ||
+  # `nccl`: the NCCL communicator and its test (libnccl is loaded at run time).
+  cargo test --workspace --no-run --features nccl --message-format=json | copy_test_binaries ||
     die "pack: building the test binaries failed"
   cargo bench --bench cuda --no-run --message-format=json |
     python3 -c '
@@ -80,7 +83,7 @@ for m in map(json.loads, filter(lambda l: l.startswith("{"), sys.stdin)):
     if m.get("executable") and "bench" in m.get("target", {}).get("kind", []):
         print(m["executable"])' |
     { read -r exe && [ -n "$exe" ] && cp "$exe" gpu-bin/benches/cuda; } || die "pack: building benches/cuda.rs failed"
-  cargo build --release --bin noisegrad || die "pack: building the noisegrad CLI failed"
+  cargo build --release --bin noisegrad --features nccl || die "pack: building the noisegrad CLI failed"
   cp target/release/noisegrad gpu-bin/ || die "pack: no target/release/noisegrad"
   cp "$ref/ref_unet.py" gpu-bin/reference/ || die "pack: cannot copy ref_unet.py"
   strip gpu-bin/noisegrad gpu-bin/tests/* gpu-bin/benches/* || die "pack: strip failed"
@@ -178,6 +181,8 @@ stage_discover() {
   local ld
   ld=$(grep '^LD_LIBRARY_PATH=' "$f" | tail -1 | cut -d= -f2-)
   [ -n "$ld" ] && export LD_LIBRARY_PATH="$ld"
+  echo "== libnccl" >> "$f"
+  find_nccl >> "$f" 2>&1
   echo "== torch" >> "$f"
   timed 60 "$f" python3 -c '
 import json, torch
@@ -190,6 +195,40 @@ print("torch: " + json.dumps({"version": torch.__version__, "cuda": torch.versio
   else
     note discover ok $((SECONDS - t0)) "$why"
   fi
+}
+
+# cudarc dlopens `libnccl.so` (and CUDA-versioned names), never
+# `libnccl.so.2`, the one name the nvidia-nccl pip wheels and most packages
+# ship: a folder holding a libnccl.so link to it goes on LD_LIBRARY_PATH.
+# Sets NCCL_LIB (empty when none was found) and, when found,
+# NOISEGRAD_REQUIRE_NCCL=1 so that the NCCL test fails instead of skipping.
+find_nccl() {
+  NCCL_LIB=$(timeout 30 python3 -c '
+import glob, importlib.util, os, subprocess
+dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+try:
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    dirs += [os.path.dirname(l.split("=>")[-1].strip()) for l in out.splitlines() if "libnccl" in l]
+except Exception:
+    pass
+spec = importlib.util.find_spec("nvidia")
+for root in (list(spec.submodule_search_locations or []) if spec else []):
+    dirs += glob.glob(os.path.join(root, "nccl", "lib")) + glob.glob(os.path.join(root, "*", "lib"))
+dirs += ["/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64"] + glob.glob("/usr/local/cuda-*/lib64")
+for d in dirs:
+    for name in ("libnccl.so", "libnccl.so.2"):
+        if os.path.exists(os.path.join(d, name)):
+            print(os.path.realpath(os.path.join(d, name)))
+            raise SystemExit
+' 2>/dev/null)
+  if [ -z "$NCCL_LIB" ]; then
+    echo "libnccl: not found (the NCCL test skips, the nccl stage fails)"
+    return
+  fi
+  local dir="${TMPDIR:-/tmp}/noisegrad-nccl-lib"
+  mkdir -p "$dir" && ln -sf "$NCCL_LIB" "$dir/libnccl.so"
+  export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NOISEGRAD_REQUIRE_NCCL=1
+  echo "libnccl: $NCCL_LIB (linked as $dir/libnccl.so, on LD_LIBRARY_PATH)"
 }
 
 stage_tests() {
@@ -318,6 +357,58 @@ stage_kernels() {
   note kernels "$st" $((SECONDS - t0)) "PyTorch: $(status_of $py_rc), noisegrad: $(status_of $rs_rc) ($(grep -c 'time:' "$fr") timings)"
 }
 
+# NCCL in a one-process world: every gradient all-reduce, the initial
+# broadcast and the loss all-reduce go through NCCL on the GPU (a sum over
+# one rank), so the losses must equal those of the same run on the plain
+# one-process path. A smoke test of the library and of the device-pointer
+# plumbing; several GPUs need `mpirun` and more than one GPU.
+stage_nccl() {
+  local f="$OUTDIR/nccl.txt" t0=$SECONDS
+  if [ $HAVE_GPU = 0 ]; then
+    echo "skipped: no GPU (the CUDA emulator cannot stand in for NCCL)" >> "$f"
+    note nccl skipped 0 "no GPU (the CUDA emulator cannot stand in for NCCL)"
+    return
+  fi
+  if [ -z "${NCCL_LIB:-}" ]; then
+    echo "libnccl not found (see gpu.txt)" >> "$f"
+    note nccl failed 0 "libnccl not found on the GPU machine (gpu.txt)"
+    return
+  fi
+  local d="${TMPDIR:-/tmp}/noisegrad-nccl-runs" rc_all=0 run
+  rm -rf "$d"
+  local args=(train --device cuda --preset tiny --steps 6 --batch-size 8 --dropout 0 --warmup 2
+    --ckpt-every 1000 --sample-steps 2)
+  for run in single nccl; do
+    local extra=()
+    [ $run = nccl ] && extra=(--dist-backend nccl)
+    echo "== RUN $run" >> "$f"
+    timed "$(budget 60)" "$f" gpu-bin/noisegrad "${args[@]}" "${extra[@]}" --out "$d/$run"
+    printf '\n== END %s rc=%s secs=%s\n' "$run" "$RC" "$TOOK" >> "$f"
+    [ "$RC" != 0 ] && rc_all=$RC
+  done
+  if [ $rc_all != 0 ]; then
+    note nccl "$(status_of $rc_all)" $((SECONDS - t0)) "a train run failed (nccl.txt)"
+    return
+  fi
+  local verdict
+  verdict=$(python3 - "$d/single/log.jsonl" "$d/nccl/log.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l) for l in open(p) if l.strip()] for p in sys.argv[1:3])
+if len(a) != len(b) or not a:
+    print(f"FAILED: {len(a)} vs {len(b)} logged steps"); sys.exit(1)
+worst = max(abs(x["loss"] - y["loss"]) / max(abs(x["loss"]), 1e-12) for x, y in zip(a, b))
+ms = [y.get("allreduce_ms") for y in b]
+ok = worst <= 1e-4 and all(m is not None for m in ms)
+print(f"{'ok' if ok else 'FAILED'}: {len(a)} steps, max relative loss difference {worst:.2e} (limit 1e-4); "
+      f"NCCL all-reduce {sum(ms[1:]) / max(len(ms) - 1, 1):.2f} ms/step after the first (queueing time)")
+sys.exit(0 if ok else 1)
+PY
+)
+  local rc=$?
+  echo "$verdict" >> "$f"
+  note nccl "$([ $rc = 0 ] && echo ok || echo failed)" $((SECONDS - t0)) "$verdict"
+}
+
 run() {
   MODE=gpu
   [ "${1:-}" = --dry-run ] && MODE=dry-run
@@ -328,14 +419,14 @@ run() {
   OUTDIR="${OUT:-gpu-out}"
   mkdir -p "$OUTDIR" || die "run: cannot make $OUTDIR"
   [ -x gpu-bin/noisegrad ] || die "run: gpu-bin/noisegrad missing: run '$0 pack' first and carry gpu-bin"
-  rm -f "$OUTDIR"/{gpu.txt,tests.log,bench_train.txt,pytorch_train.txt,bench_cuda_pytorch.txt,bench_cuda.txt,stages.txt,summary.json}
+  rm -f "$OUTDIR"/{gpu.txt,tests.log,bench_train.txt,pytorch_train.txt,bench_cuda_pytorch.txt,bench_cuda.txt,nccl.txt,stages.txt,summary.json}
   printf 'stage\tstatus\tsecs\tnote\n' > "$OUTDIR/stages.txt"
   SECONDS=0
   echo "gpu_suite run ($MODE): at most $LIMIT s; results in $OUTDIR"
   HAVE_GPU=0
   stage_discover
   local stage
-  for stage in tests bench-train pytorch-train kernels; do
+  for stage in tests nccl bench-train pytorch-train kernels; do
     if wanted "$stage"; then
       "stage_${stage//-/_}"
     else

@@ -21,10 +21,11 @@ use cli::train_classifier::{TrainClassifierArgs, train_classifier};
 
 /// `--version`, naming the optional features built in (tests/ddp_mpi.rs asks
 /// it whether a binary can join an MPI job).
-const VERSION: &str = if cfg!(feature = "mpi") {
-    concat!(env!("CARGO_PKG_VERSION"), " (features: mpi)")
-} else {
-    env!("CARGO_PKG_VERSION")
+const VERSION: &str = match (cfg!(feature = "mpi"), cfg!(feature = "nccl")) {
+    (true, true) => concat!(env!("CARGO_PKG_VERSION"), " (features: mpi, nccl)"),
+    (true, false) => concat!(env!("CARGO_PKG_VERSION"), " (features: mpi)"),
+    (false, true) => concat!(env!("CARGO_PKG_VERSION"), " (features: nccl)"),
+    (false, false) => env!("CARGO_PKG_VERSION"),
 };
 
 #[derive(Parser)]

@@ -87,6 +87,9 @@ pub struct StepStats {
     pub loss: f64,
     pub grad_norm: f64,
     pub lr: f64,
+    /// Seconds this step spent averaging gradients over ranks (0 on one
+    /// process; see [`average_gradients`]).
+    pub allreduce_s: f64,
 }
 
 pub struct Trainer {
@@ -294,7 +297,8 @@ impl Trainer {
         loss.backward()?;
         // Data parallel: every rank's gradient becomes the global batch's
         // (a no-op on one process), before clipping sees it.
-        average_gradients(&*self.comm, &self.store.tensors(), DEFAULT_BUCKET_BYTES)?;
+        let allreduce_s =
+            average_gradients(&*self.comm, &self.store.tensors(), DEFAULT_BUCKET_BYTES)?;
         // Read the loss only now: on a GPU, reading waits for the device, and
         // by now the whole forward and backward pass is queued behind it. It
         // is still read before the update, so a diverged step changes nothing.
@@ -319,6 +323,7 @@ impl Trainer {
             loss: loss_value,
             grad_norm,
             lr,
+            allreduce_s,
         })
     }
 

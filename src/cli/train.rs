@@ -2,6 +2,7 @@
 //! checkpoints, loss plot and sample grids.
 
 use super::latent::{LatentRun, LatentSample};
+use super::world::DistBackend;
 use super::{DeviceArgs, io_err, load_labelled_data, load_train_data, open_device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +14,7 @@ use noisegrad::diffusion::parameterization::Prediction;
 use noisegrad::diffusion::process::DdimSpacing;
 use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
 use noisegrad::diffusion::schedule::BetaSchedule;
-use noisegrad::diffusion::train::{TrainConfig, Trainer};
+use noisegrad::diffusion::train::{StepStats, TrainConfig, Trainer};
 use noisegrad::diffusion::train_state::RunFlags;
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::diffusion::vlb::EpsModel;
@@ -118,12 +119,21 @@ pub struct TrainArgs {
     /// of processes (the global batch is re-split over this run's processes).
     #[arg(long)]
     pub reshard: bool,
+    /// The library that averages gradients over processes: auto (on several
+    /// processes, NCCL for --device cuda when built with it, else MPI), mpi, or
+    /// nccl (also for one process: its collectives still run, a smoke test).
+    #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
+    pub dist_backend: DistBackend,
 }
 
 /// `train`, on one process or as one rank of an `mpirun` job (only rank 0
 /// prints and writes the run folder).
 pub fn train(a: TrainArgs) -> Result<()> {
-    let world = super::world::open()?;
+    let (world, device) = super::world::open(a.dist_backend, a.dev.device)?;
+    let a = TrainArgs {
+        dev: DeviceArgs { device, ..a.dev },
+        ..a
+    };
     super::world::run_or_abort(&*world.clone(), || train_in(a, world))
 }
 
@@ -185,7 +195,7 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
             println!("resumed from {} at step {}", ckpt.display(), trainer.step());
         }
     }
-    if world.world_size() > 1 && lead {
+    if !world.is_single() && lead {
         println!(
             "data parallel: {} processes ({}), {} images each per step",
             world.world_size(),
@@ -217,17 +227,13 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     let bar = progress_bar(a.steps, trainer.step());
     let started = Instant::now();
     let first_step = trainer.step();
+    let parallel = !world.is_single();
+    let mut allreduce_s = 0.0;
     while trainer.step() < a.steps {
         let s = trainer.train_step()?;
         losses.push((s.step, s.loss));
-        let line = format!(
-            "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.4},\"lr\":{:.3e},\"elapsed_s\":{:.2}}}",
-            s.step,
-            s.loss,
-            s.grad_norm,
-            s.lr,
-            started.elapsed().as_secs_f64()
-        );
+        allreduce_s += s.allreduce_s;
+        let line = log_line(&s, started.elapsed().as_secs_f64(), parallel);
         writeln!(log, "{line}").map_err(|e| io_err(&log_path, e))?;
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4}", s.loss));
@@ -258,8 +264,12 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     bar.finish_with_message("done");
     let steps_per_s = super::steps_per_second(first_step, trainer.step(), started.elapsed());
     println!(
-        "{steps_per_s:.2} steps/s ({:.1} img/s)",
-        steps_per_s * a.batch_size as f64
+        "{steps_per_s:.2} steps/s ({:.1} img/s){}",
+        steps_per_s * a.batch_size as f64,
+        match parallel {
+            true => allreduce_summary(allreduce_s, trainer.step() - first_step, started.elapsed()),
+            false => String::new(),
+        }
     );
     write_samples(
         &mut trainer,
@@ -274,6 +284,31 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// One log.jsonl line; a run on several processes adds `allreduce_ms`,
+/// the milliseconds this step spent averaging gradients over the ranks.
+fn log_line(s: &StepStats, elapsed_s: f64, parallel: bool) -> String {
+    let comm = match parallel {
+        true => format!(",\"allreduce_ms\":{:.2}", s.allreduce_s * 1e3),
+        false => String::new(),
+    };
+    format!(
+        "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.4},\"lr\":{:.3e},\"elapsed_s\":{elapsed_s:.2}{comm}}}",
+        s.step, s.loss, s.grad_norm, s.lr
+    )
+}
+
+/// "; all-reduce X ms/step (Y% of the step)" for the summary line, over
+/// the `steps` steps of this invocation, which took `elapsed`.
+fn allreduce_summary(allreduce_s: f64, steps: u64, elapsed: std::time::Duration) -> String {
+    let steps = steps.max(1) as f64;
+    let share = allreduce_s / elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "; gradient all-reduce {:.1} ms/step ({:.1}% of the step)",
+        allreduce_s / steps * 1e3,
+        share * 100.0
+    )
 }
 
 /// The loop of a rank other than 0: the same steps and stop decisions as

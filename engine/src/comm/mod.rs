@@ -6,9 +6,10 @@
 //! [`Single`] is the one-process world (no dependency, every collective a
 //! no-op). `mpi` (feature `mpi`, Open MPI through rsmpi) connects CPU
 //! processes on one or several machines, behind a cargo feature, so the
-//! default build needs no MPI. (An NCCL communicator for one process per
-//! GPU, on cudarc's dynamically loaded NCCL, is planned behind the same
-//! trait; it is not written yet.)
+//! default build needs no MPI. `nccl` (feature `nccl`, cudarc's
+//! dynamically loaded NCCL) connects one process per GPU and reduces the
+//! gradients in place on the device; its id is exchanged over MPI (or made
+//! locally for one process).
 //!
 //! The helpers below ([`average_gradients`], [`broadcast_tensors`],
 //! [`check_same_everywhere`]) are written once against the trait, so every
@@ -16,6 +17,8 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use crate::error::{Error, Result};
 use crate::{DType, Tensor};
@@ -44,6 +47,12 @@ pub trait Communicator {
     /// rank printed why): a rank that fails alone must not leave the
     /// others blocked in a collective.
     fn abort(&self, code: i32) -> !;
+    /// Whether every collective is a no-op by construction ([`Single`]),
+    /// so the helpers below may skip their copies. A one-rank NCCL world
+    /// is not: its collectives run, which is what its smoke test checks.
+    fn is_single(&self) -> bool {
+        false
+    }
 }
 
 /// The one-process world: today's single-process training.
@@ -80,6 +89,9 @@ impl Communicator for Single {
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
+    fn is_single(&self) -> bool {
+        true
+    }
 }
 
 /// PyTorch DDP's default bucket size: large enough that per-call latency
@@ -92,14 +104,21 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 /// (unused this step) contributes zeros, so every rank reduces the same
 /// list. Called after backward and before clipping, so clipping, Adam and
 /// the EMA see the same global gradient on every rank.
+///
+/// Returns the wall-clock seconds spent inside the collectives (packing,
+/// the all-reduce itself, unpacking; 0 on one process), the communication
+/// share of a step that the training log reports as `allreduce_ms`. For a
+/// backend that only queues work on a device stream (NCCL) it is the time
+/// to queue, not to run: the stream is not waited for, so as not to break
+/// the pipelining of the step.
 pub fn average_gradients(
     comm: &dyn Communicator,
     params: &[Tensor],
     bucket_bytes: usize,
-) -> Result<()> {
+) -> Result<f64> {
     let w = comm.world_size();
-    if w == 1 {
-        return Ok(());
+    if comm.is_single() {
+        return Ok(0.0);
     }
     let grads: Vec<Tensor> = params
         .iter()
@@ -114,10 +133,11 @@ pub fn average_gradients(
             Ok(g)
         })
         .collect::<Result<_>>()?;
+    let started = std::time::Instant::now();
     for bucket in buckets(&grads, bucket_bytes) {
         comm.all_reduce_sum(bucket, 1.0 / w as f64)?;
     }
-    Ok(())
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Consecutive runs of `tensors` of about `bytes` each (f32), at least one
@@ -140,7 +160,7 @@ pub fn buckets(tensors: &[Tensor], bytes: usize) -> Vec<&[Tensor]> {
 
 /// Gives every rank `root`'s values of `tensors`, in buckets.
 pub fn broadcast_tensors(comm: &dyn Communicator, tensors: &[Tensor], root: usize) -> Result<()> {
-    if comm.world_size() == 1 {
+    if comm.is_single() {
         return Ok(());
     }
     for bucket in buckets(tensors, DEFAULT_BUCKET_BYTES) {
@@ -220,7 +240,7 @@ pub(crate) fn unpack_host(tensors: &[Tensor], values: &[f32], scale: f64) -> Res
     Ok(())
 }
 
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "mpi", feature = "nccl")), allow(dead_code))]
 fn check_f32(t: &Tensor) -> Result<()> {
     if t.dtype() == DType::F32 {
         Ok(())
@@ -325,7 +345,8 @@ mod tests {
     fn single_world_changes_nothing_but_scales() {
         let p = t(&[1.0, 2.0]).set_requires_grad(true);
         p.set_grad(Some(t(&[0.5, -1.0])));
-        average_gradients(&Single, std::slice::from_ref(&p), 8).unwrap();
+        let secs = average_gradients(&Single, std::slice::from_ref(&p), 8).unwrap();
+        assert_eq!(secs, 0.0);
         assert_eq!(p.grad().unwrap().to_vec_f32(), vec![0.5, -1.0]);
         let x = t(&[2.0, -4.0]);
         Single

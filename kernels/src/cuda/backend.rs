@@ -55,6 +55,15 @@ pub(crate) trait Backend: Send + Sync {
         args: &[Arg],
     ) -> Result<()>;
 
+    /// The stream all work is queued on, with the device's context made
+    /// current on this thread: NCCL queues its collectives on it, so they
+    /// are ordered after the backward pass without events. `None` where
+    /// there is no stream (the emulator: NCCL needs a real GPU).
+    #[cfg(feature = "nccl")]
+    fn nccl_stream(&self) -> Result<Option<cudarc::driver::sys::CUstream>> {
+        Ok(None)
+    }
+
     /// Queues one cuBLAS strided batched GEMM; the error says what the
     /// library (or the emulator's check of its contract) refused.
     fn gemm(&self, call: &BlasCall) -> std::result::Result<(), String>;

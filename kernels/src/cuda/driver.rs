@@ -149,6 +149,12 @@ impl Driver {
 }
 
 impl Backend for Driver {
+    #[cfg(feature = "nccl")]
+    fn nccl_stream(&self) -> Result<Option<sys::CUstream>> {
+        self.bind()?;
+        Ok(Some(self.stream.cu_stream()))
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver_err("synchronize"))
     }

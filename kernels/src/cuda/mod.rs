@@ -31,6 +31,8 @@ pub mod device;
 mod driver;
 #[cfg(feature = "emulator")]
 pub mod emu;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod signature;
 pub mod sources;
 
@@ -71,6 +73,9 @@ pub enum CudaError {
 
     #[error("cuBLAS {op}: {msg}")]
     Blas { op: &'static str, msg: String },
+
+    #[error("NCCL {op}: {msg}")]
+    Nccl { op: &'static str, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, CudaError>;
