@@ -227,6 +227,49 @@ fn two_processes_train_the_one_process_run_and_resume() {
 }
 
 #[test]
+fn overlapped_all_reduce_gives_the_same_weights_as_after_backward() {
+    let Some(bin) =
+        binary_or_skip("overlapped_all_reduce_gives_the_same_weights_as_after_backward")
+    else {
+        return;
+    };
+    let _one = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    // 64 KiB buckets cut the tiny U-Net into dozens of all-reduces, so the
+    // overlapped run really starts buckets while backward is still running.
+    let (one, overlap, after) = (fresh("one-b"), fresh("overlap"), fresh("after"));
+    let small = ["--bucket-mb", "0.0625"];
+    train(&bin, 0, &one, 3, &[]);
+    train(&bin, 2, &overlap, 3, &small);
+    train(
+        &bin,
+        2,
+        &after,
+        3,
+        &[&small[..], &["--no-overlap"]].concat(),
+    );
+    assert_close(&losses(&overlap), &losses(&one));
+    // Two ranks sum a + b whichever way the buckets are cut and started.
+    assert_eq!(losses(&overlap), losses(&after));
+    assert_eq!(checkpoint_distance(&overlap, &after), 0.0);
+    assert!(checkpoint_distance(&overlap, &one) < 1e-5);
+    // Ranks that would start their all-reduces differently are refused.
+    let out_s = after.display().to_string();
+    let base = ["train", "--steps", "1", "--out", &out_s];
+    let mut c = launch(&bin, 1, &base);
+    c.args([":", "-np", "1"])
+        .arg(&bin)
+        .args(base)
+        .arg("--no-overlap");
+    let mixed = run(c);
+    assert!(!mixed.status.success());
+    assert!(
+        text(&mixed).contains("disagree on the training config"),
+        "{}",
+        text(&mixed)
+    );
+}
+
+#[test]
 fn bad_world_inputs_are_refused_on_every_rank() {
     let Some(bin) = binary_or_skip("bad_world_inputs_are_refused_on_every_rank") else {
         return;

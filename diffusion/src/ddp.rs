@@ -8,9 +8,11 @@
 //!   items on every rank (cheap next to the network), and each rank keeps
 //!   its slice, so the W shards together are the one-process batch, noise
 //!   and all.
-//! - After backward the gradients are averaged over ranks in buckets
-//!   ([`average_gradients`]) before clipping, so clipping, Adam and the
-//!   EMA see the same global gradient everywhere and the weights stay equal.
+//! - The gradients are averaged over ranks in buckets
+//!   ([`backward_and_average`]), on MPI while backward still runs (each
+//!   bucket starts once backward has finished its parameters), before
+//!   clipping, so clipping, Adam and the EMA see the same global gradient
+//!   everywhere and the weights stay equal.
 //! - Dropout draws from a per-rank stream, counter-based on (seed, rank,
 //!   step), so it needs no state of its own in the checkpoint beyond the
 //!   step, and a resumed or resharded run continues it exactly.
@@ -18,12 +20,39 @@
 
 use crate::data::TrainData;
 use crate::train::{TrainConfig, Trainer};
-use noisegrad_engine::comm::{Communicator, broadcast_tensors, check_same_everywhere, stable_hash};
+#[cfg(doc)]
+use noisegrad_engine::comm::backward_and_average;
+use noisegrad_engine::comm::{
+    Communicator, DEFAULT_BUCKET_BYTES, broadcast_tensors, check_same_everywhere, stable_hash,
+};
 use noisegrad_engine::optim::Ema;
 use noisegrad_engine::{Error, Philox, Result, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// How this process takes part in data-parallel training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DdpOptions {
+    /// Whether a checkpoint of another world size may be resumed.
+    pub reshard: bool,
+    /// About how many bytes of gradient go into one all-reduce (PyTorch
+    /// DDP's `bucket_cap_mb`, 25 MiB by default).
+    pub bucket_bytes: usize,
+    /// Whether a bucket's all-reduce starts while backward still runs
+    /// (where the backend can), rather than after it.
+    pub overlap: bool,
+}
+
+impl Default for DdpOptions {
+    fn default() -> DdpOptions {
+        DdpOptions {
+            reshard: false,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+            overlap: true,
+        }
+    }
+}
 
 /// Which items of the global batch this rank trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +168,12 @@ impl Trainer {
     /// batch splits evenly and that every rank has the same config and data
     /// (`extra`: run settings outside the config), then takes rank 0's
     /// weights. Call before [`Trainer::load_checkpoint`].
-    pub fn join(&mut self, comm: Arc<dyn Communicator>, extra: &str, reshard: bool) -> Result<()> {
+    pub fn join(
+        &mut self,
+        comm: Arc<dyn Communicator>,
+        extra: &str,
+        options: DdpOptions,
+    ) -> Result<()> {
         self.shard = Shard::of(self.config.batch_size, comm.rank(), comm.world_size())?;
         let hash = config_hash(&self.config, self.batcher.data(), extra);
         check_same_everywhere(
@@ -151,7 +185,7 @@ impl Trainer {
         // The EMA starts equal to the (now common) weights.
         self.ema = Ema::new(self.store.params(), self.config.ema_decay)?;
         self.comm = comm;
-        self.reshard = reshard;
+        self.ddp = options;
         Ok(())
     }
 
@@ -219,7 +253,7 @@ impl Trainer {
         meta: &HashMap<String, String>,
         path: &Path,
     ) -> Result<()> {
-        check_world_size(meta, path, self.comm.world_size(), self.reshard)
+        check_world_size(meta, path, self.comm.world_size(), self.ddp.reshard)
     }
 }
 

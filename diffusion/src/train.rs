@@ -8,7 +8,7 @@
 //! those of an uninterrupted run bit for bit (on the CPU).
 
 use crate::data::{Batcher, BatcherState, ImageDataset, TrainData};
-use crate::ddp::Shard;
+use crate::ddp::{DdpOptions, Shard};
 use crate::latent::LatentInfo;
 use crate::objective::{Objective, batch_loss};
 use crate::process::q_sample_coefs;
@@ -16,7 +16,7 @@ use crate::resample::LossSecondMomentSampler;
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::train_state::RunFlags;
 use crate::unet::{UNet, UNetConfig};
-use noisegrad_engine::comm::{Communicator, DEFAULT_BUCKET_BYTES, Single, average_gradients};
+use noisegrad_engine::comm::{Communicator, Single, backward_and_average};
 use noisegrad_engine::nn::ParamStore;
 use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WarmupSchedule};
 use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor};
@@ -88,7 +88,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     pub lr: f64,
     /// Seconds this step spent averaging gradients over ranks (0 on one
-    /// process; see [`average_gradients`]).
+    /// process; see [`backward_and_average`]): the communication backward
+    /// did not hide.
     pub allreduce_s: f64,
 }
 
@@ -109,8 +110,8 @@ pub struct Trainer {
     pub(crate) comm: Arc<dyn Communicator>,
     /// This rank's items of each global batch.
     pub(crate) shard: Shard,
-    /// Whether a checkpoint of another world size may be resumed.
-    pub(crate) reshard: bool,
+    /// Resharding, bucket size and overlap of the data-parallel step.
+    pub(crate) ddp: DdpOptions,
 }
 
 impl Trainer {
@@ -180,7 +181,7 @@ impl Trainer {
             batcher,
             step: 0,
             comm: Arc::new(Single),
-            reshard: false,
+            ddp: DdpOptions::default(),
         })
     }
 
@@ -294,11 +295,15 @@ impl Trainer {
         let conditional = self.config.model.num_classes.is_some();
         let loss = self.loss_shard(&x0, conditional.then_some(&labels[..]), self.shard)?;
         self.opt.zero_grad();
-        loss.backward()?;
         // Data parallel: every rank's gradient becomes the global batch's
-        // (a no-op on one process), before clipping sees it.
-        let allreduce_s =
-            average_gradients(&*self.comm, &self.store.tensors(), DEFAULT_BUCKET_BYTES)?;
+        // (plain backward on one process), before clipping sees it.
+        let allreduce_s = backward_and_average(
+            &*self.comm,
+            &loss,
+            &self.store.tensors(),
+            self.ddp.bucket_bytes,
+            self.ddp.overlap,
+        )?;
         // Read the loss only now: on a GPU, reading waits for the device, and
         // by now the whole forward and backward pass is queued behind it. It
         // is still read before the update, so a diverged step changes nothing.

@@ -204,6 +204,31 @@ fn deliver(pending: &mut HashMap<u64, Tensor>, id: u64, g: Tensor) -> Result<()>
 
 /// Back-propagates from `root` with seed gradient `seed` (shape of `root`).
 pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
+    backward_notifying(root, seed, &mut |_| Ok(()))
+}
+
+/// Which leaf a gradient slot belongs to, for [`backward_notifying`]'s
+/// callback ([`Tensor::leaf_id`] of a parameter gives the same value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeafId(usize);
+
+impl LeafId {
+    pub(crate) fn of(slot: &Arc<GradSlot>) -> LeafId {
+        LeafId(Arc::as_ptr(slot) as usize)
+    }
+}
+
+/// [`backward_with`], calling `leaf_done` for each leaf as soon as its
+/// gradient for this pass is complete (its last consumer has delivered),
+/// while the rest of the graph is still being differentiated. Data-parallel
+/// training starts all-reducing a bucket of gradients from here, so the
+/// communication overlaps the remaining backward pass (PyTorch DDP's
+/// autograd hooks). Leaves the graph does not reach are never reported.
+pub fn backward_notifying(
+    root: &Tensor,
+    seed: Tensor,
+    leaf_done: &mut dyn FnMut(LeafId) -> Result<()>,
+) -> Result<()> {
     if seed.shape() != root.shape() {
         return Err(Error::Backward(format!(
             "seed gradient shape {:?} differs from output {:?}",
@@ -227,21 +252,28 @@ pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
                 "the tensor does not require grad (no tracked input reaches it)".into(),
             ));
         }
-        Some(Edge::Leaf(slot)) => return slot.accumulate(seed),
+        Some(Edge::Leaf(slot)) => {
+            slot.accumulate(seed)?;
+            return leaf_done(LeafId::of(&slot));
+        }
         Some(Edge::Node(n)) => n,
     };
 
-    // Pass 1: count, for every node, how many edges point at it.
+    // Pass 1: count, for every node and leaf, how many edges point at it.
     let mut consumers: HashMap<u64, usize> = HashMap::new();
+    let mut leaf_consumers: HashMap<LeafId, usize> = HashMap::new();
     let mut stack = vec![root_node.clone()];
     let mut seen = std::collections::HashSet::from([root_node.id]);
     while let Some(node) = stack.pop() {
         for edge in node.inputs.iter().flatten() {
-            if let Edge::Node(n) = edge {
-                *consumers.entry(n.id).or_default() += 1;
-                if seen.insert(n.id) {
-                    stack.push(n.clone());
+            match edge {
+                Edge::Node(n) => {
+                    *consumers.entry(n.id).or_default() += 1;
+                    if seen.insert(n.id) {
+                        stack.push(n.clone());
+                    }
                 }
+                Edge::Leaf(slot) => *leaf_consumers.entry(LeafId::of(slot)).or_default() += 1,
             }
         }
     }
@@ -287,7 +319,15 @@ pub fn backward_with(root: &Tensor, seed: Tensor) -> Result<()> {
                 )));
             }
             match edge {
-                Edge::Leaf(slot) => slot.accumulate(g)?,
+                Edge::Leaf(slot) => {
+                    slot.accumulate(g)?;
+                    let id = LeafId::of(slot);
+                    let left = leaf_consumers.get_mut(&id).expect("counted in pass 1");
+                    *left -= 1;
+                    if *left == 0 {
+                        leaf_done(id)?;
+                    }
+                }
                 Edge::Node(n) => {
                     deliver(&mut pending, n.id, g)?;
                     let left = consumers.get_mut(&n.id).expect("counted in pass 1");

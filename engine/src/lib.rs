@@ -25,7 +25,7 @@ mod primitive;
 pub mod storage;
 pub mod tensor;
 
-pub use autograd::{NoGradGuard, enable_grad, is_grad_enabled, no_grad};
+pub use autograd::{LeafId, NoGradGuard, enable_grad, is_grad_enabled, no_grad};
 pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -303,6 +303,16 @@ impl Tensor {
     /// Back-propagates from this scalar: every leaf that requires grad and
     /// reaches it gets ∂self/∂leaf added to its gradient.
     pub fn backward(&self) -> Result<()> {
+        self.backward_notifying(&mut |_| Ok(()))
+    }
+
+    /// [`Tensor::backward`], calling `leaf_done` with each leaf's
+    /// [`Tensor::leaf_id`] as soon as its gradient is complete, while the
+    /// rest of the pass runs (see [`autograd::backward_notifying`]).
+    pub fn backward_notifying(
+        &self,
+        leaf_done: &mut dyn FnMut(autograd::LeafId) -> Result<()>,
+    ) -> Result<()> {
         if self.numel() != 1 {
             return Err(bad_arg(
                 "backward",
@@ -312,7 +322,13 @@ impl Tensor {
                 ),
             ));
         }
-        autograd::backward_with(self, self.ones_like()?)
+        autograd::backward_notifying(self, self.ones_like()?, leaf_done)
+    }
+
+    /// The identity of this leaf's gradient slot (None when it collects no
+    /// gradient), as [`Tensor::backward_notifying`] reports it.
+    pub fn leaf_id(&self) -> Option<autograd::LeafId> {
+        self.0.grad.as_ref().map(autograd::LeafId::of)
     }
 
     /// Back-propagates with an explicit upstream gradient.

@@ -6,6 +6,7 @@ use super::world::DistBackend;
 use super::{DeviceArgs, io_err, load_labelled_data, load_train_data, open_device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use noisegrad::diffusion::ddp::DdpOptions;
 use noisegrad::diffusion::guidance::cfg_eps;
 use noisegrad::diffusion::image::{save_grid, save_labelled_grid, save_loss_plot};
 use noisegrad::diffusion::latent::LatentDecoder;
@@ -124,6 +125,35 @@ pub struct TrainArgs {
     /// nccl (also for one process: its collectives still run, a smoke test).
     #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
     pub dist_backend: DistBackend,
+    /// On several processes: about how many MiB of gradient one all-reduce
+    /// carries (PyTorch DDP's bucket_cap_mb). Smaller buckets start sooner
+    /// during backward; larger ones pay the per-message latency less often.
+    #[arg(long, value_parser = bucket_mib, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// On several processes: average the gradients only after backward,
+    /// instead of starting each bucket's all-reduce while backward still runs
+    /// (MPI overlaps by default; NCCL always reduces after backward).
+    #[arg(long)]
+    pub no_overlap: bool,
+}
+
+/// A bucket size in MiB: more than 0, at most 4096 (one bucket per tensor
+/// at the small end, one bucket for any model here at the large end).
+fn bucket_mib(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(v > 0.0 && v <= 4096.0) {
+        return Err(format!("{v} MiB is outside (0, 4096]"));
+    }
+    Ok(v)
+}
+
+/// The data-parallel settings of the command line.
+fn ddp_options(a: &TrainArgs) -> DdpOptions {
+    DdpOptions {
+        reshard: a.reshard,
+        bucket_bytes: ((a.bucket_mb * (1u64 << 20) as f64) as usize).max(4),
+        overlap: !a.no_overlap,
+    }
 }
 
 /// `train`, on one process or as one rank of an `mpirun` job (only rank 0
@@ -188,7 +218,15 @@ fn train_in(a: TrainArgs, world: Arc<dyn Communicator>) -> Result<()> {
     };
     let ckpt = a.out.join("checkpoint.safetensors");
     let mut trainer = Trainer::with_data(cfg, data.clone())?;
-    trainer.join(world.clone(), &format!("steps {}", a.steps), a.reshard)?;
+    // Every rank must cut and start its all-reduces the same way (MPI does
+    // not match a blocking collective with a non-blocking one), so the
+    // bucket size and overlap are part of what the ranks agree on.
+    let ddp = ddp_options(&a);
+    let agreed = format!(
+        "steps {} buckets {} overlap {}",
+        a.steps, ddp.bucket_bytes, ddp.overlap
+    );
+    trainer.join(world.clone(), &agreed, ddp)?;
     if a.resume.resume {
         trainer.resume_checkpoint(&ckpt)?;
         if lead {

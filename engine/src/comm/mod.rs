@@ -21,7 +21,8 @@ pub mod mpi;
 pub mod nccl;
 
 use crate::error::{Error, Result};
-use crate::{DType, Tensor};
+use crate::{DType, LeafId, Tensor};
+use std::collections::HashMap;
 
 /// A group of processes that train one model together.
 pub trait Communicator {
@@ -47,6 +48,21 @@ pub trait Communicator {
     /// rank printed why): a rank that fails alone must not leave the
     /// others blocked in a collective.
     fn abort(&self, code: i32) -> !;
+    /// Back-propagates `loss` and averages each parameter's gradient over
+    /// the ranks, bucket by bucket as `plan` groups them; returns the
+    /// seconds the step spent in communication it could not hide (see
+    /// [`backward_and_average`]). The default reduces after the whole
+    /// backward pass; a backend with non-blocking collectives (MPI) starts
+    /// each bucket as soon as backward has completed it.
+    fn backward_and_reduce(
+        &self,
+        loss: &Tensor,
+        params: &[Tensor],
+        plan: &BucketPlan,
+    ) -> Result<f64> {
+        loss.backward()?;
+        reduce_after_backward(self, params, plan)
+    }
     /// Whether every collective is a no-op by construction ([`Single`]),
     /// so the helpers below may skip their copies. A one-rank NCCL world
     /// is not: its collectives run, which is what its smoke test checks.
@@ -99,63 +115,201 @@ impl Communicator for Single {
 /// while later ones are still being filled.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
-/// Replaces each parameter's gradient by the mean of that gradient over all
-/// ranks, in buckets of about `bucket_bytes`. A parameter without a gradient
-/// (unused this step) contributes zeros, so every rank reduces the same
-/// list. Called after backward and before clipping, so clipping, Adam and
-/// the EMA see the same global gradient on every rank.
+/// How a list of tensors is cut into buckets of about `bucket_bytes` (f32)
+/// for the collectives, as PyTorch DDP's `Reducer` cuts them: in reverse
+/// order of the list, because backward completes the gradients of a model's
+/// last layers first, so the first bucket is ready while the rest of the
+/// pass still runs. Every rank builds the same plan from the same model.
+#[derive(Clone, Debug)]
+pub struct BucketPlan {
+    /// Tensor indices of each bucket, in the order buckets are reduced.
+    buckets: Vec<Vec<usize>>,
+    /// Elements of each bucket.
+    numel: Vec<usize>,
+    /// The bucket of each tensor that collects a gradient.
+    bucket_of: HashMap<LeafId, usize>,
+}
+
+impl BucketPlan {
+    pub fn new(tensors: &[Tensor], bucket_bytes: usize) -> BucketPlan {
+        let mut plan = BucketPlan {
+            buckets: Vec::new(),
+            numel: Vec::new(),
+            bucket_of: HashMap::new(),
+        };
+        let mut bytes = 0;
+        for i in (0..tensors.len()).rev() {
+            if plan.buckets.is_empty() || bytes >= bucket_bytes {
+                plan.buckets.push(Vec::new());
+                plan.numel.push(0);
+                bytes = 0;
+            }
+            let b = plan.buckets.len() - 1;
+            plan.buckets[b].push(i);
+            plan.numel[b] += tensors[i].numel();
+            bytes += tensors[i].numel() * 4;
+            if let Some(id) = tensors[i].leaf_id() {
+                plan.bucket_of.insert(id, b);
+            }
+        }
+        plan
+    }
+
+    /// How many buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// The tensors of bucket `b` (handles to the same storage).
+    pub fn bucket(&self, b: usize, tensors: &[Tensor]) -> Vec<Tensor> {
+        self.buckets[b]
+            .iter()
+            .map(|&i| tensors[i].clone())
+            .collect()
+    }
+
+    /// Elements of bucket `b`.
+    pub fn numel(&self, b: usize) -> usize {
+        self.numel[b]
+    }
+
+    /// The bucket holding the leaf `id`, if it is one of the plan's.
+    pub fn bucket_of(&self, id: LeafId) -> Option<usize> {
+        self.bucket_of.get(&id).copied()
+    }
+
+    /// How many gradients each bucket waits for.
+    fn members(&self, tensors: &[Tensor]) -> Vec<usize> {
+        self.buckets
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .filter(|&&i| tensors[i].leaf_id().is_some())
+                    .count()
+            })
+            .collect()
+    }
+}
+
+/// The buckets whose gradients backward has completed, handed out strictly
+/// in bucket order: every rank then starts the same collectives in the same
+/// sequence, as MPI requires, whatever order its own pass finished them in.
+pub struct ReadyBuckets {
+    missing: Vec<usize>,
+    next: usize,
+}
+
+impl ReadyBuckets {
+    pub fn new(plan: &BucketPlan, params: &[Tensor]) -> ReadyBuckets {
+        ReadyBuckets {
+            missing: plan.members(params),
+            next: 0,
+        }
+    }
+
+    /// Records that one gradient of bucket `b` is complete.
+    pub fn mark(&mut self, b: usize) {
+        self.missing[b] = self.missing[b].saturating_sub(1);
+    }
+
+    /// The next bucket to start, if it is complete.
+    pub fn next_ready(&mut self) -> Option<usize> {
+        let b = self.next;
+        (b < self.missing.len() && self.missing[b] == 0).then(|| {
+            self.next += 1;
+            b
+        })
+    }
+
+    /// Every bucket not started yet, in order (after backward: a parameter
+    /// the graph did not reach contributes zeros).
+    pub fn rest(&mut self) -> std::ops::Range<usize> {
+        let r = self.next..self.missing.len();
+        self.next = self.missing.len();
+        r
+    }
+}
+
+/// Back-propagates `loss`, then replaces each parameter's gradient by the
+/// mean of that gradient over all ranks, in the buckets of `bucket_bytes`
+/// that [`BucketPlan`] makes. With `overlap`, a backend that can
+/// ([`Communicator::backward_and_reduce`]) starts reducing a bucket as
+/// soon as backward has completed it, hiding the communication behind the
+/// rest of the pass (PyTorch DDP's default); without, every bucket is
+/// reduced after backward. A parameter without a gradient (unused this
+/// step) contributes zeros, so every rank reduces the same list. Called
+/// before clipping, so clipping, Adam and the EMA see the same global
+/// gradient on every rank.
 ///
-/// Returns the wall-clock seconds spent inside the collectives (packing,
-/// the all-reduce itself, unpacking; 0 on one process), the communication
-/// share of a step that the training log reports as `allreduce_ms`. For a
-/// backend that only queues work on a device stream (NCCL) it is the time
-/// to queue, not to run: the stream is not waited for, so as not to break
-/// the pipelining of the step.
+/// Returns the wall-clock seconds the step spent in communication it did
+/// not hide (packing, starting the collectives, waiting for them,
+/// unpacking; 0 on one process), which the training log reports as
+/// `allreduce_ms`. For a backend that only queues work on a device stream
+/// (NCCL) it is the time to queue, not to run: the stream is not waited
+/// for, so as not to break the pipelining of the step.
+pub fn backward_and_average(
+    comm: &dyn Communicator,
+    loss: &Tensor,
+    params: &[Tensor],
+    bucket_bytes: usize,
+    overlap: bool,
+) -> Result<f64> {
+    if comm.is_single() {
+        loss.backward()?;
+        return Ok(0.0);
+    }
+    let plan = BucketPlan::new(params, bucket_bytes);
+    if overlap {
+        comm.backward_and_reduce(loss, params, &plan)
+    } else {
+        loss.backward()?;
+        reduce_after_backward(comm, params, &plan)
+    }
+}
+
+/// The averaging of [`backward_and_average`] on its own, for gradients
+/// backward has already produced.
 pub fn average_gradients(
     comm: &dyn Communicator,
     params: &[Tensor],
     bucket_bytes: usize,
 ) -> Result<f64> {
-    let w = comm.world_size();
     if comm.is_single() {
         return Ok(0.0);
     }
-    let grads: Vec<Tensor> = params
-        .iter()
-        .map(|p| {
-            // A private dense copy: the reduced values are written into
-            // it, never into a buffer some other tensor might share.
-            let g = match p.grad() {
-                Some(g) => g.deep_copy()?,
-                None => p.zeros_like()?,
-            };
-            p.set_grad(Some(g.clone()));
-            Ok(g)
-        })
-        .collect::<Result<_>>()?;
-    let started = std::time::Instant::now();
-    for bucket in buckets(&grads, bucket_bytes) {
-        comm.all_reduce_sum(bucket, 1.0 / w as f64)?;
-    }
-    Ok(started.elapsed().as_secs_f64())
+    reduce_after_backward(comm, params, &BucketPlan::new(params, bucket_bytes))
 }
 
-/// Consecutive runs of `tensors` of about `bytes` each (f32), at least one
-/// tensor per run.
-pub fn buckets(tensors: &[Tensor], bytes: usize) -> Vec<&[Tensor]> {
-    let mut out = Vec::new();
-    let (mut start, mut size) = (0, 0);
-    for (i, t) in tensors.iter().enumerate() {
-        size += t.numel() * 4;
-        if size >= bytes {
-            out.push(&tensors[start..=i]);
-            (start, size) = (i + 1, 0);
-        }
+/// One blocking all-reduce per bucket of `plan`, after backward.
+pub fn reduce_after_backward<C: Communicator + ?Sized>(
+    comm: &C,
+    params: &[Tensor],
+    plan: &BucketPlan,
+) -> Result<f64> {
+    let scale = 1.0 / comm.world_size() as f64;
+    let started = std::time::Instant::now();
+    for b in 0..plan.len() {
+        let grads: Vec<Tensor> = plan
+            .bucket(b, params)
+            .iter()
+            .map(|p| {
+                // A private dense copy: the reduced values are written into
+                // it, never into a buffer some other tensor might share.
+                let g = match p.grad() {
+                    Some(g) => g.deep_copy()?,
+                    None => p.zeros_like()?,
+                };
+                p.set_grad(Some(g.clone()));
+                Ok(g)
+            })
+            .collect::<Result<_>>()?;
+        comm.all_reduce_sum(&grads, scale)?;
     }
-    if start < tensors.len() {
-        out.push(&tensors[start..]);
-    }
-    out
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Gives every rank `root`'s values of `tensors`, in buckets.
@@ -163,8 +317,9 @@ pub fn broadcast_tensors(comm: &dyn Communicator, tensors: &[Tensor], root: usiz
     if comm.is_single() {
         return Ok(());
     }
-    for bucket in buckets(tensors, DEFAULT_BUCKET_BYTES) {
-        comm.broadcast(bucket, root)?;
+    let plan = BucketPlan::new(tensors, DEFAULT_BUCKET_BYTES);
+    for b in 0..plan.len() {
+        comm.broadcast(&plan.bucket(b, tensors), root)?;
     }
     Ok(())
 }
@@ -329,16 +484,55 @@ mod tests {
     }
 
     #[test]
-    fn buckets_cover_every_tensor_once_in_order() {
+    fn buckets_cover_every_tensor_once_in_reverse_order() {
         let ts: Vec<Tensor> = [3, 1, 4, 1, 5].iter().map(|&n| t(&vec![0.0; n])).collect();
         // 8 bytes: a bucket closes once it holds ≥ 2 floats.
-        let b = buckets(&ts, 8);
-        let sizes: Vec<Vec<usize>> = b
-            .iter()
-            .map(|b| b.iter().map(Tensor::numel).collect())
+        let plan = BucketPlan::new(&ts, 8);
+        let sizes: Vec<Vec<usize>> = (0..plan.len())
+            .map(|b| plan.bucket(b, &ts).iter().map(Tensor::numel).collect())
             .collect();
-        assert_eq!(sizes, vec![vec![3], vec![1, 4], vec![1, 5]]);
-        assert_eq!(buckets(&ts, 1 << 20).len(), 1);
+        assert_eq!(sizes, vec![vec![5], vec![1, 4], vec![1, 3]]);
+        assert_eq!(plan.numel(1), 5);
+        assert_eq!(BucketPlan::new(&ts, 1 << 20).len(), 1);
+    }
+
+    #[test]
+    fn ready_buckets_start_in_order_once_complete() {
+        let ps: Vec<Tensor> = [2, 2, 2]
+            .iter()
+            .map(|&n| t(&vec![0.0; n]).set_requires_grad(true))
+            .collect();
+        // 8 bytes: one parameter per bucket; bucket 0 holds the last one.
+        let plan = BucketPlan::new(&ps, 8);
+        assert_eq!(plan.bucket_of(ps[2].leaf_id().unwrap()), Some(0));
+        let mut ready = ReadyBuckets::new(&plan, &ps);
+        // Bucket 1 completes first: it must wait for bucket 0.
+        ready.mark(1);
+        assert_eq!(ready.next_ready(), None);
+        ready.mark(0);
+        assert_eq!(ready.next_ready(), Some(0));
+        assert_eq!(ready.next_ready(), Some(1));
+        assert_eq!(ready.next_ready(), None);
+        assert_eq!(ready.rest(), 2..3);
+    }
+
+    #[test]
+    fn backward_reports_each_leaf_once_when_complete() {
+        // y = (a·b) + a: a has two consumers, so it is complete only after
+        // both have delivered.
+        let a = t(&[1.0, 2.0]).set_requires_grad(true);
+        let b = t(&[3.0, 4.0]).set_requires_grad(true);
+        let y = a.mul(&b).unwrap().add(&a).unwrap().sum_all().unwrap();
+        let mut seen = Vec::new();
+        y.backward_notifying(&mut |id| {
+            let who = if Some(id) == a.leaf_id() { "a" } else { "b" };
+            let g = if who == "a" { a.grad() } else { b.grad() };
+            seen.push((who, g.unwrap().to_vec_f32()));
+            Ok(())
+        })
+        .unwrap();
+        seen.sort_by_key(|(w, _)| *w);
+        assert_eq!(seen, vec![("a", vec![4.0, 5.0]), ("b", vec![1.0, 2.0])]);
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! collective, or a rank that died, makes `mpirun` stop every rank with its
 //! own report, rather than leaving the others blocked.
 
-use super::{Communicator, pack_host, unpack_host};
-use crate::Tensor;
+use super::{BucketPlan, Communicator, ReadyBuckets, pack_host, unpack_host};
 use crate::error::{Error, Result};
+use crate::{DType, Tensor};
 use mpi::collective::SystemOperation;
+use mpi::request::{LocalScope, Request};
 use mpi::topology::Communicator as _;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -61,6 +62,71 @@ impl Communicator for Mpi {
         unpack_host(tensors, &recv, scale)
     }
 
+    /// Overlapped with backward: as soon as backward has completed a
+    /// bucket's gradients they are packed and an MPI_Iallreduce is started;
+    /// the pass goes on, and each time another gradient completes the
+    /// requests in flight are tested (Open MPI progresses a non-blocking
+    /// collective only inside MPI calls). After the pass the rest are
+    /// started and all are waited for. Whatever backward did, every bucket
+    /// is started and completed, so the ranks' collective sequences match
+    /// and no request outlives its buffers; an error is returned after.
+    fn backward_and_reduce(
+        &self,
+        loss: &Tensor,
+        params: &[Tensor],
+        plan: &BucketPlan,
+    ) -> Result<f64> {
+        let mut sends: Vec<Vec<f32>> = (0..plan.len()).map(|b| vec![0.0; plan.numel(b)]).collect();
+        let mut recvs = sends.clone();
+        let mut exposed = std::time::Duration::ZERO;
+        let outcome = mpi::request::scope(|scope| {
+            let mut flight = InFlight {
+                world: &self.world,
+                scope,
+                buffers: sends.iter_mut().zip(recvs.iter_mut()).map(Some).collect(),
+                requests: Vec::new(),
+                pack_error: None,
+            };
+            let mut ready = ReadyBuckets::new(plan, params);
+            let pass = loss.backward_notifying(&mut |id| {
+                let t = std::time::Instant::now();
+                if let Some(b) = plan.bucket_of(id) {
+                    ready.mark(b);
+                }
+                while let Some(b) = ready.next_ready() {
+                    flight.start(b, &plan.bucket(b, params));
+                }
+                flight.progress();
+                exposed += t.elapsed();
+                Ok(())
+            });
+            let t = std::time::Instant::now();
+            for b in ready.rest() {
+                flight.start(b, &plan.bucket(b, params));
+            }
+            flight.wait_all();
+            exposed += t.elapsed();
+            pass.and(flight.pack_error.map_or(Ok(()), Err))
+        });
+        outcome?;
+        let t = std::time::Instant::now();
+        let scale = 1.0 / self.world_size() as f64;
+        for (b, summed) in recvs.iter().enumerate() {
+            let grads: Vec<Tensor> = plan
+                .bucket(b, params)
+                .iter()
+                .map(|p| {
+                    // A fresh tensor per gradient: unpack_host assigns into it.
+                    let g = Tensor::zeros(p.shape(), DType::F32, p.device())?;
+                    p.set_grad(Some(g.clone()));
+                    Ok(g)
+                })
+                .collect::<Result<_>>()?;
+            unpack_host(&grads, summed, scale)?;
+        }
+        Ok((exposed + t.elapsed()).as_secs_f64())
+    }
+
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {
         let mut buf = pack_host(tensors)?;
         self.world
@@ -86,5 +152,72 @@ impl Communicator for Mpi {
     fn abort(&self, code: i32) -> ! {
         std::thread::sleep(std::time::Duration::from_millis(300));
         self.world.abort(code)
+    }
+}
+
+/// The buckets of one overlapped backward pass: their host buffers (taken
+/// when the bucket starts) and the MPI requests in flight.
+struct InFlight<'a, 's> {
+    world: &'a SimpleCommunicator,
+    scope: &'s LocalScope<'a>,
+    buffers: Vec<Option<(&'a mut Vec<f32>, &'a mut Vec<f32>)>>,
+    requests: Vec<Option<Request<'a, [f32], &'s LocalScope<'a>>>>,
+    /// The first gradient that could not be read; its bucket still goes out
+    /// (zeros) so the other ranks are not left waiting.
+    pack_error: Option<Error>,
+}
+
+impl<'a, 's> InFlight<'a, 's> {
+    /// Packs bucket `b`'s gradients (zeros where a parameter has none) and
+    /// starts its all-reduce.
+    fn start(&mut self, b: usize, params: &[Tensor]) {
+        let (send, recv) = self.buffers[b].take().expect("each bucket starts once");
+        let grads: Vec<Tensor> = params.iter().filter_map(Tensor::grad).collect();
+        if grads.len() == params.len() {
+            match pack_host(&grads) {
+                Ok(packed) => send.copy_from_slice(&packed),
+                Err(e) => {
+                    self.pack_error.get_or_insert(e);
+                }
+            }
+        } else {
+            // Some parameter was not reached: pack one by one, zeros for it.
+            let mut at = 0;
+            for p in params {
+                let n = p.numel();
+                if let Some(g) = p.grad() {
+                    match pack_host(std::slice::from_ref(&g)) {
+                        Ok(v) => send[at..at + n].copy_from_slice(&v),
+                        Err(e) => {
+                            self.pack_error.get_or_insert(e);
+                        }
+                    }
+                }
+                at += n;
+            }
+        }
+        let send: &'a [f32] = send;
+        let request = self.world.immediate_all_reduce_into(
+            self.scope,
+            send,
+            &mut recv[..],
+            SystemOperation::sum(),
+        );
+        self.requests.push(Some(request));
+    }
+
+    /// Lets the requests in flight progress (MPI_Test each).
+    fn progress(&mut self) {
+        for slot in &mut self.requests {
+            if let Some(r) = slot.take() {
+                *slot = r.test().err();
+            }
+        }
+    }
+
+    fn wait_all(&mut self) {
+        for r in self.requests.drain(..).flatten() {
+            r.wait_without_status();
+        }
     }
 }
