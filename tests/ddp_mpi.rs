@@ -239,14 +239,9 @@ fn overlapped_all_reduce_gives_the_same_weights_as_after_backward() {
     let (one, overlap, after) = (fresh("one-b"), fresh("overlap"), fresh("after"));
     let small = ["--bucket-mb", "0.0625"];
     train(&bin, 0, &one, 3, &[]);
-    train(&bin, 2, &overlap, 3, &small);
-    train(
-        &bin,
-        2,
-        &after,
-        3,
-        &[&small[..], &["--no-overlap"]].concat(),
-    );
+    let overlapped = [&small[..], &["--overlap"]].concat();
+    train(&bin, 2, &overlap, 3, &overlapped);
+    train(&bin, 2, &after, 3, &small);
     assert_close(&losses(&overlap), &losses(&one));
     // Two ranks sum a + b whichever way the buckets are cut and started.
     assert_eq!(losses(&overlap), losses(&after));
@@ -259,7 +254,7 @@ fn overlapped_all_reduce_gives_the_same_weights_as_after_backward() {
     c.args([":", "-np", "1"])
         .arg(&bin)
         .args(base)
-        .arg("--no-overlap");
+        .arg("--overlap");
     let mixed = run(c);
     assert!(!mixed.status.success());
     assert!(

@@ -9,8 +9,9 @@
 //!   its slice, so the W shards together are the one-process batch, noise
 //!   and all.
 //! - The gradients are averaged over ranks in buckets
-//!   ([`backward_and_average`]), on MPI while backward still runs (each
-//!   bucket starts once backward has finished its parameters), before
+//!   ([`backward_and_average`]), after backward or, on MPI with `overlap`,
+//!   while it still runs (each bucket starts once backward has finished
+//!   its parameters), before
 //!   clipping, so clipping, Adam and the EMA see the same global gradient
 //!   everywhere and the weights stay equal.
 //! - Dropout draws from a per-rank stream, counter-based on (seed, rank,
@@ -40,7 +41,8 @@ pub struct DdpOptions {
     /// DDP's `bucket_cap_mb`, 25 MiB by default).
     pub bucket_bytes: usize,
     /// Whether a bucket's all-reduce starts while backward still runs
-    /// (where the backend can), rather than after it.
+    /// (where the backend can), rather than after it. Off by default: with
+    /// no core to spare it only costs (BENCHMARKS.md, data-parallel).
     pub overlap: bool,
 }
 
@@ -49,7 +51,7 @@ impl Default for DdpOptions {
         DdpOptions {
             reshard: false,
             bucket_bytes: DEFAULT_BUCKET_BYTES,
-            overlap: true,
+            overlap: false,
         }
     }
 }

@@ -130,11 +130,13 @@ pub struct TrainArgs {
     /// during backward; larger ones pay the per-message latency less often.
     #[arg(long, value_parser = bucket_mib, default_value_t = 25.0)]
     pub bucket_mb: f64,
-    /// On several processes: average the gradients only after backward,
-    /// instead of starting each bucket's all-reduce while backward still runs
-    /// (MPI overlaps by default; NCCL always reduces after backward).
+    /// On several processes with MPI: start each bucket's all-reduce while
+    /// backward still runs (MPI_Iallreduce), instead of after backward. Off
+    /// by default: on one machine whose cores all compute, measured slower
+    /// (BENCHMARKS.md "Data-parallel training"); for nodes on a network with
+    /// cores to spare. NCCL always reduces after backward.
     #[arg(long)]
-    pub no_overlap: bool,
+    pub overlap: bool,
 }
 
 /// A bucket size in MiB: more than 0, at most 4096 (one bucket per tensor
@@ -152,7 +154,7 @@ fn ddp_options(a: &TrainArgs) -> DdpOptions {
     DdpOptions {
         reshard: a.reshard,
         bucket_bytes: ((a.bucket_mb * (1u64 << 20) as f64) as usize).max(4),
-        overlap: !a.no_overlap,
+        overlap: a.overlap,
     }
 }
 
