@@ -34,7 +34,10 @@ for c in "${cases[@]}"; do
           --sample-every 1000000 --sample-steps 1 --ckpt-every 1000000 --warmup 2)
   echo "== $preset, global batch $batch, $steps steps"
   rm -rf "$OUT/$preset-1" "$OUT/$preset-2" "$OUT/$preset-2-after"
-  $BIN "${common[@]}" --out "$OUT/$preset-1" >/dev/null
+  # Also under mpirun, so it is bound to a core like each rank (Open MPI
+  # binds to cores for 2 ranks or fewer): an unbound process on 1 thread
+  # measured 25% slower, which would flatter the scaling.
+  mpirun -np 1 $BIN "${common[@]}" --out "$OUT/$preset-1" >/dev/null
   echo "1 process:                 $(summary "$OUT/$preset-1" "$batch")"
   mpirun -np 2 $BIN "${common[@]}" --out "$OUT/$preset-2-after" >/dev/null
   echo "2 processes, after backward: $(summary "$OUT/$preset-2-after" "$batch")"

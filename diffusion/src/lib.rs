@@ -7,7 +7,6 @@ pub mod autoencoder;
 pub mod autoencoder_train;
 pub mod classifier;
 pub mod data;
-pub mod ddp;
 pub mod diffusers_names;
 pub mod export;
 pub mod gaussian;

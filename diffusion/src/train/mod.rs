@@ -7,8 +7,9 @@
 //! random stream and the data order, so a resumed run's next losses equal
 //! those of an uninterrupted run bit for bit (on the CPU).
 
+pub mod ddp;
+
 use crate::data::{Batcher, BatcherState, ImageDataset, TrainData};
-use crate::ddp::{DdpOptions, Shard};
 use crate::latent::LatentInfo;
 use crate::objective::{Objective, batch_loss};
 use crate::process::q_sample_coefs;
@@ -16,6 +17,7 @@ use crate::resample::LossSecondMomentSampler;
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::train_state::RunFlags;
 use crate::unet::{UNet, UNetConfig};
+use ddp::{DdpOptions, Shard};
 use noisegrad_engine::comm::{Communicator, Single, backward_and_average};
 use noisegrad_engine::nn::ParamStore;
 use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WarmupSchedule};

@@ -19,8 +19,8 @@
 //!   step, and a resumed or resharded run continues it exactly.
 //! - Only rank 0 writes (the CLI's job); a checkpoint records its world size.
 
+use super::{TrainConfig, Trainer};
 use crate::data::TrainData;
-use crate::train::{TrainConfig, Trainer};
 #[cfg(doc)]
 use noisegrad_engine::comm::backward_and_average;
 use noisegrad_engine::comm::{
