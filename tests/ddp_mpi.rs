@@ -210,6 +210,23 @@ fn two_processes_train_the_one_process_run_and_resume() {
     train(&bin, 2, &two, 6, &["--resume"]);
     assert_close(&losses(&two), &losses(&one));
     assert!(checkpoint_distance(&one, &two) < 1e-5);
+    // Sampling a 2-process checkpoint needs no world of processes.
+    let sampled = run(launch(
+        &bin,
+        0,
+        &[
+            "sample",
+            "--checkpoint",
+            &two.join("checkpoint.safetensors").display().to_string(),
+            "--steps",
+            "2",
+            "--n",
+            "4",
+            "--out",
+            &two.join("sampled.png").display().to_string(),
+        ],
+    ));
+    assert!(sampled.status.success(), "{}", text(&sampled));
     // A 2-process checkpoint on 1 process: refused, then allowed by --reshard.
     let args = train_args(&two, 8, &["--resume"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

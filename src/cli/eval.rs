@@ -1,6 +1,6 @@
 //! `noisegrad eval`: the variational bound in bits/dim on a test set.
 
-use super::{DeviceArgs, EMBEDDED_TEST, open_device, reverse_model, trainer_from_checkpoint};
+use super::{DeviceArgs, EMBEDDED_TEST, model_from_checkpoint, open_device, reverse_model};
 use clap::Args;
 use noisegrad::diffusion::data::{load_dataset, parse_cifar10};
 use noisegrad::diffusion::process::DdimSpacing;
@@ -39,16 +39,16 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<()> {
     super::catch_interrupts()?;
     let device = open_device(a.dev)?;
-    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, true, device)?;
+    let trained = model_from_checkpoint(&a.checkpoint, true, device)?;
     let batch = a.batch_size.min(a.images);
-    super::guard::check_unet_batch_fits("--batch-size", batch, &trainer.model.config)?;
+    super::guard::check_unet_batch_fits("--batch-size", batch, &trained.model.config)?;
     let decoder = super::latent::decoder_of_checkpoint(&a.checkpoint, device)?;
     let data = match &a.data {
         Some(p) => load_dataset(p, false)?,
         None => parse_cifar10(EMBEDDED_TEST, "embedded CIFAR-10 test sample (256 images)")?,
     }
     .take(a.images);
-    let base = &trainer.schedule;
+    let base = &trained.schedule;
     let respaced = match a.respaced {
         Some(k) => Respaced::spaced(base, &Spacing::Sections(vec![k]))?,
         None => Respaced::new(base, (0..base.steps()).collect())?,
@@ -66,8 +66,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         v.push(t_total - 1);
         v
     });
-    let objective = trainer.config.objective;
-    let mut net = reverse_model(&trainer.model, base, objective.predict);
+    let objective = trained.config.objective;
+    let mut net = reverse_model(&trained.model, base, objective.predict);
     // The model is conditioned on the original steps of the respaced ones.
     let mut model = |x: &Tensor, t: &[usize]| net(x, &respaced.original(t));
     let mut rng = Philox::new(a.seed);

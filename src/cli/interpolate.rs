@@ -3,7 +3,7 @@
 //! spherical mixing of q-noised x_t decoded by DDPM, and slerp of DDIM
 //! inversions decoded by DDIM.
 
-use super::{DeviceArgs, EMBEDDED_TEST, open_device, reverse_model, trainer_from_checkpoint};
+use super::{DeviceArgs, EMBEDDED_TEST, model_from_checkpoint, open_device, reverse_model};
 use clap::Args;
 use indicatif::ProgressBar;
 use noisegrad::diffusion::data::{
@@ -51,20 +51,20 @@ pub struct InterpolateArgs {
 pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     super::catch_interrupts()?;
     let device = open_device(a.dev)?;
-    let (trainer, _) = trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
+    let trained = model_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     if a.n == 0 || a.n > 64 {
         return Err(Error::Msg(format!("--n must be in 1..=64, got {}", a.n)));
     }
-    let cfg = &trainer.model.config;
+    let cfg = &trained.model.config;
     let test = match &a.data {
         Some(p) => load_dataset(p, false)?,
         None => parse_cifar10(EMBEDDED_TEST, "embedded CIFAR-10 test sample (256 images)")?,
     };
     let xa = endpoint(&a.a, &test, cfg)?.to_device(device)?;
     let xb = endpoint(&a.b, &test, cfg)?.to_device(device)?;
-    let schedule = &trainer.schedule;
-    let objective = trainer.config.objective;
-    let mut net = reverse_model(&trainer.model, schedule, objective.predict);
+    let schedule = &trained.schedule;
+    let objective = trained.config.objective;
+    let mut net = reverse_model(&trained.model, schedule, objective.predict);
     let mut rng = Philox::new(a.seed);
     let bar = ProgressBar::new(3);
     let started = Instant::now();

@@ -6,12 +6,12 @@ use noisegrad::diffusion::data::load_dataset;
 use noisegrad::diffusion::data::{ImageDataset, parse_cifar10};
 use noisegrad::diffusion::parameterization::Prediction;
 use noisegrad::diffusion::schedule::Schedule;
-use noisegrad::diffusion::train::{TrainConfig, Trainer};
+use noisegrad::diffusion::train::TrainConfig;
+use noisegrad::diffusion::train::trained::TrainedModel;
 use noisegrad::diffusion::unet::{UNet, UNetConfig};
 use noisegrad::diffusion::variance::reverse_output;
 use noisegrad::engine::{Device, Philox, Result, Tensor};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub mod bench;
 pub mod eval;
@@ -290,13 +290,9 @@ pub fn load_test_data(path: &Option<PathBuf>) -> Result<ImageDataset> {
     }
 }
 
-/// Rebuilds the trainer (model + schedule) of a checkpoint, optionally with
-/// the EMA weights loaded into the model.
-pub fn trainer_from_checkpoint(
-    path: &Path,
-    use_ema: bool,
-    device: Device,
-) -> Result<(Trainer, ImageDataset)> {
+/// The model (network, weights, process) of a `train` checkpoint, with its
+/// EMA weights or the raw ones, on `device`.
+pub fn model_from_checkpoint(path: &Path, use_ema: bool, device: Device) -> Result<TrainedModel> {
     let loaded = noisegrad::engine::io::load(path, Device::Cpu)?;
     latent::reject_autoencoder_checkpoint(path, &loaded.metadata)?;
     let cfg_json =
@@ -310,38 +306,22 @@ pub fn trainer_from_checkpoint(
     let model = UNetConfig::from_json(cfg_json).map_err(|e| io_err(path, e))?;
     let diffusion = noisegrad::diffusion::train::DiffusionMetadata::read(&loaded.metadata)
         .map_err(|e| io_err(path, e))?;
-    let dummy = placeholder_dataset(&model);
     let mut cfg = TrainConfig::ddpm(model);
     diffusion.apply(&mut cfg);
     cfg.device = device;
     cfg.class_names = checkpoint_class_names(&loaded.metadata);
     cfg.latent = noisegrad::diffusion::latent::LatentInfo::from_metadata(path, &loaded.metadata)?;
-    let mut trainer = Trainer::new(cfg, Arc::new(dummy.clone()))?;
-    trainer.load_checkpoint(path)?;
-    if use_ema {
-        trainer.use_ema_weights()?;
-    }
-    Ok((trainer, dummy))
+    let trained = TrainedModel::new(cfg)?;
+    trained.load_weights(&loaded, path, use_ema)?;
+    Ok(trained)
 }
 
-/// A one-image placeholder dataset of the model's image size: sampling needs none.
-fn placeholder_dataset(model: &UNetConfig) -> ImageDataset {
-    ImageDataset {
-        pixels: vec![0; model.in_channels * model.image_size * model.image_size],
-        labels: vec![0],
-        channels: model.in_channels,
-        height: model.image_size,
-        width: model.image_size,
-        source: "none".into(),
-    }
-}
-
-/// The trainer of diffusers `UNet2DModel` weights (`sample --from-diffusers`):
+/// The model of diffusers `UNet2DModel` weights (`sample --from-diffusers`):
 /// the U-Net from the `config.json` beside `path`, the weights renamed to
 /// ours, and the DDPM process of Ho et al. (linear β 1e-4 → 0.02, T = 1000,
 /// ε-prediction, σ² = β_t), which is what `google/ddpm-cifar10-32`'s
 /// scheduler uses (diffusers keeps the scheduler in a separate folder).
-pub fn trainer_from_diffusers(path: &Path, device: Device) -> Result<Trainer> {
+pub fn model_from_diffusers(path: &Path, device: Device) -> Result<TrainedModel> {
     let config_path = path.with_file_name("config.json");
     let json = std::fs::read_to_string(&config_path).map_err(|e| {
         io_err(
@@ -356,15 +336,15 @@ pub fn trainer_from_diffusers(path: &Path, device: Device) -> Result<Trainer> {
     let theirs = noisegrad::engine::io::load(path, Device::Cpu)?.tensors;
     let mut cfg = TrainConfig::ddpm(model.clone());
     cfg.device = device;
-    let trainer = Trainer::new(cfg, Arc::new(placeholder_dataset(&model)))?;
+    let trained = TrainedModel::new(cfg)?;
     let ours = noisegrad::diffusion::diffusers_names::from_diffusers(
         &model,
         &theirs,
-        &trainer.store.params(),
+        &trained.store.params(),
     )
     .map_err(|e| io_err(path, e))?;
-    trainer.store.load_state_dict(&ours)?;
-    Ok(trainer)
+    trained.store.load_state_dict(&ours)?;
+    Ok(trained)
 }
 
 pub fn io_err(path: &Path, e: impl std::fmt::Display) -> noisegrad::engine::Error {

@@ -2,7 +2,7 @@
 
 use super::guide::{check_classifier_fits, parse_classes};
 use super::inpaint::{inpaint_row, load_image_and_mask};
-use super::{DeviceArgs, io_err, open_device, reverse_model_of, trainer_from_checkpoint};
+use super::{DeviceArgs, io_err, model_from_checkpoint, open_device, reverse_model_of};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use noisegrad::diffusion::classifier::load_classifier;
@@ -110,15 +110,15 @@ pub struct SampleArgs {
 pub fn sample(a: SampleArgs) -> Result<()> {
     super::catch_interrupts()?;
     let device = open_device(a.dev)?;
-    let (trainer, decoder) = match a.from_diffusers {
-        true => (super::trainer_from_diffusers(&a.checkpoint, device)?, None),
+    let (trained, decoder) = match a.from_diffusers {
+        true => (super::model_from_diffusers(&a.checkpoint, device)?, None),
         false => (
-            trainer_from_checkpoint(&a.checkpoint, !a.no_ema, device)?.0,
+            model_from_checkpoint(&a.checkpoint, !a.no_ema, device)?,
             super::latent::decoder_of_checkpoint(&a.checkpoint, device)?,
         ),
     };
-    let cfg = &trainer.model.config;
-    let t_total = trainer.schedule.steps();
+    let cfg = &trained.model.config;
+    let t_total = trained.schedule.steps();
     let opts = SampleOptions {
         clip: true,
         progressive_every: if a.progressive {
@@ -129,8 +129,8 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         corrector: LangevinCorrector::new(a.corrector_steps, a.snr)?,
     };
     let mut rng = Philox::new(a.seed);
-    let model = &trainer.model;
-    let objective = trainer.config.objective;
+    let model = &trained.model;
+    let objective = trained.config.objective;
     let classifier = a
         .classifier
         .as_ref()
@@ -158,13 +158,13 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let k = cfg
         .num_classes
         .or_else(|| classifier.as_ref().and_then(|c| c.model.config.num_classes));
-    let names = if trainer.config.class_names.is_empty() {
+    let names = if trained.config.class_names.is_empty() {
         classifier
             .as_ref()
             .map(|c| c.class_names.clone())
             .unwrap_or_default()
     } else {
-        trainer.config.class_names.clone()
+        trained.config.class_names.clone()
     };
     let labels = match (&a.class, k) {
         (None, _) => None,
@@ -205,7 +205,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         Some(g) => g,
         None => &mut plain,
     };
-    let mut net = reverse_model_of(raw, &trainer.schedule, objective.predict);
+    let mut net = reverse_model_of(raw, &trained.schedule, objective.predict);
     let ddpm_sigma = match a.variance.as_deref() {
         None => objective.sigma(),
         Some(v) => Sigma::Fixed(parse_variance(v)?),
@@ -234,13 +234,13 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         *last_v.borrow_mut() = v;
         Ok(e)
     };
-    let mut eps = classifier_guided_eps(eps_of_net, grad, &trainer.schedule, guided_sampler, scale);
+    let mut eps = classifier_guided_eps(eps_of_net, grad, &trained.schedule, guided_sampler, scale);
     if let (Some(image), Some(mask)) = (&a.inpaint, &a.mask) {
         let (x0, m) = load_image_and_mask(image, mask, cfg, n, device)?;
         let bar = ProgressBar::new(t_total as u64);
         let var = parse_variance(a.variance.as_deref().unwrap_or("large"))?;
         let done = inpaint(
-            &trainer.schedule,
+            &trained.schedule,
             var,
             &mut eps,
             &x0,
@@ -264,7 +264,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let out = match a.sampler {
         Sampler::Ddpm => {
             let spacing = Spacing::parse(a.spacing.as_deref().unwrap_or("uniform"), steps)?;
-            let respaced = Respaced::spaced(&trainer.schedule, &spacing)?;
+            let respaced = Respaced::spaced(&trained.schedule, &spacing)?;
             let per_step = 1 + a.corrector_steps as u64;
             let mut guided_net = |x: &Tensor, t: &[usize]| {
                 let e = eps(x, t)?;
@@ -292,7 +292,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                 }
             };
             ddim_sample(
-                &trainer.schedule,
+                &trained.schedule,
                 &mut eps,
                 &shape,
                 device,

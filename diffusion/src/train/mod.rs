@@ -8,6 +8,7 @@
 //! those of an uninterrupted run bit for bit (on the CPU).
 
 pub mod ddp;
+pub mod trained;
 
 use crate::data::{Batcher, BatcherState, ImageDataset, TrainData};
 use crate::latent::LatentInfo;
@@ -21,10 +22,11 @@ use ddp::{DdpOptions, Shard};
 use noisegrad_engine::comm::{Communicator, Single, backward_and_average};
 use noisegrad_engine::nn::ParamStore;
 use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WarmupSchedule};
-use noisegrad_engine::{DType, Device, Error, Philox, Result, Tensor};
+use noisegrad_engine::{Device, Error, Philox, Result, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use trained::TrainedModel;
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]
@@ -122,15 +124,13 @@ impl Trainer {
     }
 
     /// A trainer on images or on autoencoder latents.
-    pub fn with_data(mut config: TrainConfig, data: TrainData) -> Result<Trainer> {
-        config.objective.validate()?;
-        if config.diffusion_steps < 2 || config.diffusion_steps > 100_000 {
-            return Err(Error::Msg(format!(
-                "--diffusion-steps must be in 2..=100000, got {}",
-                config.diffusion_steps
-            )));
-        }
-        config.model.out_mult = config.objective.output_multiplier();
+    pub fn with_data(config: TrainConfig, data: TrainData) -> Result<Trainer> {
+        let TrainedModel {
+            config,
+            store,
+            model,
+            schedule,
+        } = TrainedModel::new(config)?;
         let m = &config.model;
         let (c, h, w) = data.shape();
         if (c, h, w) != (m.in_channels, m.image_size, m.image_size) {
@@ -145,7 +145,6 @@ impl Trainer {
                 m.image_size
             )));
         }
-        config.device.set_tf32(config.tf32)?;
         if data.is_empty() {
             return Err(Error::Msg(format!("dataset {} is empty", data.source())));
         }
@@ -156,8 +155,6 @@ impl Trainer {
                 config.p_uncond
             )));
         }
-        let store = ParamStore::new(DType::F32, config.device, config.seed);
-        let model = UNet::new(config.model.clone(), &store)?;
         let opt = Adam::new(store.params(), AdamConfig::adam(config.lr))?;
         let ema = Ema::new(store.params(), config.ema_decay)?;
         let batcher = Batcher::over(
@@ -168,7 +165,7 @@ impl Trainer {
         );
         Ok(Trainer {
             shard: Shard::full(config.batch_size),
-            schedule: Schedule::new(config.schedule, config.diffusion_steps),
+            schedule,
             warmup: WarmupSchedule::new(config.lr, config.warmup_steps),
             rng: Philox::new(config.seed ^ 0x7472_6169),
             resampler: config
