@@ -7,7 +7,7 @@ use noisegrad_engine::{DType, Device, Philox, Tensor};
 use noisegrad_kernels::attention::cpu::{
     AttnConfig, AttnPath, Qkv, QkvGrads, Tiles, attention_backward, attention_forward,
 };
-use noisegrad_kernels::cpu::simd;
+use noisegrad_kernels::cpu::simd::{self, Isa};
 use noisegrad_kernels::gemm::cpu::Gemm;
 
 const FIXTURES: &str = concat!(
@@ -171,10 +171,7 @@ fn every_kernel_path_matches_pytorch() {
 
 #[test]
 fn scalar_fallback_matches_pytorch() {
-    simd::force_scalar(true);
-    let result = std::panic::catch_unwind(check_kernel_paths_against_fixtures);
-    simd::force_scalar(false);
-    result.unwrap();
+    simd::with_isa(Isa::Scalar, check_kernel_paths_against_fixtures);
 }
 
 fn random(n: usize, rng: &mut Philox) -> Vec<f64> {

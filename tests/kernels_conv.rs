@@ -7,12 +7,26 @@ mod conv_common;
 use conv_common::{assert_close, cases, check_case_against_pytorch};
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
 use noisegrad_engine::{DType, Device, Philox, Tensor};
+use noisegrad_kernels::conv::cpu::gemm::GemmFloat;
+use noisegrad_kernels::cpu::simd::{self, Isa};
 
 #[test]
 fn forward_and_gradients_match_pytorch_f32() {
     for c in cases() {
         check_case_against_pytorch(&c, DType::F32);
     }
+}
+
+/// The same fixtures with every SIMD path off: the plain-Rust micro-kernel
+/// and the baseline-compiled transforms (what a CPU without AVX2 runs).
+#[test]
+fn scalar_fallback_matches_pytorch() {
+    simd::with_isa(Isa::Scalar, || {
+        assert_eq!(f32::micro_kernel().name, "generic");
+        for c in cases() {
+            check_case_against_pytorch(&c, DType::F32);
+        }
+    });
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
 use noisegrad_engine::{DType, Device, Philox, QSampleCoef, StepCoef, Tensor, no_grad};
+use noisegrad_kernels::cpu::simd::{self, Isa};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn(shape, DType::F64, Device::Cpu, &mut Philox::new(seed)).unwrap()
@@ -14,6 +15,12 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 #[test]
 fn noise_ops_match_pytorch_f32() {
     common::check_noise_fixtures(DType::F32);
+}
+
+/// The fixtures again on the scalar fallback (CPUs without AVX2+FMA).
+#[test]
+fn noise_ops_scalar_fallback_match_pytorch() {
+    simd::with_isa(Isa::Scalar, || common::check_noise_fixtures(DType::F32));
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
 use noisegrad_engine::{DType, Device, Error, Philox, Tensor};
+use noisegrad_kernels::cpu::simd::{self, Isa};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn(shape, DType::F64, Device::Cpu, &mut Philox::new(seed)).unwrap()
@@ -14,6 +15,23 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 #[test]
 fn group_norm_matches_pytorch_f32() {
     common::check_group_norm_fixtures(DType::F32);
+}
+
+/// The fixtures again on the 8-lane AVX2 SiLU kernels (on AVX-512 machines
+/// the best path is the 16-lane one) and on the scalar fallback.
+#[test]
+fn group_norm_avx2_and_scalar_paths_match_pytorch() {
+    simd::with_isa(Isa::Avx2, || common::check_group_norm_fixtures(DType::F32));
+    simd::with_isa(Isa::Scalar, || {
+        assert_eq!(simd::isa(), Isa::Scalar);
+        common::check_group_norm_fixtures(DType::F32);
+        common::check_group_norm_fixtures(DType::F64);
+    });
+}
+
+#[test]
+fn upsample_scalar_fallback_matches_pytorch() {
+    simd::with_isa(Isa::Scalar, || common::check_upsample_fixtures(DType::F32));
 }
 
 #[test]

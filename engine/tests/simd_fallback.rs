@@ -1,23 +1,19 @@
 //! The explicit SIMD kernels against the scalar fallback
-//! (`kernels::cpu::simd::force_scalar`), on f32 tensors whose lengths leave
+//! (`kernels::cpu::simd::with_isa`), on f32 tensors whose lengths leave
 //! odd tails (1, 7, 9, 33, 100 003) and through broadcast patterns.
-//!
-//! `force_scalar` is a process-global switch, so this binary holds a single
-//! `#[test]` and nothing else runs while it flips the switch.
 
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
-use noisegrad_kernels::cpu::simd::{self, SimdLevel};
+use noisegrad_kernels::cpu::simd::{self, Isa};
 
 const LENGTHS: [usize; 6] = [1, 7, 8, 9, 33, 100_003];
 
 /// `f` evaluated with the best SIMD level and with the scalar fallback.
-fn both_ways(f: &dyn Fn() -> Result<Tensor>) -> (Vec<f32>, Vec<f32>) {
-    simd::force_scalar(false);
+fn both_ways(f: &(dyn Fn() -> Result<Tensor> + Sync)) -> (Vec<f32>, Vec<f32>) {
     let fast = f().unwrap().to_vec_f32();
-    simd::force_scalar(true);
-    assert_eq!(simd::level(), SimdLevel::Scalar);
-    let slow = f().unwrap().to_vec_f32();
-    simd::force_scalar(false);
+    let slow = simd::with_isa(Isa::Scalar, || {
+        assert_eq!(simd::isa(), Isa::Scalar);
+        f().unwrap().to_vec_f32()
+    });
     (fast, slow)
 }
 
@@ -63,7 +59,7 @@ fn inputs(n: usize, seed: u64) -> Tensor {
 
 #[test]
 fn simd_and_scalar_paths_agree() {
-    println!("detected SIMD level: {:?}", simd::level());
+    println!("detected instruction set: {:?}", simd::detected());
     for &n in &LENGTHS {
         let x = inputs(n, n as u64);
         let g = inputs(n, 1000 + n as u64).tanh().unwrap();
@@ -72,16 +68,13 @@ fn simd_and_scalar_paths_agree() {
         reductions(n, &x);
     }
     broadcast_patterns();
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        assert_eq!(simd::level(), SimdLevel::Avx2Fma, "SIMD not restored");
-    }
+    assert_eq!(simd::isa(), simd::detected(), "the cap stayed in its scope");
 }
 
 /// The hand-written AVX2 kernels: exp, sigmoid, SiLU and the fused
 /// sigmoid/SiLU backwards (polynomial exp: a few ulp from libm's).
 fn transcendentals(n: usize, x: &Tensor, g: &Tensor) {
-    let cases: [(&str, &dyn Fn() -> Result<Tensor>); 7] = [
+    let cases: [(&str, &(dyn Fn() -> Result<Tensor> + Sync)); 7] = [
         ("exp", &|| x.exp()),
         ("sigmoid", &|| x.sigmoid()),
         ("silu", &|| x.silu()),
@@ -117,7 +110,7 @@ fn transcendentals(n: usize, x: &Tensor, g: &Tensor) {
 /// Plain arithmetic is compiled twice (AVX2 and baseline) from one generic
 /// loop; IEEE results must be bit-identical.
 fn arithmetic(n: usize, x: &Tensor, g: &Tensor) {
-    let cases: [(&str, &dyn Fn() -> Result<Tensor>); 10] = [
+    let cases: [(&str, &(dyn Fn() -> Result<Tensor> + Sync)); 10] = [
         ("add", &|| x.add(g)),
         ("mul", &|| x.mul(g)),
         ("sub", &|| x.sub(g)),
@@ -142,7 +135,7 @@ fn arithmetic(n: usize, x: &Tensor, g: &Tensor) {
 /// Reductions accumulate in a fixed order in both builds.
 fn reductions(n: usize, x: &Tensor) {
     let finite = x.clamp(-50.0, 50.0).unwrap();
-    let cases: [(&str, &dyn Fn() -> Result<Tensor>); 4] = [
+    let cases: [(&str, &(dyn Fn() -> Result<Tensor> + Sync)); 4] = [
         ("sum", &|| finite.sum_all()),
         ("max", &|| x.max(&[0], false)),
         ("min", &|| x.min(&[0], false)),
@@ -172,7 +165,10 @@ fn broadcast_patterns() {
         let a = inputs(na, 7).reshape(sa).unwrap();
         let b = inputs(nb, 8).reshape(sb).unwrap();
         for (name, f) in [
-            ("add", &(|| a.add(&b)) as &dyn Fn() -> Result<Tensor>),
+            (
+                "add",
+                &(|| a.add(&b)) as &(dyn Fn() -> Result<Tensor> + Sync),
+            ),
             ("mul", &|| a.mul(&b)),
             ("silu backward", &|| {
                 let at = a.set_requires_grad(true);

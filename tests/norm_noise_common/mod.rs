@@ -1,6 +1,5 @@
-//! Fixture checks shared by `kernels_norm`, `kernels_noise` and the
-//! scalar-fallback binary `kernels_norm_noise_scalar` (which runs the same
-//! checks with explicit SIMD switched off). Fixtures come from
+//! Fixture checks shared by `kernels_norm` and `kernels_noise`, which also
+//! run them on the scalar fallback and the AVX2 path (`simd::with_isa`). Fixtures come from
 //! `scripts/fixtures_norm_noise.py`: f32 inputs, f64 PyTorch references.
 #![allow(dead_code)] // each test binary uses a subset
 

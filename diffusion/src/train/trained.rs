@@ -92,14 +92,23 @@ mod tests {
     }
 
     fn weights(m: &TrainedModel) -> Vec<Vec<f64>> {
-        m.store.params().iter().map(|(_, t)| t.to_vec_f64()).collect()
+        m.store
+            .params()
+            .iter()
+            .map(|(_, t)| t.to_vec_f64())
+            .collect()
     }
 
     /// A checkpoint whose raw weights are `raw`'s and EMA weights `ema`'s.
     fn checkpoint(raw: &TrainedModel, ema: Option<&TrainedModel>) -> Loaded {
         let mut tensors = raw.store.params();
         if let Some(e) = ema {
-            tensors.extend(e.store.params().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+            tensors.extend(
+                e.store
+                    .params()
+                    .into_iter()
+                    .map(|(n, t)| (format!("ema.{n}"), t)),
+            );
         }
         Loaded {
             tensors,

@@ -78,7 +78,7 @@
 
 pub use super::AttnConfig;
 use crate::Float;
-use crate::cpu::simd::{self, SimdLevel};
+use crate::cpu::simd::{self, Isa};
 use crate::gemm::cpu::{Gemm, MatRef, batched_gemm};
 use rayon::prelude::*;
 use std::any::Any;
@@ -743,9 +743,7 @@ fn tile_gemm<T: Float>(
         "tile_gemm: B out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && simd::level() == SimdLevel::Avx2Fma
-    {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && simd::isa() >= Isa::Avx2 {
         // SAFETY: T is f32 (checked above), so these are the same slices.
         let (af, bf, cf) = unsafe {
             (
@@ -1042,9 +1040,7 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
 #[inline(always)]
 fn exp_shifted<T: Float>(x: &mut [T], shift: T) -> T {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && simd::level() == SimdLevel::Avx2Fma
-    {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && simd::isa() >= Isa::Avx2 {
         // SAFETY: T is f32 (same layout), checked just above.
         let xf = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) };
         // SAFETY: AVX2 and FMA are available (checked above).
@@ -1160,10 +1156,7 @@ mod tests {
     #[test]
     fn tile_gemm_matches_naive_product() {
         check_tile_gemm();
-        simd::force_scalar(true);
-        let scalar = std::panic::catch_unwind(check_tile_gemm);
-        simd::force_scalar(false);
-        scalar.unwrap();
+        simd::with_isa(Isa::Scalar, check_tile_gemm);
     }
 
     #[test]

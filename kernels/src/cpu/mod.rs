@@ -6,7 +6,7 @@
 //! - work is split across rayon threads in chunks big enough
 //!   ([`PAR_CHUNK`] elements) that the split costs less than it gains;
 //! - explicit SIMD lives in [`simd`], chosen at run time; the scalar path is
-//!   always there and tests run both (see [`simd::force_scalar`]).
+//!   always there and tests run both (see [`simd::with_isa`]).
 
 pub mod simd;
 pub mod simd_avx512;

@@ -6,37 +6,72 @@
 //! Transcendentals are not vectorised by LLVM (`expf` is a libm call), so
 //! `exp`, sigmoid and SiLU get hand-written AVX2 code with a polynomial exp.
 
+//!
+//! **The one ISA selector.** [`isa`] is the instruction set every CPU
+//! kernel dispatches on: the best this CPU has, capped by [`with_isa`] for
+//! the code it runs (tests check each path against the same fixtures).
+
+use std::cell::Cell;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SimdLevel {
+/// The instruction sets the kernels have paths for, in increasing order:
+/// each includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust, the baseline target's code.
     Scalar,
-    Avx2Fma,
+    /// AVX2 + FMA: the 8-lane kernels.
+    Avx2,
+    /// AVX-512F on top: the 16-lane kernels.
+    Avx512,
 }
 
-static FORCE_SCALAR: AtomicBool = AtomicBool::new(false);
-
-/// Forces the scalar fallback (tests run every kernel both ways).
-pub fn force_scalar(on: bool) {
-    FORCE_SCALAR.store(on, Ordering::Relaxed);
-}
-
-/// The best instruction set this CPU supports, unless forced scalar.
-pub fn level() -> SimdLevel {
-    static DETECTED: OnceLock<SimdLevel> = OnceLock::new();
-    if FORCE_SCALAR.load(Ordering::Relaxed) {
-        return SimdLevel::Scalar;
-    }
+/// What this CPU supports (detected once).
+pub fn detected() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return SimdLevel::Avx2Fma;
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return match has!("avx512f") {
+                    true => Isa::Avx512,
+                    false => Isa::Avx2,
+                };
             }
         }
-        SimdLevel::Scalar
+        Isa::Scalar
     })
+}
+
+thread_local! {
+    /// The cap [`with_isa`] put on this thread, if any.
+    static CAP: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The instruction set to use here and now: [`detected`], lowered to the
+/// cap of an enclosing [`with_isa`].
+#[inline]
+pub fn isa() -> Isa {
+    let best = detected();
+    CAP.with(|c| c.get()).map_or(best, |cap| cap.min(best))
+}
+
+/// Runs `f` with every kernel it calls limited to `cap` (e.g.
+/// `Isa::Scalar` for the fallback path), on this thread and on the worker
+/// threads its parallel loops use: `f` runs inside a rayon pool of its own
+/// whose threads all carry the cap, so other code running at the same time
+/// (the other tests of a binary) keeps the best path. For tests and
+/// benchmarks; it builds a thread pool per call, and `f` sees that pool's
+/// thread-local state (e.g. grad mode is on), not the caller's.
+pub fn with_isa<R: Send>(cap: Isa, f: impl FnOnce() -> R + Send) -> R {
+    let threads = rayon::current_num_threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .start_handler(move |_| CAP.with(|c| c.set(Some(cap))))
+        .build()
+        .expect("a thread pool for with_isa");
+    pool.install(f)
 }
 
 /// Runs `f` compiled with AVX2+FMA enabled when the CPU has them. `f` must be
@@ -46,7 +81,7 @@ pub fn level() -> SimdLevel {
 pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if level() == SimdLevel::Avx2Fma {
+        if isa() >= Isa::Avx2 {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
                 f()
@@ -61,7 +96,7 @@ pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     //! 8-wide f32 kernels. Every function requires AVX2+FMA (callers check
-    //! [`super::level`]).
+    //! [`super::isa`]).
     // The safety contract of every function here is the one stated above.
     #![allow(clippy::missing_safety_doc)]
     use std::arch::x86_64::*;
@@ -168,5 +203,29 @@ pub mod avx2 {
             }
             out[i..n].copy_from_slice(&res[..n - i]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    #[test]
+    fn a_cap_holds_on_every_worker_and_only_inside_its_scope() {
+        for cap in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            let want = cap.min(detected());
+            let seen: Vec<Isa> = with_isa(cap, || (0..256).into_par_iter().map(|_| isa()).collect());
+            assert!(seen.iter().all(|&i| i == want), "{cap:?}: {seen:?}");
+            // Nested caps take the lower one; the outer one is back after.
+            with_isa(cap, || {
+                assert_eq!(with_isa(Isa::Scalar, isa), Isa::Scalar);
+                assert_eq!(isa(), want);
+            });
+        }
+        assert_eq!(isa(), detected());
+        // A cap set on another thread's pool does not leak into the global pool.
+        let global: Vec<Isa> = (0..256).into_par_iter().map(|_| isa()).collect();
+        assert!(global.iter().all(|&i| i == detected()));
     }
 }

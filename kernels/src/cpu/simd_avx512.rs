@@ -8,36 +8,16 @@
 //! element). Simple arithmetic stays with the compiler's AVX2 code, which is
 //! memory-bound anyway.
 //!
-//! Selection: [`available`] is true when the CPU has AVX-512F, the scalar
-//! fallback is not forced ([`super::simd::force_scalar`]) and this path is
-//! not switched off with [`set_enabled`] (which lets tests exercise the
-//! 8-lane path on AVX-512 machines).
+//! Selection: [`available`], which is [`simd::isa`] at `Isa::Avx512` (the
+//! one selector; tests cap it with [`simd::with_isa`] to check the 8-lane
+//! path on AVX-512 machines).
 
-use super::simd::{self, SimdLevel};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Switches the AVX-512 kernels on or off (process-wide; for tests).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
-}
+use super::simd::{self, Isa};
 
 /// Whether the AVX-512 kernels are used.
+#[inline]
 pub fn available() -> bool {
-    static DETECTED: OnceLock<bool> = OnceLock::new();
-    let detected = *DETECTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    });
-    detected && ENABLED.load(Ordering::Relaxed) && simd::level() == SimdLevel::Avx2Fma
+    simd::isa() >= Isa::Avx512
 }
 
 #[cfg(target_arch = "x86_64")]

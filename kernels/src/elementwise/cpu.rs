@@ -6,7 +6,7 @@
 
 pub use super::{BinaryOp, UnaryOp};
 use crate::Float;
-use crate::cpu::simd::{self, SimdLevel};
+use crate::cpu::simd::{self, Isa};
 use crate::cpu::{PAR_CHUNK, collapse_dims, row_offset};
 use crate::cpu::{as_f32, as_f32_mut};
 use rayon::prelude::*;
@@ -182,7 +182,7 @@ pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
 fn unary_chunk<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if let (Some(xf), Some(of)) = (as_f32(x), as_f32_mut(out))
-        && simd::level() == SimdLevel::Avx2Fma
+        && simd::isa() >= Isa::Avx2
     {
         // SAFETY: AVX2+FMA checked just above.
         let done = unsafe { unary_f32_avx2(op, xf, of) };
@@ -284,7 +284,7 @@ fn binary_run<T: Float>(
     #[cfg(target_arch = "x86_64")]
     if sa == 1
         && sb == 1
-        && simd::level() == SimdLevel::Avx2Fma
+        && simd::isa() >= Isa::Avx2
         && let (Some(af), Some(bf), Some(of)) = (
             as_f32(&a[ao..ao + n]),
             as_f32(&b[bo..bo + n]),
@@ -418,15 +418,9 @@ pub fn where_cond<T: Float>(
 mod tests {
     use super::*;
 
-    /// `force_scalar` is process-global and tests run on parallel threads:
-    /// every test that depends on the SIMD level holds this lock.
-    static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn both_paths(f: impl Fn()) {
-        let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-        simd::force_scalar(true);
-        f();
-        simd::force_scalar(false);
+    /// `f` on the scalar fallback, then on the best path.
+    fn both_paths(f: impl Fn() + Sync) {
+        simd::with_isa(Isa::Scalar, &f);
         f();
     }
 
@@ -490,11 +484,8 @@ mod tests {
             binary(BinaryOp::SiluBackward, &[77], operand(&x), operand(&g), out);
         };
         let (mut fast, mut slow) = (vec![0f32; 77], vec![0f32; 77]);
-        let _serial = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         run(&mut fast);
-        simd::force_scalar(true);
-        run(&mut slow);
-        simd::force_scalar(false);
+        simd::with_isa(Isa::Scalar, || run(&mut slow));
         for (f, s) in fast.iter().zip(&slow) {
             assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0));
         }

@@ -23,8 +23,7 @@ pub use super::GroupNormDims;
 // and CPUs without AVX2 run the generic code as is.
 
 use crate::Float;
-use crate::cpu::simd::{self, SimdLevel};
-use crate::cpu::simd_avx512;
+use crate::cpu::simd::{self, Isa};
 use crate::cpu::{as_f32, as_f32_mut};
 use rayon::prelude::*;
 
@@ -60,7 +59,7 @@ pub fn group_norm<T: Float>(
         return;
     }
     let cg = dims.channels_per_group();
-    let isa = Isa::detect::<T>();
+    let isa = isa_for::<T>();
     let eps = T::from_f64(eps);
     x.par_chunks(m)
         .zip(y.par_chunks_mut(m))
@@ -78,8 +77,8 @@ pub fn group_norm<T: Float>(
                 isa,
             };
             (*mu, *r) = match isa {
-                Isa::Generic => group.run(xg, yg),
-                // SAFETY: `Isa::detect` found AVX2+FMA.
+                Isa::Scalar => group.run(xg, yg),
+                // SAFETY: `isa_for` found AVX2+FMA.
                 _ => unsafe { group.run_avx2(xg, yg) },
             };
         });
@@ -171,7 +170,7 @@ pub fn group_norm_backward<T: Float>(
         return;
     }
     let cg = dims.channels_per_group();
-    let isa = Isa::detect::<T>();
+    let isa = isa_for::<T>();
     // Per-(n, c) partial sums, reduced over n below (tasks write disjoint rows).
     let mut s1 = vec![T::ZERO; dims.n * dims.channels];
     let mut s2 = vec![T::ZERO; dims.n * dims.channels];
@@ -194,8 +193,8 @@ pub fn group_norm_backward<T: Float>(
             };
             let args = (xg, dyg, dxg, s1g, s2g);
             match isa {
-                Isa::Generic => group.run(args),
-                // SAFETY: `Isa::detect` found AVX2+FMA.
+                Isa::Scalar => group.run(args),
+                // SAFETY: `isa_for` found AVX2+FMA.
                 _ => unsafe { group.run_avx2(args) },
             }
         });
@@ -276,26 +275,13 @@ impl<T: Float> GroupBackward<'_, T> {
     }
 }
 
-/// Which explicit f32 kernels run, decided once per call. f64 and CPUs
-/// without AVX2 take the generic loops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Generic,
-    Avx2,
-    /// AVX2 code plus the AVX-512 SiLU kernels (see `simd_avx512`).
-    Avx512,
-}
-
-impl Isa {
-    fn detect<T: Float>() -> Self {
-        let f32_type = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
-        if !f32_type || simd::level() != SimdLevel::Avx2Fma {
-            Isa::Generic
-        } else if simd_avx512::available() {
-            Isa::Avx512
-        } else {
-            Isa::Avx2
-        }
+/// Which explicit f32 kernels run, decided once per call: the CPU's
+/// [`simd::isa`] for f32 (AVX-512 adds the 16-lane SiLU kernels, see
+/// `simd_avx512`); f64 takes the generic loops.
+fn isa_for<T: Float>() -> Isa {
+    match std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        true => simd::isa(),
+        false => Isa::Scalar,
     }
 }
 
@@ -305,7 +291,7 @@ impl Isa {
 #[inline(always)]
 fn row_sum<T: Float>(isa: Isa, x: &[T]) -> T {
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(xf)) = (isa != Isa::Generic, as_f32(x)) {
+    if let (true, Some(xf)) = (isa != Isa::Scalar, as_f32(x)) {
         // SAFETY: a non-generic `Isa` means AVX2+FMA are present.
         return T::from_f64(unsafe { f32x::sum(xf) } as f64);
     }
@@ -324,7 +310,7 @@ fn row_sum<T: Float>(isa: Isa, x: &[T]) -> T {
 #[inline(always)]
 fn row_sum_sq_dev<T: Float>(isa: Isa, x: &[T], mu: T) -> T {
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(xf)) = (isa != Isa::Generic, as_f32(x)) {
+    if let (true, Some(xf)) = (isa != Isa::Scalar, as_f32(x)) {
         // SAFETY: a non-generic `Isa` means AVX2+FMA are present.
         return T::from_f64(unsafe { f32x::sum_sq_dev(xf, to_f32(mu)) } as f64);
     }
@@ -345,7 +331,7 @@ fn row_sum_sq_dev<T: Float>(isa: Isa, x: &[T], mu: T) -> T {
 #[inline(always)]
 fn row_sum_dot_dev<T: Float>(isa: Isa, g: &[T], x: &[T], mu: T) -> (T, T) {
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(gf), Some(xf)) = (isa != Isa::Generic, as_f32(g), as_f32(x)) {
+    if let (true, Some(gf), Some(xf)) = (isa != Isa::Scalar, as_f32(g), as_f32(x)) {
         // SAFETY: a non-generic `Isa` means AVX2+FMA are present.
         let (s, sx) = unsafe { f32x::sum_dot_dev(gf, xf, to_f32(mu)) };
         return (T::from_f64(s as f64), T::from_f64(sx as f64));
@@ -421,10 +407,10 @@ fn row_affine_silu<T: Float>(isa: Isa, x: &[T], a: T, b: T, y: &mut [T]) {
     if let (Some(xf), Some(yf)) = (as_f32(x), as_f32_mut(y)) {
         let (a, b) = (to_f32(a), to_f32(b));
         match isa {
-            // SAFETY: `Isa::detect` chose these only where the CPU has them.
+            // SAFETY: `isa_for` chose these only where the CPU has them.
             Isa::Avx512 => return unsafe { f32x::affine_silu_avx512(xf, a, b, yf) },
             Isa::Avx2 => return unsafe { f32x::affine_silu(xf, a, b, yf) },
-            Isa::Generic => {}
+            Isa::Scalar => {}
         }
     }
     for (o, &v) in y.iter_mut().zip(x) {
@@ -441,10 +427,10 @@ fn row_silu_grad<T: Float>(isa: Isa, x: &[T], dy: &[T], a: T, b: T, mu: T, dh: &
     if let (Some(xf), Some(gf), Some(of)) = (as_f32(x), as_f32(dy), as_f32_mut(dh)) {
         let (a, b, mu) = (to_f32(a), to_f32(b), to_f32(mu));
         let sums = match isa {
-            // SAFETY: `Isa::detect` chose these only where the CPU has them.
+            // SAFETY: `isa_for` chose these only where the CPU has them.
             Isa::Avx512 => Some(unsafe { f32x::silu_grad_avx512(xf, gf, a, b, mu, of) }),
             Isa::Avx2 => Some(unsafe { f32x::silu_grad(xf, gf, a, b, mu, of) }),
-            Isa::Generic => None,
+            Isa::Scalar => None,
         };
         if let Some((s, sx)) = sums {
             return (T::from_f64(s as f64), T::from_f64(sx as f64));
@@ -756,38 +742,36 @@ mod tests {
         let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         for silu in [false, true] {
             let want = reference(&x, &dy, d, &gamma, &beta, silu);
-            // 0: generic, 1: AVX2 (AVX-512 off), 2: best available.
-            for path in 0..3 {
-                simd::force_scalar(path == 0);
-                simd_avx512::set_enabled(path != 1);
-                let (mut y, mut mu, mut r) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
-                group_norm(
-                    &f(&x),
-                    d,
-                    &f(&gamma),
-                    &f(&beta),
-                    1e-5,
-                    silu,
-                    &mut y,
-                    &mut mu,
-                    &mut r,
-                );
-                let (mut dx, mut dg, mut db) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
-                group_norm_backward(
-                    &f(&x),
-                    &f(&dy),
-                    d,
-                    &f(&gamma),
-                    &f(&beta),
-                    &mu,
-                    &r,
-                    silu,
-                    &mut dx,
-                    &mut dg,
-                    &mut db,
-                );
-                simd::force_scalar(false);
-                simd_avx512::set_enabled(true);
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                let (y, dx, dg, db) = simd::with_isa(isa, || {
+                    let (mut y, mut mu, mut r) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
+                    group_norm(
+                        &f(&x),
+                        d,
+                        &f(&gamma),
+                        &f(&beta),
+                        1e-5,
+                        silu,
+                        &mut y,
+                        &mut mu,
+                        &mut r,
+                    );
+                    let (mut dx, mut dg, mut db) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
+                    group_norm_backward(
+                        &f(&x),
+                        &f(&dy),
+                        d,
+                        &f(&gamma),
+                        &f(&beta),
+                        &mu,
+                        &r,
+                        silu,
+                        &mut dx,
+                        &mut dg,
+                        &mut db,
+                    );
+                    (y, dx, dg, db)
+                });
                 for (got, want) in [
                     (&y, &want.0),
                     (&dx, &want.1),
@@ -798,7 +782,7 @@ mod tests {
                     for (g, w) in got.iter().zip(want.iter()) {
                         assert!(
                             (*g as f64 - w).abs() <= 2e-5 * scale,
-                            "silu={silu} path={path}: {g} vs {w}"
+                            "silu={silu} {isa:?}: {g} vs {w}"
                         );
                     }
                 }

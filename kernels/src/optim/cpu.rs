@@ -76,7 +76,7 @@ pub fn ema<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::simd::force_scalar;
+    use crate::cpu::simd::{Isa, with_isa};
 
     fn hyper(decoupled: bool, t: i32) -> AdamStep {
         AdamStep {
@@ -138,18 +138,16 @@ mod tests {
             .map(|i| (0.5 + (i * 53 % 97) as f32 / 50.0) * if i % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
         for decoupled in [false, true] {
-            for scalar in [false, true] {
-                force_scalar(scalar);
+            for isa in [Isa::Scalar, Isa::Avx512] {
                 let (mut p, mut m, mut v) = (p0.clone(), vec![0f32; n], vec![0f32; n]);
                 let mut want: Vec<[f64; 3]> = p0.iter().map(|&x| [x as f64, 0.0, 0.0]).collect();
                 for t in 1..=3 {
                     let s = hyper(decoupled, t);
-                    adam(&mut p, &g, &mut m, &mut v, s, 0.5);
+                    with_isa(isa, || adam(&mut p, &g, &mut m, &mut v, s, 0.5));
                     for (w, &gi) in want.iter_mut().zip(&g) {
                         *w = reference(w[0], gi as f64, w[1], w[2], s, 0.5);
                     }
                 }
-                force_scalar(false);
                 for i in 0..n {
                     let err = (p[i] as f64 - want[i][0]).abs();
                     assert!(

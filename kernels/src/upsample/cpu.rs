@@ -9,7 +9,7 @@
 
 use crate::Float;
 use crate::cpu::PAR_CHUNK;
-use crate::cpu::simd::{self, SimdLevel};
+use crate::cpu::simd::{self, Isa};
 use crate::cpu::{as_f32, as_f32_mut};
 use rayon::prelude::*;
 
@@ -27,7 +27,7 @@ pub fn upsample_nearest2x<T: Float>(x: &[T], planes: usize, h: usize, w: usize, 
         return;
     }
     let rows = rows_per_job(w);
-    let avx2 = simd::level() == SimdLevel::Avx2Fma;
+    let avx2 = simd::isa() >= Isa::Avx2;
     x.par_chunks(rows * w)
         .zip(y.par_chunks_mut(rows * 4 * w))
         .for_each(|(xs, ys)| {
@@ -55,7 +55,7 @@ pub fn upsample_nearest2x_backward<T: Float>(
         return;
     }
     let rows = rows_per_job(w);
-    let avx2 = simd::level() == SimdLevel::Avx2Fma;
+    let avx2 = simd::isa() >= Isa::Avx2;
     dy.par_chunks(rows * 4 * w)
         .zip(dx.par_chunks_mut(rows * w))
         .for_each(|(dys, dxs)| {
@@ -242,14 +242,14 @@ mod tests {
         let (planes, h, w) = (3, 5, 23);
         let x: Vec<f32> = (0..planes * h * w).map(|i| i as f32 * 0.5).collect();
         let dy: Vec<f32> = (0..4 * x.len()).map(|i| (i % 97) as f32 - 40.0).collect();
-        let run = |scalar: bool| {
-            simd::force_scalar(scalar);
-            let (mut y, mut dx) = (vec![0f32; 4 * x.len()], vec![0f32; x.len()]);
-            upsample_nearest2x(&x, planes, h, w, &mut y);
-            upsample_nearest2x_backward(&dy, planes, h, w, &mut dx);
-            simd::force_scalar(false);
-            (y, dx)
+        let run = |isa| {
+            simd::with_isa(isa, || {
+                let (mut y, mut dx) = (vec![0f32; 4 * x.len()], vec![0f32; x.len()]);
+                upsample_nearest2x(&x, planes, h, w, &mut y);
+                upsample_nearest2x_backward(&dy, planes, h, w, &mut dx);
+                (y, dx)
+            })
         };
-        assert_eq!(run(true), run(false));
+        assert_eq!(run(Isa::Scalar), run(Isa::Avx512));
     }
 }

@@ -18,10 +18,10 @@
 //!
 //! Micro-kernels, chosen at run time: AVX-512F 8×32 (16 zmm accumulators),
 //! AVX2+FMA 6×16 (12 ymm accumulators), and a plain-Rust 4×8 fallback used
-//! for f64 (gradcheck) and when [`crate::cpu::simd::force_scalar`] is on.
+//! for f64 (gradcheck) and below AVX2 ([`crate::cpu::simd::isa`]).
 
 use crate::Float;
-use crate::cpu::simd::{self, SimdLevel};
+use crate::cpu::simd::{self, Isa};
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -261,8 +261,8 @@ impl GemmFloat for f32 {
     fn available_kernels() -> Vec<MicroKernel<f32>> {
         let mut ks = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        if simd::level() == SimdLevel::Avx2Fma {
-            if std::is_x86_feature_detected!("avx512f") {
+        if simd::isa() >= Isa::Avx2 {
+            if simd::isa() >= Isa::Avx512 {
                 ks.push(MicroKernel {
                     mr: 8,
                     nr: 32,
@@ -296,7 +296,7 @@ impl GemmFloat for f32 {
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if simd::level() == SimdLevel::Avx2Fma {
+        if simd::isa() >= Isa::Avx2 {
             // SAFETY: the CPU has AVX2.
             return unsafe { x86::transpose_rows_avx2(src, count, width, out) };
         }

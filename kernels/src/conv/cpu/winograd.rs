@@ -29,7 +29,7 @@
 
 use super::Conv2dGeometry;
 use super::gemm::{ALIGN, Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr, aligned};
-use crate::cpu::simd::{self, SimdLevel};
+use crate::cpu::simd::{self, Isa};
 use rayon::prelude::*;
 
 /// Tiles per chunk: V (C·16·T) and M (O·16·T) stay within L3 and each
@@ -803,7 +803,7 @@ mod avx2 {
 }
 
 fn use_avx2() -> bool {
-    cfg!(target_arch = "x86_64") && simd::level() == SimdLevel::Avx2Fma
+    cfg!(target_arch = "x86_64") && simd::isa() >= Isa::Avx2
 }
 
 /// See [`input_transform_body`].
