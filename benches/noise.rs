@@ -6,7 +6,8 @@
 //! eager PyTorch expressions): `cargo bench --bench noise && PYTHONPATH=/opt/pt/site python3 scripts/bench_norm_pytorch.py`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use noisegrad_engine::{DType, Device, Philox, QSampleCoef, StepCoef, Tensor};
+use noisegrad_engine::testing::randn_f32 as randn;
+use noisegrad_engine::{QSampleCoef, StepCoef};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -15,10 +16,6 @@ const CASES: &[(&str, [usize; 4])] = &[
     ("8x3x32x32", [8, 3, 32, 32]),
     ("128x3x32x32", [128, 3, 32, 32]),
 ];
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F32, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 fn config() -> Criterion {
     Criterion::default()

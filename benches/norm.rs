@@ -15,7 +15,8 @@
 //! `cargo bench --bench norm && PYTHONPATH=/opt/pt/site python3 scripts/bench_norm_pytorch.py`.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use noisegrad_engine::{DType, Device, Philox, Tensor};
+use noisegrad_engine::Tensor;
+use noisegrad_engine::testing::randn_f32 as randn;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -35,10 +36,6 @@ const UPSAMPLE_CASES: &[(&str, [usize; 4])] = &[
     ("8x8x256", [8, 256, 8, 8]),
     ("4x4x256", [8, 256, 4, 4]),
 ];
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F32, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 fn config() -> Criterion {
     // Short runs: the machine is shared; re-take final numbers when quiet.

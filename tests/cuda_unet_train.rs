@@ -9,8 +9,8 @@ use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
 use noisegrad::diffusion::schedule::{BetaSchedule, Schedule};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::{UNet, UNetConfig};
-use noisegrad::engine::device_check::{gpu_or_skip, is_emulated, scaled_error};
 use noisegrad::engine::nn::ParamStore;
+use noisegrad::engine::testing::{gpu_or_skip, is_emulated, scaled_error};
 use noisegrad::engine::{DType, Device, Philox, Tensor};
 use std::sync::Arc;
 

@@ -5,12 +5,9 @@
 mod common;
 
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
-use noisegrad_engine::{DType, Device, Philox, QSampleCoef, StepCoef, Tensor, no_grad};
+use noisegrad_engine::testing::randn_f64 as randn;
+use noisegrad_engine::{DType, QSampleCoef, StepCoef, no_grad};
 use noisegrad_kernels::cpu::simd::{self, Isa};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F64, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 #[test]
 fn noise_ops_match_pytorch_f32() {

@@ -5,12 +5,9 @@
 mod common;
 
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
-use noisegrad_engine::{DType, Device, Error, Philox, Tensor};
+use noisegrad_engine::testing::randn_f64 as randn;
+use noisegrad_engine::{DType, Error, Tensor};
 use noisegrad_kernels::cpu::simd::{self, Isa};
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F64, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 #[test]
 fn group_norm_matches_pytorch_f32() {

@@ -10,8 +10,6 @@ pub mod comm;
 pub(crate) mod cpu_backend;
 pub(crate) mod cuda_backend;
 pub mod device;
-#[cfg(feature = "emulator")]
-pub mod device_check;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;
@@ -24,6 +22,8 @@ pub mod optim;
 mod primitive;
 pub mod storage;
 pub mod tensor;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use autograd::{LeafId, NoGradGuard, enable_grad, is_grad_enabled, no_grad};
 pub use device::Device;

@@ -1,19 +1,16 @@
 //! CUDA against CPU for attention, the fused noise-schedule ops and the
-//! optimizer updates (see `noisegrad_engine::device_check`). Without a GPU
+//! optimizer updates (see `noisegrad_engine::testing`). Without a GPU
 //! they run on the CUDA emulator (or skip where it cannot run).
 //!
 //! TF32 stays off in this binary (nothing here turns it on), so the
 //! attention GEMMs run in plain f32 and the f32 tolerance applies.
 
-use noisegrad_engine::device_check::{compare_devices, gpu_or_skip, scaled_error};
 use noisegrad_engine::optim::{Adam, AdamConfig, Ema, WeightDecay, clip_grad_norm, grad_norm};
-use noisegrad_engine::{DType, Device, Philox, QSampleCoef, Result, StepCoef, Tensor, no_grad};
+use noisegrad_engine::testing::randn_f32 as randn;
+use noisegrad_engine::testing::{compare_devices, gpu_or_skip, scaled_error};
+use noisegrad_engine::{DType, Device, QSampleCoef, Result, StepCoef, Tensor, no_grad};
 
 const TOL: f64 = 1e-5;
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F32, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 // ---- attention ------------------------------------------------------------
 

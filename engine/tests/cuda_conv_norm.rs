@@ -1,14 +1,15 @@
 //! CUDA against CPU for conv2d, group norm (± fused SiLU) and the ×2
 //! nearest upsample, forward and every gradient (see
-//! `noisegrad_engine::device_check`). Without a GPU they run on
+//! `noisegrad_engine::testing`). Without a GPU they run on
 //! the CUDA emulator (or skip where it cannot run).
 //!
 //! The TF32 switch and the conv workspace limit are process-wide, so the
 //! tests here take one lock: a test that turns TF32 on must not overlap one
 //! that checks at f32 tolerance.
 
-use noisegrad_engine::device_check::{compare_devices, gpu_or_skip};
-use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
+use noisegrad_engine::testing::randn_f32 as randn;
+use noisegrad_engine::testing::{compare_devices, gpu_or_skip};
+use noisegrad_engine::{Device, Result, Tensor};
 use noisegrad_kernels::conv::cuda::{DEFAULT_WORKSPACE_BYTES, set_workspace_limit};
 use noisegrad_kernels::cuda::CudaDevice;
 use std::sync::{Mutex, MutexGuard};
@@ -22,10 +23,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F32, Device::Cpu, &mut Philox::new(seed)).unwrap()
 }
 
 /// One convolution to check: input `[n, c, h, w]`, `o` output channels, a

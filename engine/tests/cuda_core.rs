@@ -1,18 +1,15 @@
 //! CUDA against CPU for the core primitives: reductions, softmax,
 //! index_select / gather_rows (and index_add, their backward), matmul and
-//! the random fills (see `noisegrad_engine::device_check`). Without a GPU
+//! the random fills (see `noisegrad_engine::testing`). Without a GPU
 //! they run on the CUDA emulator (or skip where it cannot run).
 
-use noisegrad_engine::device_check::{compare_devices, gpu_or_skip, scaled_error};
+use noisegrad_engine::testing::randn_f32 as randn;
+use noisegrad_engine::testing::{compare_devices, gpu_or_skip, scaled_error};
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
 
 const TOL: f64 = 1e-5;
 /// TF32 products keep ~10 mantissa bits.
 const TF32_TOL: f64 = 1e-3;
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F32, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
 type ViewFn = fn(&Tensor) -> Result<Tensor>;

@@ -1,16 +1,13 @@
 //! CUDA against CPU for the elementwise primitives, views and transfers
-//! (see `noisegrad_engine::device_check`). Without a GPU they run on the
+//! (see `noisegrad_engine::testing`). Without a GPU they run on the
 //! CUDA emulator (or skip where it cannot run); `no_gpu_is_a_clear_error`
 //! runs everywhere.
 
-use noisegrad_engine::device_check::{compare_devices, gpu_or_skip};
-use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
+use noisegrad_engine::testing::randn_f32 as randn;
+use noisegrad_engine::testing::{compare_devices, gpu_or_skip};
+use noisegrad_engine::{DType, Device, Result, Tensor};
 
 const TOL: f64 = 1e-5;
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F32, Device::Cpu, &mut Philox::new(seed)).unwrap()
-}
 
 fn positive(shape: &[usize], seed: u64) -> Tensor {
     randn(shape, seed).abs().unwrap().add_scalar(0.5).unwrap()

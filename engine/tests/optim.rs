@@ -7,6 +7,7 @@ use noisegrad_engine::nn::{Init, Linear, ParamStore};
 use noisegrad_engine::optim::{
     Adam, AdamConfig, Ema, WarmupSchedule, WeightDecay, clip_coefficient, clip_grad_norm, grad_norm,
 };
+use noisegrad_engine::testing::assert_close;
 use noisegrad_engine::{DType, Device, Philox, Tensor};
 use std::collections::HashMap;
 
@@ -19,16 +20,6 @@ const ADAM_REFERENCE: &str = concat!(
 
 fn f64_tensor(v: &[f64], shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape, DType::F64, Device::Cpu).unwrap()
-}
-
-fn assert_close(name: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64) {
-    assert_eq!(got.len(), want.len(), "{name}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= atol + rtol * w.abs(),
-            "{name}[{i}]: got {g}, want {w}"
-        );
-    }
 }
 
 /// Adam in plain f64, one scalar at a time: the formulas of Kingma & Ba

@@ -331,7 +331,7 @@ fn contiguous_operand<'a>(op: &'static str, (s, l): CudaView<'a>, n: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device_check::{gpu_or_skip, scaled_error};
+    use crate::testing::{gpu_or_skip, scaled_error};
     use crate::{DType, Device, Philox};
 
     /// The saved lse means the same on both devices (the backward rebuilds

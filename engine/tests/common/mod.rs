@@ -6,10 +6,7 @@ use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
 use noisegrad_engine::{DType, Device, Philox, Result, Tensor};
 
 /// N(0, 1) samples in f64, from a fixed seed.
-pub fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = Philox::new(seed);
-    Tensor::randn(shape, DType::F64, Device::Cpu, &mut rng).unwrap()
-}
+pub use noisegrad_engine::testing::randn_f64 as randn;
 
 /// Applies `f` to every element (test-side construction of special inputs).
 pub fn map(t: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
@@ -61,9 +58,5 @@ pub fn check_with(
 
 /// Asserts two value lists agree to `tol` (absolute + relative).
 pub fn assert_close(name: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{name}: lengths differ");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let ok = g == w || (g - w).abs() <= tol * (1.0 + w.abs()) || (g.is_nan() && w.is_nan());
-        assert!(ok, "{name}: element {i}: got {g}, want {w}");
-    }
+    noisegrad_engine::testing::assert_close(name, got, want, tol, tol);
 }

@@ -215,7 +215,8 @@ mod tests {
     fn a_cap_holds_on_every_worker_and_only_inside_its_scope() {
         for cap in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
             let want = cap.min(detected());
-            let seen: Vec<Isa> = with_isa(cap, || (0..256).into_par_iter().map(|_| isa()).collect());
+            let seen: Vec<Isa> =
+                with_isa(cap, || (0..256).into_par_iter().map(|_| isa()).collect());
             assert!(seen.iter().all(|&i| i == want), "{cap:?}: {seen:?}");
             // Nested caps take the lower one; the outer one is back after.
             with_isa(cap, || {

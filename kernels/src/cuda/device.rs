@@ -36,7 +36,7 @@ static EMULATE: AtomicBool = AtomicBool::new(false);
 
 /// Tests only (the `emulator` feature): on a machine without a GPU, makes
 /// `cuda:0` the CPU emulator (call it before the first [`CudaDevice::get`];
-/// the tests do, through `device_check::gpu_or_skip`). Returns whether
+/// the tests do, through `testing::gpu_or_skip`). Returns whether
 /// `cuda:0` is emulated: false when a GPU is present, when
 /// `NOISEGRAD_NO_EMULATOR` is set (to anything but `0`), or when g++ (which
 /// compiles the kernels for the emulator) cannot be run.

@@ -8,9 +8,7 @@
 //! max |gpu − cpu| / max(max |cpu|, 1), so a 1e-5 tolerance means "agrees
 //! to about single precision" whatever the magnitudes.
 //!
-//! Test support only: compiled with the `emulator` feature, which only
-//! dev-dependencies enable (this crate's and the root crate's), so no
-//! release binary contains it. Without a GPU, [`gpu_or_skip`] turns on the
+//! Part of the test support ([`super`]). Without a GPU, [`gpu_or_skip`] turns on the
 //! CUDA emulator (the same `.cu` kernels and launchers, run on the CPU; see
 //! `noisegrad_kernels::cuda::emu`) and the tests run on it. Where the
 //! emulator cannot run either (no g++, or `NOISEGRAD_NO_EMULATOR=1`), it
