@@ -39,7 +39,7 @@
 //! check the plan, only the `.cu` kernels themselves.
 
 use super::AttnConfig;
-use crate::cuda::abi::Arg;
+use crate::cuda::abi::{Arg, Param};
 use crate::cuda::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_1d, grid_rows};
 use crate::gemm::cuda::{self as gemm, MatOperand, MatOut};
 
@@ -53,25 +53,6 @@ pub const SCRATCH_FLOATS: usize = 64 << 20;
 /// Most blocks a one-block-per-row launch asks for; its kernel strides
 /// over the remaining rows.
 const MAX_ROW_BLOCKS: usize = 1 << 20;
-
-/// A kernel argument with the name of its parameter in the `.cu`
-/// signature. Launchers build their arguments as named parameters so that
-/// a CPU test can compare names, order and types against the source (a
-/// mismatch would otherwise only show on a GPU).
-#[derive(Clone, Copy, Debug)]
-pub struct Param(pub &'static str, pub Arg);
-
-/// Queues `module::name` with `params` (see [`Param`]).
-pub(crate) fn launch_params(
-    dev: &CudaDevice,
-    module: &'static str,
-    name: &'static str,
-    cfg: cudarc::driver::LaunchConfig,
-    params: &[Param],
-) -> Result<()> {
-    let args: Vec<Arg> = params.iter().map(|p| p.1).collect();
-    dev.launch(module, name, cfg, &args)
-}
 
 /// `v` as a kernel's `int`, or an error naming it.
 pub(crate) fn to_i32(what: &str, v: usize) -> Result<i32> {
@@ -415,19 +396,19 @@ impl Exec for Gpu<'_> {
     fn softmax_rows(&self, s: u64, lse: u64, rows: usize, n: usize) -> Result<()> {
         let cfg = grid_rows(rows.min(MAX_ROW_BLOCKS), row_threads(n), 0);
         let params = softmax_rows_params(s, lse, rows, n)?;
-        launch_params(self.0, MODULE, "softmax_rows", cfg, &params)
+        self.0.launch_params(MODULE, "softmax_rows", cfg, &params)
     }
 
     fn exp_minus_lse(&self, s: u64, lse: u64, rows: usize, n: usize) -> Result<()> {
         let cfg = grid_1d(self.0, rows * n);
         let params = exp_minus_lse_params(s, lse, rows, n)?;
-        launch_params(self.0, MODULE, "exp_minus_lse", cfg, &params)
+        self.0.launch_params(MODULE, "exp_minus_lse", cfg, &params)
     }
 
     fn softmax_grad(&self, p: u64, ds: u64, delta: u64, rows: usize, n: usize) -> Result<()> {
         let cfg = grid_1d(self.0, rows * n);
         let params = softmax_grad_params(p, ds, delta, rows, n)?;
-        launch_params(self.0, MODULE, "softmax_grad", cfg, &params)
+        self.0.launch_params(MODULE, "softmax_grad", cfg, &params)
     }
 
     fn row_dot(
@@ -441,7 +422,7 @@ impl Exec for Gpu<'_> {
     ) -> Result<()> {
         let cfg = grid_rows(rows.min(MAX_ROW_BLOCKS), row_threads(width), 0);
         let params = row_dot_params(a, o, d, rows_per_item, rows, width)?;
-        launch_params(self.0, MODULE, "row_dot", cfg, &params)
+        self.0.launch_params(MODULE, "row_dot", cfg, &params)
     }
 }
 
@@ -493,96 +474,11 @@ pub fn backward(
     Ok(grads)
 }
 
-/// Test support shared by the CUDA launcher files: checks launcher
-/// arguments against the `.cu` signatures (names, order, types).
-#[cfg(test)]
-pub(crate) mod signature {
-    use super::{Arg, Param};
-
-    fn kind_of_arg(a: &Arg) -> &'static str {
-        match a {
-            Arg::Ptr(_) => "pointer",
-            Arg::I32(_) => "int",
-            Arg::I64(_) => "long long",
-            Arg::U32(_) => "unsigned",
-            Arg::F32(_) => "float",
-            Arg::Strided(_) => "Strided",
-        }
-    }
-
-    fn kind_of_type(ty: &str) -> &'static str {
-        if ty.contains('*') {
-            "pointer"
-        } else if ty.contains("long long") {
-            "long long"
-        } else if ty.contains("unsigned") {
-            "unsigned"
-        } else if ty.split_whitespace().any(|w| w == "int") {
-            "int"
-        } else if ty.split_whitespace().any(|w| w == "float") {
-            "float"
-        } else if ty.contains("Strided") {
-            "Strided"
-        } else {
-            panic!("kernel parameter type `{ty}` has no launcher argument kind")
-        }
-    }
-
-    /// `(name, kind)` of each parameter of `extern "C" __global__ void
-    /// <kernel>(...)` in `src`.
-    pub(crate) fn parse(src: &str, kernel: &str) -> Vec<(String, &'static str)> {
-        let head = format!("__global__ void {kernel}(");
-        let start = src
-            .find(&head)
-            .unwrap_or_else(|| panic!("kernel `{kernel}` not found"))
-            + head.len();
-        let end = start + src[start..].find(')').expect("unterminated signature");
-        src[start..end]
-            .split(',')
-            .map(|p| {
-                let p = p.trim();
-                let name_at = p
-                    .rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
-                    .map_or(0, |i| i + 1);
-                (p[name_at..].to_string(), kind_of_type(&p[..name_at]))
-            })
-            .collect()
-    }
-
-    /// Panics unless `params` match the signature of `kernel` in `src`.
-    pub(crate) fn check(src: &str, kernel: &str, params: &[Param]) {
-        let want = parse(src, kernel);
-        let got: Vec<(String, &'static str)> = params
-            .iter()
-            .map(|p| (p.0.to_string(), kind_of_arg(&p.1)))
-            .collect();
-        assert_eq!(
-            got, want,
-            "launcher arguments of `{kernel}` differ from its .cu signature"
-        );
-    }
-
-    #[test]
-    fn parses_names_and_kinds() {
-        let src = "extern \"C\" __global__ void k(const float* a, long long n,\n int t, float s, Strided xs, double *p) {}";
-        assert_eq!(
-            parse(src, "k"),
-            [
-                ("a".to_string(), "pointer"),
-                ("n".to_string(), "long long"),
-                ("t".to_string(), "int"),
-                ("s".to_string(), "float"),
-                ("xs".to_string(), "Strided"),
-                ("p".to_string(), "pointer"),
-            ]
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::attention::cpu::{self as cpu, AttnPath, Qkv, QkvGrads};
+    use crate::cuda::signature::assert_launcher_matches;
     use std::cell::RefCell;
 
     const SRC: &str = include_str!("attention.cu");
@@ -595,7 +491,7 @@ mod tests {
             trans: true,
             batch_stride: 9,
         };
-        let check = signature::check;
+        let check = assert_launcher_matches;
         check(
             SRC,
             "softmax_rows",

@@ -1,5 +1,5 @@
 //! The values that cross from Rust into a kernel or into cuBLAS: kernel
-//! arguments ([`Arg`], [`Strided`]) and the arguments of one cuBLAS GEMM
+//! arguments ([`Arg`], [`Strided`], named: [`Param`]) and the arguments of one cuBLAS GEMM
 //! ([`BlasCall`]). A leaf module: launchers build these, and every backend
 //! (the driver, the test-only emulator) consumes them, without either side
 //! importing the other.
@@ -19,6 +19,13 @@ pub enum Arg {
     /// Shape and strides of a strided operand (see `common.cuh`).
     Strided(Strided),
 }
+
+/// A kernel argument with the name of its parameter in the `.cu`
+/// signature. Launchers build their arguments as named parameters so that
+/// a CPU test can compare names, order and kinds against the source
+/// ([`super::signature`]); a mismatch would otherwise only show on a GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Param(pub &'static str, pub Arg);
 
 /// Mirror of `struct Strided` in `common.cuh`: a view of up to
 /// [`MAX_RANK`] dims into a buffer, passed to kernels by value.

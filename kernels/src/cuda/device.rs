@@ -9,7 +9,7 @@
 //! unchanged on either.
 
 use super::Result;
-use super::abi::Arg;
+use super::abi::{Arg, Param};
 use super::alloc::{DeviceBuffer, Pool, PoolStats};
 use super::backend::Backend;
 use super::driver::Driver;
@@ -289,6 +289,18 @@ impl CudaDevice {
             return Ok(());
         }
         self.backend.launch(module, name, cfg, args)
+    }
+
+    /// [`CudaDevice::launch`] with named arguments (see [`Param`]).
+    pub fn launch_params(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        cfg: LaunchConfig,
+        params: &[Param],
+    ) -> Result<()> {
+        let args: Vec<Arg> = params.iter().map(|p| p.1).collect();
+        self.launch(module, name, cfg, &args)
     }
 
     /// Bytes reserved from and in use in this device's memory pool.

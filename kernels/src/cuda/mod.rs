@@ -36,7 +36,7 @@ pub mod nccl;
 pub mod signature;
 pub mod sources;
 
-pub use abi::{Arg, MAX_RANK, Strided};
+pub use abi::{Arg, MAX_RANK, Param, Strided};
 pub use alloc::{DeviceBuffer, PoolStats};
 pub use device::{CudaDevice, is_available};
 #[cfg(feature = "emulator")]

@@ -14,8 +14,7 @@
 //! loss never comes back to the host unless the caller reads it.
 
 use super::{QSampleCoef, StepCoef};
-use crate::attention::cuda::{Param, launch_params};
-use crate::cuda::abi::Arg;
+use crate::cuda::abi::{Arg, Param};
 use crate::cuda::{BLOCK, CudaDevice, CudaError, DeviceBuffer, Result, grid_1d, grid_rows};
 
 const MODULE: &str = "noise";
@@ -137,7 +136,7 @@ pub fn q_sample(
     let per = per_sample("q_sample", n, coefs.len())?;
     let table = dev.upload(&q_sample_table(coefs))?;
     let params = q_sample_params(x0, eps, table.ptr(), per, n, out.ptr());
-    launch_params(dev, MODULE, "q_sample", grid_1d(dev, n), &params)?;
+    dev.launch_params(MODULE, "q_sample", grid_1d(dev, n), &params)?;
     Ok(out)
 }
 
@@ -165,16 +164,10 @@ pub fn l_simple(
     let scale = (2.0 / n as f64) as f32;
     let grad_ptr = grad.as_ref().map_or(0, DeviceBuffer::ptr);
     let params = l_simple_partials_params(pred, eps, n, scale, grad_ptr, partials.ptr());
-    launch_params(dev, MODULE, "l_simple_partials", cfg, &params)?;
+    dev.launch_params(MODULE, "l_simple_partials", cfg, &params)?;
     let loss = dev.alloc(1)?;
     let params = l_simple_finalize_params(partials.ptr(), count, n, loss.ptr());
-    launch_params(
-        dev,
-        MODULE,
-        "l_simple_finalize",
-        grid_rows(1, BLOCK, 0),
-        &params,
-    )?;
+    dev.launch_params(MODULE, "l_simple_finalize", grid_rows(1, BLOCK, 0), &params)?;
     Ok((loss, grad))
 }
 
@@ -195,14 +188,14 @@ pub fn denoise_step(
     let per = per_sample("denoise_step", n, coefs.len())?;
     let table = dev.upload(&step_table(coefs))?;
     let params = denoise_step_params(x, eps, z.unwrap_or(0), table.ptr(), per, n, out.ptr());
-    launch_params(dev, MODULE, "denoise_step", grid_1d(dev, n), &params)?;
+    dev.launch_params(MODULE, "denoise_step", grid_1d(dev, n), &params)?;
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::cuda::signature::check;
+    use crate::cuda::signature::assert_launcher_matches as check;
 
     const SRC: &str = include_str!("noise.cu");
 

@@ -13,8 +13,7 @@
 //! the norm. The norm is read back only when asked for ([`read_norm`]).
 
 use super::AdamStep;
-use crate::attention::cuda::{Param, launch_params};
-use crate::cuda::abi::Arg;
+use crate::cuda::abi::{Arg, Param};
 use crate::cuda::{BLOCK, CudaDevice, DeviceBuffer, Result, grid_1d, grid_rows};
 
 const MODULE: &str = "optim";
@@ -164,7 +163,7 @@ pub fn adam(
         return Ok(());
     }
     let params = adam_params(bufs, n, scale, &AdamConstants::new(step));
-    launch_params(dev, MODULE, "adam_step", grid_1d(dev, n), &params)
+    dev.launch_params(MODULE, "adam_step", grid_1d(dev, n), &params)
 }
 
 /// ema ← decay·ema + (1 − decay)·param over `n` contiguous elements.
@@ -173,7 +172,7 @@ pub fn ema(dev: &CudaDevice, ema: u64, param: u64, n: usize, decay: f64) -> Resu
         return Ok(());
     }
     let params = ema_params(ema, param, n, decay);
-    launch_params(dev, MODULE, "ema_update", grid_1d(dev, n), &params)
+    dev.launch_params(MODULE, "ema_update", grid_1d(dev, n), &params)
 }
 
 /// Σg², ‖g‖ and the clip coefficient min(1, max_norm/(‖g‖ + 1e-6)) over
@@ -192,7 +191,7 @@ pub fn global_norm(
     let mut slot = 0;
     for (&(x, n), cfg) in tensors.iter().zip(grids) {
         let params = sum_squares_params(x, n, partials.ptr_at(2 * slot));
-        launch_params(dev, MODULE, "sum_squares_partials", cfg, &params)?;
+        dev.launch_params(MODULE, "sum_squares_partials", cfg, &params)?;
         slot += cfg.grid_dim.0 as usize;
     }
     let state = dev.alloc(NormState::WORDS)?;
@@ -203,13 +202,7 @@ pub fn global_norm(
         state.ptr(),
         state.ptr_at(NormState::COEF),
     );
-    launch_params(
-        dev,
-        MODULE,
-        "clip_finalize",
-        grid_rows(1, BLOCK, 0),
-        &params,
-    )?;
+    dev.launch_params(MODULE, "clip_finalize", grid_rows(1, BLOCK, 0), &params)?;
     Ok(state)
 }
 
@@ -233,7 +226,7 @@ pub fn sum_squares(dev: &CudaDevice, x: u64, n: usize) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::cuda::signature::check;
+    use crate::cuda::signature::assert_launcher_matches as check;
 
     const SRC: &str = include_str!("optim.cu");
 
