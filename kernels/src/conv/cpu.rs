@@ -481,38 +481,7 @@ fn gemm_backward_weight<T: ConvFloat>(g: &Conv2dGeometry, x: &[T], dy: &[T], dw:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Direct loops over the definition, in f64.
-    fn naive_forward(g: &Conv2dGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
-        let (ho, wo) = (g.out_h(), g.out_w());
-        let (c, h, wd, kh, kw) = (g.in_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w);
-        let mut y = vec![0.0; g.output_len()];
-        for n in 0..g.batch {
-            for o in 0..g.out_channels {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let mut s = 0.0;
-                        for ci in 0..c {
-                            for i in 0..kh {
-                                for j in 0..kw {
-                                    let ih = (oh * g.stride + i) as isize - g.padding as isize;
-                                    let iw = (ow * g.stride + j) as isize - g.padding as isize;
-                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd
-                                    {
-                                        s += w[((o * c + ci) * kh + i) * kw + j]
-                                            * x[((n * c + ci) * h + ih as usize) * wd
-                                                + iw as usize];
-                                    }
-                                }
-                            }
-                        }
-                        y[((n * g.out_channels + o) * ho + oh) * wo + ow] = s;
-                    }
-                }
-            }
-        }
-        y
-    }
+    use crate::conv::reference;
 
     fn values(n: usize, seed: u64) -> Vec<f64> {
         let mut s = seed
@@ -552,16 +521,23 @@ mod tests {
         ]
     }
 
-    /// ⟨y, r⟩ = ⟨x, dx⟩ = ⟨w, dw⟩-style adjoint identities pin down the
-    /// backward passes against the forward one: for y = conv(x, w),
-    /// ⟨conv(x, w), r⟩ = ⟨x, dX(r, w)⟩ = ⟨w, dW(x, r)⟩.
+    /// Every element of y, dx, dw and db against the definition's loops
+    /// ([`super::super::reference`]), for both algorithms.
     #[test]
-    fn both_algorithms_match_the_definition_and_their_adjoints() {
+    fn both_algorithms_match_the_reference_forward_and_backward() {
+        let close = |what: &str, got: &[f64], want: &[f64]| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!((a - b).abs() < 1e-11, "{what}[{i}]: {a} vs {b}");
+            }
+        };
         for g in geometries() {
             let x = values(g.input_len(), 1);
             let w = values(g.weight_len(), 2);
-            let r = values(g.output_len(), 3);
-            let want = naive_forward(&g, &x, &w);
+            let b = values(g.out_channels, 4);
+            let dy = values(g.output_len(), 3);
+            let want_y = reference::forward(&g, &x, &w, Some(&b));
+            let (want_dx, want_dw, want_db) = reference::backward(&g, &x, &w, &dy);
             for algo in [Algorithm::Gemm, Algorithm::Winograd] {
                 if !algo.supports(&g) {
                     continue;
@@ -569,42 +545,40 @@ mod tests {
                 let mut y = vec![0.0; g.output_len()];
                 let mut dx = vec![0.0; g.input_len()];
                 let mut dw = vec![0.0; g.weight_len()];
-                conv2d_forward_with(algo, &g, &x, &w, None, &mut y);
-                conv2d_backward_input_with(algo, &g, &r, &w, &mut dx);
-                conv2d_backward_weight_with(algo, &g, &x, &r, &mut dw);
-                for (a, b) in y.iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-12, "{algo:?} {g:?}: y {a} vs {b}");
-                }
-                let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
-                let yr = dot(&want, &r);
-                assert!(
-                    (dot(&x, &dx) - yr).abs() < 1e-10,
-                    "{algo:?} {g:?}: dx adjoint"
-                );
-                assert!(
-                    (dot(&w, &dw) - yr).abs() < 1e-10,
-                    "{algo:?} {g:?}: dw adjoint"
-                );
-                // Each element of dw and dx, not just the inner product:
-                // perturbing one coordinate of w changes ⟨y, r⟩ by dw.
-                for (idx, &d) in dw.iter().enumerate().step_by(7) {
-                    let mut w2 = w.clone();
-                    w2[idx] += 1.0;
-                    let diff = dot(&naive_forward(&g, &x, &w2), &r) - yr;
-                    assert!(
-                        (diff - d).abs() < 1e-9,
-                        "{algo:?} {g:?}: dw[{idx}] {d} vs {diff}"
-                    );
-                }
-                for (idx, &d) in dx.iter().enumerate().step_by(11) {
-                    let mut x2 = x.clone();
-                    x2[idx] += 1.0;
-                    let diff = dot(&naive_forward(&g, &x2, &w), &r) - yr;
-                    assert!(
-                        (diff - d).abs() < 1e-9,
-                        "{algo:?} {g:?}: dx[{idx}] {d} vs {diff}"
-                    );
-                }
+                let mut db = vec![0.0; g.out_channels];
+                conv2d_forward_with(algo, &g, &x, &w, Some(&b), &mut y);
+                conv2d_backward_input_with(algo, &g, &dy, &w, &mut dx);
+                conv2d_backward_weight_with(algo, &g, &x, &dy, &mut dw);
+                conv2d_backward_bias(&g, &dy, &mut db);
+                close(&format!("{algo:?} {g:?}: y"), &y, &want_y);
+                close(&format!("{algo:?} {g:?}: dx"), &dx, &want_dx);
+                close(&format!("{algo:?} {g:?}: dw"), &dw, &want_dw);
+                close(&format!("{algo:?} {g:?}: db"), &db, &want_db);
+            }
+        }
+    }
+
+    /// The reference itself: its backward is the adjoint of its forward,
+    /// ⟨conv(x, w), r⟩ = ⟨x, dx(r)⟩ = ⟨w, dw(r)⟩, and one coordinate of w
+    /// moved by 1 changes ⟨y, r⟩ by that coordinate of dw (y is linear in w).
+    #[test]
+    fn the_reference_backward_is_the_adjoint_of_its_forward() {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        for g in geometries() {
+            let (x, w, r) = (
+                values(g.input_len(), 1),
+                values(g.weight_len(), 2),
+                values(g.output_len(), 3),
+            );
+            let yr = dot(&reference::forward(&g, &x, &w, None), &r);
+            let (dx, dw, _) = reference::backward(&g, &x, &w, &r);
+            assert!((dot(&x, &dx) - yr).abs() < 1e-10, "{g:?}: dx adjoint");
+            assert!((dot(&w, &dw) - yr).abs() < 1e-10, "{g:?}: dw adjoint");
+            for (idx, &d) in dw.iter().enumerate().step_by(7) {
+                let mut w2 = w.clone();
+                w2[idx] += 1.0;
+                let diff = dot(&reference::forward(&g, &x, &w2, None), &r) - yr;
+                assert!((diff - d).abs() < 1e-9, "{g:?}: dw[{idx}] {d} vs {diff}");
             }
         }
     }

@@ -3,10 +3,13 @@
 //! The whole family in this folder:
 //! - [`cpu`]: the CPU kernel (SIMD where it pays, rayon across rows);
 //! - [`cuda`]: the CUDA launcher for `conv.cu` (the kernel source beside it);
+//! - [`reference`]: the definition as plain f64 loops, forward and backward,
+//!   the oracle of the CPU kernel's tests;
 //! - tests: unit tests inside each file; the PyTorch fixture tests are in the root `tests/` folder.
 
 pub mod cpu;
 pub mod cuda;
+pub mod reference;
 
 // ---- the problem descriptor, shared by the CPU kernel and the CUDA launcher ----
 

@@ -676,51 +676,7 @@ mod f32x {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Straightforward f64 reference of the forward and backward formulas.
-    fn reference(
-        x: &[f64],
-        dy: &[f64],
-        d: GroupNormDims,
-        gamma: &[f64],
-        beta: &[f64],
-        silu: bool,
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (cg, s, m) = (d.channels_per_group(), d.spatial, d.group_len());
-        let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        let (mut dg, mut db) = (vec![0.0; d.channels], vec![0.0; d.channels]);
-        for t in 0..d.n * d.groups {
-            let xg = &x[t * m..(t + 1) * m];
-            let mu = xg.iter().sum::<f64>() / m as f64;
-            let var = xg.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / m as f64;
-            let r = 1.0 / (var + 1e-5).sqrt();
-            let mut dh = vec![0.0; m];
-            let xhat: Vec<f64> = xg.iter().map(|v| (v - mu) * r).collect();
-            for i in 0..m {
-                let c = (t % d.groups) * cg + i / s;
-                let h = gamma[c] * xhat[i] + beta[c];
-                let sg = 1.0 / (1.0 + (-h).exp());
-                y[t * m + i] = if silu { h * sg } else { h };
-                let g = dy[t * m + i];
-                dh[i] = if silu {
-                    g * sg * (1.0 + h * (1.0 - sg))
-                } else {
-                    g
-                };
-                db[c] += dh[i];
-                dg[c] += dh[i] * xhat[i];
-            }
-            let gdh: Vec<f64> = (0..m)
-                .map(|i| gamma[(t % d.groups) * cg + i / s] * dh[i])
-                .collect();
-            let a = gdh.iter().sum::<f64>() / m as f64;
-            let b = gdh.iter().zip(&xhat).map(|(p, q)| p * q).sum::<f64>() / m as f64;
-            for i in 0..m {
-                dx[t * m + i] = r * (gdh[i] - a - xhat[i] * b);
-            }
-        }
-        (y, dx, dg, db)
-    }
+    use crate::group_norm::reference;
 
     #[test]
     fn f32_kernels_match_f64_reference_both_simd_paths() {
@@ -741,7 +697,7 @@ mod tests {
         let beta: Vec<f64> = (0..6).map(|c| c as f64 * 0.2 - 0.5).collect();
         let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         for silu in [false, true] {
-            let want = reference(&x, &dy, d, &gamma, &beta, silu);
+            let want = reference::forward_and_backward(&x, &dy, d, &gamma, &beta, 1e-5, silu);
             for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
                 let (y, dx, dg, db) = simd::with_isa(isa, || {
                     let (mut y, mut mu, mut r) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);

@@ -244,6 +244,51 @@ impl<T: Float> StepScalars<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::noise::reference;
+
+    /// n values in (−2, 2) from the counter-based stream `seed`.
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        use crate::rng::{Philox, u32_to_open01};
+        (0..n)
+            .map(|i| u32_to_open01(Philox::block(seed, i as u64 / 4)[i % 4]) * 4.0 - 2.0)
+            .collect()
+    }
+
+    /// Every kernel against its equation's loop, on 3 samples long enough
+    /// for several rayon chunks and an odd tail.
+    #[test]
+    fn every_kernel_matches_the_reference() {
+        let (samples, per) = (3, PAR_CHUNK + 13);
+        let n = samples * per;
+        let (x, e, z) = (values(n, 1), values(n, 2), values(n, 3));
+        let close = |what: &str, got: &[f64], want: &[f64]| {
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                    "{what}[{i}]: {a} vs {b}"
+                );
+            }
+        };
+        let q: Vec<QSampleCoef> = [0.9, 0.5, 0.01].map(QSampleCoef::from_alpha_bar).to_vec();
+        let mut out = vec![0.0; n];
+        q_sample(&x, &e, &q, &mut out);
+        close("q_sample", &out, &reference::q_sample(&x, &e, &q, per));
+        let mut grad = vec![0.0; n];
+        let loss = l_simple(&x, &e, Some(&mut grad));
+        let (want_loss, want_grad) = reference::l_simple(&x, &e);
+        close("l_simple", &[loss], &[want_loss]);
+        close("l_simple grad", &grad, &want_grad);
+        let steps = [
+            StepCoef::ddpm(0.98, 0.5, 0.1),
+            StepCoef::ddim(0.5, 0.6, 0.3, true),
+            StepCoef::ddpm_clipped(0.3, 0.2, 0.7, 0.25),
+        ];
+        for noise in [None, Some(&z[..])] {
+            denoise_step(&x, &e, noise, &steps, &mut out);
+            let want = reference::denoise_step(&x, &e, noise, &steps, per);
+            close("denoise_step", &out, &want);
+        }
+    }
 
     #[test]
     fn q_sample_uses_each_samples_coefficients() {

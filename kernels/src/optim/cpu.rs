@@ -77,6 +77,7 @@ pub fn ema<T: Float>(ema: &mut [T], param: &[T], decay: f64) {
 mod tests {
     use super::*;
     use crate::cpu::simd::{Isa, with_isa};
+    use crate::optim::reference;
 
     fn hyper(decoupled: bool, t: i32) -> AdamStep {
         AdamStep {
@@ -111,21 +112,6 @@ mod tests {
         );
     }
 
-    /// The textbook formulas, written out in f64, one element at a time.
-    fn reference(p: f64, g: f64, m: f64, v: f64, s: AdamStep, scale: f64) -> [f64; 3] {
-        let mut g = g * scale;
-        let mut p = p;
-        if s.decoupled {
-            p -= s.lr * s.weight_decay * p;
-        } else {
-            g += s.weight_decay * p;
-        }
-        let m = s.beta1 * m + (1.0 - s.beta1) * g;
-        let v = s.beta2 * v + (1.0 - s.beta2) * g * g;
-        let (mhat, vhat) = (m / s.bias1, v / s.bias2);
-        [p - s.lr * mhat / (vhat.sqrt() + s.eps), m, v]
-    }
-
     #[test]
     fn adam_matches_textbook_formula_simd_and_scalar() {
         // Long enough to cover whole 8-lane blocks, a tail and two rayon chunks.
@@ -145,7 +131,7 @@ mod tests {
                     let s = hyper(decoupled, t);
                     with_isa(isa, || adam(&mut p, &g, &mut m, &mut v, s, 0.5));
                     for (w, &gi) in want.iter_mut().zip(&g) {
-                        *w = reference(w[0], gi as f64, w[1], w[2], s, 0.5);
+                        *w = reference::adam(w[0], gi as f64, w[1], w[2], s, 0.5);
                     }
                 }
                 for i in 0..n {

@@ -220,6 +220,7 @@ mod f32x {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upsample::reference;
 
     #[test]
     fn forward_and_backward_on_a_2x3_map() {
@@ -250,6 +251,11 @@ mod tests {
                 (y, dx)
             })
         };
-        assert_eq!(run(Isa::Scalar), run(Isa::Avx512));
+        let (y, dx) = run(Isa::Scalar);
+        assert_eq!((y.clone(), dx.clone()), run(Isa::Avx512));
+        // Both against the definition (exact: copies and sums of small integers).
+        let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        assert_eq!(f64s(&y), reference::forward(&f64s(&x), planes, h, w));
+        assert_eq!(f64s(&dx), reference::backward(&f64s(&dy), planes, h, w));
     }
 }
