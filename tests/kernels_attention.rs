@@ -9,6 +9,7 @@ use noisegrad_kernels::attention::cpu::{
 };
 use noisegrad_kernels::cpu::simd::{self, Isa};
 use noisegrad_kernels::gemm::cpu::Gemm;
+use noisegrad_kernels::gemm::packed::GemmFloat;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -102,7 +103,7 @@ fn engine_op_matches_pytorch() {
 /// The kernel's outputs: out, lse, dq, dk, dv.
 type Results<T> = [Vec<T>; 5];
 
-fn run_kernel<T: Gemm>(
+fn run_kernel<T: Gemm + GemmFloat>(
     c: &AttnConfig,
     path: AttnPath,
     q: &[T],

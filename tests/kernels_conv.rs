@@ -7,8 +7,8 @@ mod conv_common;
 use conv_common::{assert_close, cases, check_case_against_pytorch};
 use noisegrad_engine::gradcheck::{GradcheckOptions, gradcheck};
 use noisegrad_engine::{DType, Device, Philox, Tensor};
-use noisegrad_kernels::conv::cpu::gemm::GemmFloat;
 use noisegrad_kernels::cpu::simd::{self, Isa};
+use noisegrad_kernels::gemm::packed::GemmFloat;
 
 #[test]
 fn forward_and_gradients_match_pytorch_f32() {

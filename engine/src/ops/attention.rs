@@ -24,6 +24,7 @@ use noisegrad_kernels::attention::cuda::{self as cuda_kernel, gemm_view};
 use noisegrad_kernels::elementwise::cuda::Dense;
 use noisegrad_kernels::gemm::cpu::Gemm;
 use noisegrad_kernels::gemm::cuda::MatOperand;
+use noisegrad_kernels::gemm::packed::GemmFloat;
 use std::borrow::Cow;
 
 impl Tensor {
@@ -173,7 +174,7 @@ impl CpuStorage {
     }
 }
 
-fn typed<'a, T: CpuElem + Gemm, const N: usize>(
+fn typed<'a, T: CpuElem + Gemm + GemmFloat, const N: usize>(
     op: &'static str,
     xs: [(&'a CpuStorage, &'a Layout); N],
 ) -> Result<[Cow<'a, [T]>; N]> {
@@ -192,7 +193,7 @@ fn typed<'a, T: CpuElem + Gemm, const N: usize>(
         .unwrap_or_else(|_| unreachable!("N operands in, N out")))
 }
 
-fn forward_typed<T: CpuElem + Gemm>(
+fn forward_typed<T: CpuElem + Gemm + GemmFloat>(
     qkv: [(&CpuStorage, &Layout); 3],
     cfg: &AttnConfig,
 ) -> Result<[CpuStorage; 2]> {
@@ -213,7 +214,7 @@ fn forward_typed<T: CpuElem + Gemm>(
     Ok([out, lse].map(|d| CpuStorage::new(T::wrap(d))))
 }
 
-fn backward_typed<T: CpuElem + Gemm>(
+fn backward_typed<T: CpuElem + Gemm + GemmFloat>(
     operands: [(&CpuStorage, &Layout); 6],
     cfg: &AttnConfig,
 ) -> Result<[CpuStorage; 3]> {

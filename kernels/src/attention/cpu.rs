@@ -33,19 +33,18 @@
 //!   composition of the existing kernels, kept as the reference the flash
 //!   path is tested and measured against.
 //!
-//! The flash path's products are small and reuse one operand many times,
-//! so they do not go through `matrixmultiply` (which packs both operands on
-//! every call, and starts its own threads above 2¹⁵-element operands, which
-//! would compete with the rayon tasks). Instead, per batch item, each
-//! B-side operand (Kᵀ, V, and in the backward Vᵀ, K, Q, dO) is packed once
-//! into 16-column panels, and a register-blocked 6×16 AVX2+FMA micro-kernel
-//! (`tile_gemm`) reads the A side in place with any strides (so Pᵀ and dSᵀ
-//! are never copied). Packing also removes the 1 KB row strides (C = 256
-//! floats) that would map a B panel onto a few L1 sets. On its own it ran
-//! at ~100–110 GFLOP/s per core here (AVX2+FMA peak: 32 flops per cycle),
-//! and ~75–80% of the flash path's time is spent in it; a generic loop
-//! covers f64 and CPUs without AVX2.
-//!
+//! The flash path's products are small tiles, each computed inside a rayon
+//! task, so they go through the packed GEMM core the convolution uses
+//! ([`crate::gemm::packed`], single-threaded per call, AVX-512 8×32 /
+//! AVX2 6×16 / plain micro-kernels), not through `matrixmultiply`, whose
+//! own threads would compete with the rayon tasks (measured 30–40% slower
+//! at the U-Net shape). `tile_gemm` reads both operands in place with any
+//! strides (so Kᵀ, Pᵀ and dSᵀ are never copied) and packs them per call;
+//! the scale s is folded into the packed A. Moving from the flash path's
+//! former own 6×16 AVX2 GEMM (B packed once per batch item) to the shared
+//! core made the path 12–22% faster here (BENCHMARKS.md, issue 14), the
+//! AVX-512 micro-kernel outweighing the repacking of B per tile.
+
 //! # Which path, and the tile size (measured)
 //!
 //! [`AttnPath::Auto`] always takes the flash path with [`Tiles::DEFAULT`]
@@ -67,8 +66,8 @@
 //! the plain path is not memory-bound; it loses on the extra pass of its
 //! softmax over the whole score matrix, on repacking inside every GEMM, and
 //! (with two threads) on splitting each GEMM across threads where the
-//! flash tasks are independent. The tile barely matters once operands are
-//! packed per batch item: backward 64/128/256 query rows × 64 keys took
+//! flash tasks are independent. The tile barely mattered (measured with the
+//! former per-item packing): backward 64/128/256 query rows × 64 keys took
 //! 16.0/16.4/16.0 ms, the forward ~6.8 ms for all; 64 × 64 keeps the score
 //! tile in L1 and gives B·T/64 independent forward tasks.
 //!
@@ -80,12 +79,10 @@ pub use super::AttnConfig;
 use crate::Float;
 use crate::cpu::simd::{self, Isa};
 use crate::gemm::cpu::{Gemm, MatRef, batched_gemm};
+use crate::gemm::packed::{GemmFloat, Mat, MatPtr, PackedA};
 use rayon::prelude::*;
-use std::any::Any;
-use std::cell::RefCell;
 
-/// The score-tile size of the flash path: `rows` query rows × `cols` keys
-/// (`cols` a multiple of 16, the width of a packed panel).
+/// The score-tile size of the flash path: `rows` query rows × `cols` keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
     pub rows: usize,
@@ -143,7 +140,7 @@ fn check_inputs<T>(c: &AttnConfig, x: &Qkv<T>) {
 
 /// O = softmax(s·Q Kᵀ) V into `out` `[B, M, E]`, and the row log-sum-exp
 /// L_r = ln Σ_c e^{s·(Q Kᵀ)_rc} into `lse` `[B, M]`.
-pub fn attention_forward<T: Gemm>(
+pub fn attention_forward<T: Gemm + GemmFloat>(
     c: &AttnConfig,
     path: AttnPath,
     x: Qkv<T>,
@@ -166,7 +163,7 @@ pub fn attention_forward<T: Gemm>(
 
 /// Gradients of Σ dO ⊙ O with respect to q, k and v, from the forward's
 /// `out` and `lse` (see the module docs for the equations).
-pub fn attention_backward<T: Gemm>(
+pub fn attention_backward<T: Gemm + GemmFloat>(
     c: &AttnConfig,
     path: AttnPath,
     x: Qkv<T>,
@@ -209,8 +206,8 @@ fn resolve(c: &AttnConfig, path: AttnPath) -> Option<Tiles> {
         AttnPath::Plain => None,
         AttnPath::Flash(t) => {
             assert!(
-                t.rows > 0 && t.cols > 0 && t.cols.is_multiple_of(NR),
-                "attention: tile {t:?} needs rows > 0 and cols a multiple of {NR}"
+                t.rows > 0 && t.cols > 0,
+                "attention: tile {t:?} needs rows > 0 and cols > 0"
             );
             Some(t)
         }
@@ -261,18 +258,22 @@ fn item<T>(x: &[T], b: usize, rows: usize, width: usize) -> &[T] {
     &x[b * rows * width..(b + 1) * rows * width]
 }
 
-fn flash_forward<T: Float>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, out: &mut [T], lse: &mut [T]) {
+fn flash_forward<T: Gemm + GemmFloat>(
+    c: &AttnConfig,
+    t: Tiles,
+    x: &Qkv<T>,
+    out: &mut [T],
+    lse: &mut [T],
+) {
     let (m, n, d, e) = (c.q_len, c.kv_len, c.qk_dim, c.v_dim);
     out.par_chunks_mut(m * e)
         .zip(lse.par_chunks_mut(m))
         .enumerate()
         .for_each(|(b, (out_b, lse_b))| {
-            // Packed here, by the thread that starts on this batch item, so
-            // they are still in its cache for the first query tiles.
             let ops = ForwardOperands {
                 q: item(x.q, b, m, d),
-                k_t: Packed::new(item(x.k, b, n, d), n, d, true),
-                v: Packed::new(item(x.v, b, n, e), n, e, false),
+                k_t: transposed(item(x.k, b, n, d), d),
+                v: rows_of(item(x.v, b, n, e), 0, e),
             };
             out_b
                 .par_chunks_mut(t.rows * e)
@@ -284,16 +285,16 @@ fn flash_forward<T: Float>(c: &AttnConfig, t: Tiles, x: &Qkv<T>, out: &mut [T], 
         });
 }
 
-/// One batch item's forward operands: q as is, Kᵀ and V packed.
-struct ForwardOperands<'a, T: Float> {
+/// One batch item's forward operands, read in place: q, Kᵀ and V.
+struct ForwardOperands<'a, T> {
     q: &'a [T],
-    k_t: Packed<T>,
-    v: Packed<T>,
+    k_t: Mat<'a, T>,
+    v: Mat<'a, T>,
 }
 
 /// One query tile (rows r0..) against every key tile, with the online
 /// softmax; `out` (the tile's rows) doubles as the accumulator.
-fn forward_query_tile<T: Float>(
+fn forward_query_tile<T: Gemm + GemmFloat>(
     c: &AttnConfig,
     t: Tiles,
     ops: &ForwardOperands<T>,
@@ -313,14 +314,7 @@ fn forward_query_tile<T: Float>(
         let cols = t.cols.min(n - c0);
         let s = &mut s[..rows * cols];
         // S = s·Q_i K_jᵀ
-        tile_gemm(
-            (rows, d, cols),
-            scale,
-            q_tile,
-            ops.k_t.at(0, c0),
-            T::ZERO,
-            s,
-        );
+        tile_gemm((rows, d, cols), scale, q_tile, ops.k_t.at(0, c0), false, s);
         simd::with_avx2(|| {
             for (r, (s_r, o_r)) in s.chunks_mut(cols).zip(out.chunks_mut(e)).enumerate() {
                 online_softmax_step(s_r, &mut max[r], &mut sum[r], o_r);
@@ -328,7 +322,7 @@ fn forward_query_tile<T: Float>(
         });
         // O_i += P V_j
         let p = rows_of(s, 0, cols);
-        tile_gemm((rows, cols, e), T::ONE, p, ops.v.at(c0, 0), T::ONE, out);
+        tile_gemm((rows, cols, e), T::ONE, p, ops.v.at(c0, 0), true, out);
     }
     simd::with_avx2(|| {
         for (r, o_r) in out.chunks_mut(e).enumerate() {
@@ -376,18 +370,18 @@ fn row_max<T: Float>(x: &[T]) -> T {
         .fold(T::NEG_INFINITY, |a, &v| a.max(v))
 }
 
-/// One batch item's backward operands, each packed as the B side of one
+/// One batch item's backward operands, read in place as the B side of one
 /// product (see [`backward_key_chunk`]).
-struct BackwardOperands<'a, T: Float> {
+struct BackwardOperands<'a, T> {
     q: &'a [T],
     d_out: &'a [T],
     lse: &'a [T],
     delta: &'a [T],
-    k_t: Packed<T>,
-    v_t: Packed<T>,
-    k: Packed<T>,
-    q_rows: Packed<T>,
-    d_out_rows: Packed<T>,
+    k_t: Mat<'a, T>,
+    v_t: Mat<'a, T>,
+    k: Mat<'a, T>,
+    q_rows: Mat<'a, T>,
+    d_out_rows: Mat<'a, T>,
 }
 
 impl<'a, T: Float> BackwardOperands<'a, T> {
@@ -400,16 +394,16 @@ impl<'a, T: Float> BackwardOperands<'a, T> {
             d_out,
             lse: item(saved.lse, b, m, 1),
             delta: item(saved.delta, b, m, 1),
-            k_t: Packed::new(k, n, d, true),
-            v_t: Packed::new(v, n, e, true),
-            k: Packed::new(k, n, d, false),
-            q_rows: Packed::new(q, m, d, false),
-            d_out_rows: Packed::new(d_out, m, e, false),
+            k_t: transposed(k, d),
+            v_t: transposed(v, e),
+            k: rows_of(k, 0, d),
+            q_rows: rows_of(q, 0, d),
+            d_out_rows: rows_of(d_out, 0, e),
         }
     }
 }
 
-fn flash_backward<T: Float>(
+fn flash_backward<T: Gemm + GemmFloat>(
     c: &AttnConfig,
     t: Tiles,
     x: &Qkv<T>,
@@ -470,7 +464,7 @@ fn keys_per_task(c: &AttnConfig, t: Tiles) -> usize {
 /// The backward for keys k0.. of one batch item (as many as `g.dk` holds)
 /// against every query tile: writes those rows of dK and dV, and this
 /// chunk's contribution to the item's dQ (`g.dq`, `[M, C]`).
-fn backward_key_chunk<T: Float>(
+fn backward_key_chunk<T: Gemm + GemmFloat>(
     c: &AttnConfig,
     t: Tiles,
     ops: &BackwardOperands<T>,
@@ -495,7 +489,7 @@ fn backward_key_chunk<T: Float>(
             let (p, ds) = (&mut p[..rows * cols], &mut ds[..rows * cols]);
             // P = e^{s·Q_i K_jᵀ − L}
             let q_i = rows_of(ops.q, r0 * d, d);
-            tile_gemm((rows, d, cols), scale, q_i, ops.k_t.at(0, key), T::ZERO, p);
+            tile_gemm((rows, d, cols), scale, q_i, ops.k_t.at(0, key), false, p);
             let lse = &ops.lse[r0..r0 + rows];
             simd::with_avx2(|| {
                 for (p_r, &l) in p.chunks_mut(cols).zip(lse) {
@@ -509,19 +503,12 @@ fn backward_key_chunk<T: Float>(
                 T::ONE,
                 transposed(p, cols),
                 do_i,
-                T::ONE,
+                true,
                 dv_j,
             );
             // dS = P ⊙ (dO_i V_jᵀ − D)
             let do_i = rows_of(ops.d_out, r0 * e, e);
-            tile_gemm(
-                (rows, e, cols),
-                T::ONE,
-                do_i,
-                ops.v_t.at(0, key),
-                T::ZERO,
-                ds,
-            );
+            tile_gemm((rows, e, cols), T::ONE, do_i, ops.v_t.at(0, key), false, ds);
             let delta = &ops.delta[r0..r0 + rows];
             simd::with_avx2(|| softmax_grad_rows(p, ds, delta, cols));
             // dQ_i += s·dS K_j,  dK_j += s·dSᵀ Q_i
@@ -532,7 +519,7 @@ fn backward_key_chunk<T: Float>(
                 scale,
                 rows_of(ds, 0, cols),
                 k_j,
-                T::ONE,
+                true,
                 dq_i,
             );
             let q_i = ops.q_rows.at(r0, 0);
@@ -541,7 +528,7 @@ fn backward_key_chunk<T: Float>(
                 scale,
                 transposed(ds, cols),
                 q_i,
-                T::ONE,
+                true,
                 dk_j,
             );
         }
@@ -560,356 +547,37 @@ fn softmax_grad_rows<T: Float>(p: &[T], dp: &mut [T], delta: &[T], width: usize)
 
 // ---- tile GEMM ----------------------------------------------------------
 //
-// C ← α·A·B + β·C with B packed in NR-column panels (see `Packed`) and A
-// read in place; why the flash path has its own GEMM is in the module docs.
-
-/// Columns per packed panel: two 8-lane f32 vectors.
-const NR: usize = 16;
-
-/// Rows per micro-kernel call: MR×NR accumulators (12 AVX2 registers) plus
-/// two B vectors and one broadcast A value fill the 16 registers.
-const MR: usize = 6;
-
-/// A `[rows, cols]` matrix (or the transpose of a stored `[cols, rows]`
-/// one) in column panels of NR: element (r, j) at
-/// `data[((j / NR)·rows + r)·NR + j % NR]`, the last panel padded with
-/// zeros.
-struct Packed<T: Float> {
-    data: Scratch<T>,
-    rows: usize,
-}
-
-impl<T: Float> Packed<T> {
-    /// Packs `src` `[src_rows, src_cols]`, as is or transposed.
-    fn new(src: &[T], src_rows: usize, src_cols: usize, transpose: bool) -> Self {
-        let (rows, cols) = if transpose {
-            (src_cols, src_rows)
-        } else {
-            (src_rows, src_cols)
-        };
-        let mut data = Scratch::with_len(cols.div_ceil(NR) * rows * NR);
-        for (p, panel) in data.0.chunks_mut(rows * NR).enumerate() {
-            let j0 = p * NR;
-            let width = NR.min(cols - j0);
-            if width < NR {
-                // Only the last panel has padding; it must read as zeros.
-                panel.fill(T::ZERO);
-            }
-            if transpose {
-                // Column j of the panel is source row j0 + j: read it
-                // contiguously, write it with stride NR (inside L1).
-                for j in 0..width {
-                    let src_row = &src[(j0 + j) * src_cols..][..rows];
-                    for (out, &v) in panel.chunks_exact_mut(NR).zip(src_row) {
-                        out[j] = v;
-                    }
-                }
-            } else {
-                for (out, src_row) in panel.chunks_exact_mut(NR).zip(src.chunks(src_cols)) {
-                    // A fixed-size copy of whole panels compiles to two
-                    // vector moves instead of a `memmove` call.
-                    match <&[T; NR]>::try_from(&src_row[j0..j0 + width]) {
-                        Ok(full) => *<&mut [T; NR]>::try_from(out).unwrap() = *full,
-                        Err(_) => out[..width].copy_from_slice(&src_row[j0..j0 + width]),
-                    }
-                }
-            }
-        }
-        Packed { data, rows }
-    }
-
-    /// The sub-matrix from row r0 and column c0 (a multiple of NR) on.
-    fn at(&self, r0: usize, c0: usize) -> PanelRef<'_, T> {
-        debug_assert!(
-            c0.is_multiple_of(NR),
-            "packed column offset must start a panel"
-        );
-        let stride = self.rows * NR;
-        PanelRef {
-            data: &self.data.0,
-            off: c0 / NR * stride + r0 * NR,
-            panel_stride: stride,
-        }
-    }
-}
-
-/// A buffer from this thread's spares, given back when dropped.
-///
-/// The packed operands are rebuilt on every call; freshly allocated, each
-/// megabyte-sized buffer page-faults again (glibc returns freed arena
-/// memory to the OS), which cost ~15–20% of the backward. Each thread keeps
-/// up to [`MAX_SPARES`] buffers between calls instead.
-struct Scratch<T: Float>(Vec<T>);
-
-/// Spare buffers kept per thread (a backward task holds five at once).
-const MAX_SPARES: usize = 8;
-
-thread_local! {
-    /// This thread's spare buffers, each a `Vec<T>` of some element type.
-    static SPARES: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl<T: Float> Scratch<T> {
-    /// `len` elements holding whatever a previous user left (or zeros):
-    /// for callers that overwrite every element.
-    fn with_len(len: usize) -> Self {
-        let spare = SPARES.with_borrow_mut(|spares| {
-            let i = spares.iter().position(|b| b.is::<Vec<T>>())?;
-            spares.swap_remove(i).downcast::<Vec<T>>().ok()
-        });
-        let mut v = spare.map(|b| *b).unwrap_or_default();
-        v.resize(len, T::ZERO);
-        Scratch(v)
-    }
-}
-
-impl<T: Float> Drop for Scratch<T> {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        // During thread teardown the spares may be gone: then just free.
-        let _ = SPARES.try_with(|s| {
-            let mut spares = s.borrow_mut();
-            if spares.len() < MAX_SPARES {
-                spares.push(Box::new(v));
-            }
-        });
-    }
-}
-
-/// A packed B operand: element (r, j) at `off + (j / NR)·panel_stride +
-/// r·NR + j % NR`.
-#[derive(Clone, Copy)]
-struct PanelRef<'a, T> {
-    data: &'a [T],
-    off: usize,
-    panel_stride: usize,
-}
-
-/// A (possibly transposed) operand read in place: element (i, j) at
-/// `data[off + i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct Strided<'a, T> {
-    data: &'a [T],
-    off: usize,
-    rs: usize,
-    cs: usize,
-}
+// C ← α·A·B (+ C) on strided tiles read in place, through the packed GEMM
+// core shared with the convolution (`crate::gemm::packed`).
 
 /// Row-major matrix of `width` columns starting at `off`.
-fn rows_of<T>(data: &[T], off: usize, width: usize) -> Strided<'_, T> {
-    Strided {
-        data,
-        off,
-        rs: width,
-        cs: 1,
-    }
+fn rows_of<T>(data: &[T], off: usize, width: usize) -> Mat<'_, T> {
+    Mat::row_major(&data[off..], width)
 }
 
 /// The transpose of a row-major matrix of `width` columns.
-fn transposed<T>(data: &[T], width: usize) -> Strided<'_, T> {
-    Strided {
-        data,
-        off: 0,
-        rs: 1,
-        cs: width,
-    }
+fn transposed<T>(data: &[T], width: usize) -> Mat<'_, T> {
+    Mat::transposed(data, width)
 }
 
-/// C ← α·A·B + β·C for an m×k A (strided), a packed k×n B and a contiguous
-/// m×n C. β = 0 ignores C's previous contents.
-fn tile_gemm<T: Float>(
+/// C ← α·A·B, or C += α·A·B with `accumulate`, for an m×k A and a k×n B
+/// (any strides) and a contiguous m×n C. Single-threaded on purpose: every
+/// tile already runs on its own rayon task. α is folded into the packed A.
+fn tile_gemm<T: GemmFloat>(
     (m, k, n): (usize, usize, usize),
     alpha: T,
-    a: Strided<T>,
-    b: PanelRef<T>,
-    beta: T,
+    a: Mat<T>,
+    b: Mat<T>,
+    accumulate: bool,
     c: &mut [T],
 ) {
     assert_eq!(c.len(), m * n, "tile_gemm: C is not m×n");
-    if m == 0 || n == 0 {
-        return;
+    let mut packed = PackedA::new(a, m, k);
+    if alpha != T::ONE {
+        packed.scale(alpha);
     }
-    if k == 0 {
-        c.iter_mut()
-            .for_each(|x| *x = if beta == T::ZERO { T::ZERO } else { beta * *x });
-        return;
-    }
-    assert!(
-        a.off + (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
-        "tile_gemm: A out of bounds"
-    );
-    assert!(
-        b.off + (n - 1) / NR * b.panel_stride + k * NR <= b.data.len(),
-        "tile_gemm: B out of bounds"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && simd::isa() >= Isa::Avx2 {
-        // SAFETY: T is f32 (checked above), so these are the same slices.
-        let (af, bf, cf) = unsafe {
-            (
-                std::slice::from_raw_parts(a.data.as_ptr() as *const f32, a.data.len()),
-                std::slice::from_raw_parts(b.data.as_ptr() as *const f32, b.data.len()),
-                std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len()),
-            )
-        };
-        let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
-        let a = Strided {
-            data: af,
-            off: a.off,
-            rs: a.rs,
-            cs: a.cs,
-        };
-        let b = PanelRef {
-            data: bf,
-            off: b.off,
-            panel_stride: b.panel_stride,
-        };
-        // SAFETY: AVX2+FMA are available; bounds were asserted above.
-        unsafe { avx2_gemm::run((m, k, n), alpha, a, b, beta, cf) };
-        return;
-    }
-    simd::with_avx2(|| {
-        for j0 in (0..n).step_by(NR) {
-            let width = NR.min(n - j0);
-            let panel = b.off + j0 / NR * b.panel_stride;
-            for i0 in (0..m).step_by(MR) {
-                let rows = MR.min(m - i0);
-                let mut acc = [[T::ZERO; NR]; MR];
-                for kk in 0..k {
-                    let bv = &b.data[panel + kk * NR..panel + (kk + 1) * NR];
-                    for (i, acc_i) in acc[..rows].iter_mut().enumerate() {
-                        let av = a.data[a.off + (i0 + i) * a.rs + kk * a.cs];
-                        for (x, &y) in acc_i.iter_mut().zip(bv) {
-                            *x += av * y;
-                        }
-                    }
-                }
-                for (i, acc_i) in acc[..rows].iter().enumerate() {
-                    let c_row = &mut c[(i0 + i) * n + j0..][..width];
-                    for (x, &v) in c_row.iter_mut().zip(acc_i) {
-                        *x = if beta == T::ZERO {
-                            alpha * v
-                        } else {
-                            alpha * v + beta * *x
-                        };
-                    }
-                }
-            }
-        }
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2_gemm {
-    //! The f32 micro-kernel: C[R×16] = α·Σ_k A[·,k] ⊗ B[k,·] + β·C with
-    //! 2R accumulator registers, one broadcast of A and two loads of B per k.
-    use super::{MR, NR, PanelRef, Strided};
-    use std::arch::x86_64::*;
-
-    /// See `tile_gemm`; the caller has checked bounds and AVX2+FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn run(
-        (m, k, n): (usize, usize, usize),
-        alpha: f32,
-        a: Strided<f32>,
-        b: PanelRef<f32>,
-        beta: f32,
-        c: &mut [f32],
-    ) {
-        for j0 in (0..n).step_by(NR) {
-            let width = NR.min(n - j0);
-            let bp = b.data[b.off + j0 / NR * b.panel_stride..].as_ptr();
-            for i0 in (0..m).step_by(MR) {
-                let ap = a.data[a.off + i0 * a.rs..].as_ptr();
-                let cp = c[i0 * n + j0..].as_mut_ptr();
-                let args = Block {
-                    k,
-                    ap,
-                    rs: a.rs,
-                    cs: a.cs,
-                    bp,
-                    cp,
-                    ldc: n,
-                    width,
-                    alpha,
-                    beta,
-                };
-                // SAFETY: bounds asserted by the caller; `block` stays
-                // inside rows i0..i0+R and columns j0..j0+width.
-                unsafe {
-                    match MR.min(m - i0) {
-                        6 => block::<6>(args),
-                        5 => block::<5>(args),
-                        4 => block::<4>(args),
-                        3 => block::<3>(args),
-                        2 => block::<2>(args),
-                        _ => block::<1>(args),
-                    }
-                }
-            }
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    struct Block {
-        k: usize,
-        ap: *const f32,
-        rs: usize,
-        cs: usize,
-        bp: *const f32,
-        cp: *mut f32,
-        ldc: usize,
-        width: usize,
-        alpha: f32,
-        beta: f32,
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const R: usize>(x: Block) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let rows: [*const f32; R] = std::array::from_fn(|i| unsafe { x.ap.add(i * x.rs) });
-        for kk in 0..x.k {
-            // SAFETY (whole loop): kk < k and i < R index inside A and B.
-            unsafe {
-                let b0 = _mm256_loadu_ps(x.bp.add(kk * NR));
-                let b1 = _mm256_loadu_ps(x.bp.add(kk * NR + 8));
-                for i in 0..R {
-                    let av = _mm256_broadcast_ss(&*rows[i].add(kk * x.cs));
-                    acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-                    acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
-                }
-            }
-        }
-        let alpha = _mm256_set1_ps(x.alpha);
-        let beta = _mm256_set1_ps(x.beta);
-        for (i, acc_i) in acc.iter().enumerate() {
-            // SAFETY: row i < R of C, columns < width ≤ NR.
-            unsafe {
-                let c_row = x.cp.add(i * x.ldc);
-                let mut v = [
-                    _mm256_mul_ps(alpha, acc_i[0]),
-                    _mm256_mul_ps(alpha, acc_i[1]),
-                ];
-                if x.width == NR {
-                    if x.beta != 0.0 {
-                        v[0] = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c_row), v[0]);
-                        v[1] = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c_row.add(8)), v[1]);
-                    }
-                    _mm256_storeu_ps(c_row, v[0]);
-                    _mm256_storeu_ps(c_row.add(8), v[1]);
-                } else {
-                    let mut tmp = [0f32; NR];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
-                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
-                    for (j, &t) in tmp[..x.width].iter().enumerate() {
-                        let cj = c_row.add(j);
-                        *cj = if x.beta != 0.0 { t + x.beta * *cj } else { t };
-                    }
-                }
-            }
-        }
-    }
+    // SAFETY: c is an exclusively borrowed contiguous m×n matrix.
+    unsafe { packed.gemm(b, n, MatPtr::row_major(c, n), accumulate) };
 }
 
 // ---- plain path ---------------------------------------------------------
@@ -1127,14 +795,14 @@ mod tests {
                     } else {
                         rows_of(&a, 0, k)
                     };
-                    let packed = Packed::new(&b, k, n, false);
-                    // β = 0 must ignore C, even NaN.
+                    // Without accumulation C's old contents are ignored, even NaN.
                     let mut c = if beta == 0.0 {
                         vec![f32::NAN; m * n]
                     } else {
                         c0.clone()
                     };
-                    tile_gemm((m, k, n), 0.5, av, packed.at(0, 0), beta, &mut c);
+                    let bv = rows_of(&b, 0, n);
+                    tile_gemm((m, k, n), 0.5, av, bv, beta == 1.0, &mut c);
                     for i in 0..m {
                         for j in 0..n {
                             let dot: f64 = (0..k)
@@ -1157,54 +825,6 @@ mod tests {
     fn tile_gemm_matches_naive_product() {
         check_tile_gemm();
         simd::with_isa(Isa::Scalar, check_tile_gemm);
-    }
-
-    #[test]
-    fn packing_places_every_element_and_pads_with_zeros() {
-        let (rows, cols) = (5, 19);
-        let src = values(rows * cols, 4);
-        for transpose in [false, true] {
-            let (pr, pc) = if transpose {
-                (cols, rows)
-            } else {
-                (rows, cols)
-            };
-            let p = Packed::new(&src, rows, cols, transpose);
-            assert_eq!(p.data.0.len(), pc.div_ceil(NR) * pr * NR);
-            for r in 0..pr {
-                for j in 0..pc.div_ceil(NR) * NR {
-                    let got = p.data.0[((j / NR) * pr + r) * NR + j % NR];
-                    let want = match (j < pc, transpose) {
-                        (false, _) => 0.0,
-                        (true, false) => src[r * cols + j],
-                        (true, true) => src[j * cols + r],
-                    };
-                    assert_eq!(got, want, "transpose={transpose} ({r},{j})");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn scratch_buffers_are_reused() {
-        let first = Scratch::<f32>::with_len(1000);
-        let ptr = first.0.as_ptr();
-        drop(first);
-        let again = Scratch::<f32>::with_len(500);
-        assert_eq!(again.0.as_ptr(), ptr, "the spare buffer was not reused");
-        assert_eq!(again.0.len(), 500);
-        // Another element type gets its own buffer.
-        assert_eq!(Scratch::<f64>::with_len(3).0.len(), 3);
-    }
-
-    #[test]
-    fn packing_overwrites_a_dirty_buffer() {
-        drop(Scratch::<f32>::with_len(4096)); // leaves a spare...
-        let mut dirty = Scratch::<f32>::with_len(4096);
-        dirty.0.fill(f32::NAN); // ...filled with garbage
-        drop(dirty);
-        let p = Packed::new(&values(3 * 5, 5), 3, 5, false);
-        assert!(p.data.0.iter().all(|x| !x.is_nan()));
     }
 
     #[test]

@@ -63,15 +63,13 @@
 //!   copies, no batch-sized im2col buffer).
 pub use super::Conv2dGeometry;
 
-pub mod gemm;
-
 pub mod im2col;
 
 pub mod winograd;
 
 use crate::Float;
 
-use gemm::{Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr};
+use crate::gemm::packed::{Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr};
 
 use rayon::prelude::*;
 

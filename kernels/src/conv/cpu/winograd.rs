@@ -28,8 +28,8 @@
 //! GEMMs (per ξ), output transform (per output channel).
 
 use super::Conv2dGeometry;
-use super::gemm::{ALIGN, Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr, aligned};
 use crate::cpu::simd::{self, Isa};
+use crate::gemm::packed::{ALIGN, Buffer, GemmFloat, Mat, MatPtr, PackedA, SharedPtr, aligned};
 use rayon::prelude::*;
 
 /// Tiles per chunk: V (C·16·T) and M (O·16·T) stay within L3 and each
@@ -227,7 +227,7 @@ mod lanes_avx2 {
             unsafe {
                 let r: [__m256; 8] =
                     std::array::from_fn(|l| _mm256_loadu_ps(rows[l].as_ptr().add(at)));
-                let k = crate::conv::cpu::gemm::x86::transpose8x8(r);
+                let k = crate::gemm::packed::x86::transpose8x8(r);
                 let k8 = _mm256_setr_ps(
                     rows[0][at + 8],
                     rows[1][at + 8],
@@ -281,7 +281,7 @@ mod lanes_avx2 {
                 // taps[tap] for the 8 channels, tap = 3i + j.
                 let taps: [__m256; 9] = std::array::from_fn(|tap| cols[tap % 3][tap / 3]);
                 let first8 =
-                    crate::conv::cpu::gemm::x86::transpose8x8(std::array::from_fn(|t| taps[t]));
+                    crate::gemm::packed::x86::transpose8x8(std::array::from_fn(|t| taps[t]));
                 let mut last = [0f32; 8];
                 _mm256_storeu_ps(last.as_mut_ptr(), taps[8]);
                 for l in 0..8 {

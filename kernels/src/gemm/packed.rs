@@ -1,13 +1,15 @@
-//! A packed, single-threaded GEMM for the convolution kernels.
+//! The packed, single-threaded GEMM core of the CPU kernels: the
+//! convolution (im2col and Winograd) and the flash attention tiles.
 //!
-//! Why not [`crate::gemm::cpu`] (matrixmultiply): the convolution splits its
-//! work over rayon itself (tiles, images, weight columns) and needs each
-//! product to stay on the calling thread. matrixmultiply's `threading`
-//! feature (on in this workspace) forks every large product onto its own
-//! pool, and two rayon workers forking into that pool at once queue behind
-//! each other. A second reason is reuse: the weights are packed once per
-//! convolution ([`PackedA`]) and shared by every task, instead of being
-//! repacked inside each product.
+//! Why not [`crate::gemm::cpu`] (matrixmultiply): both callers split their
+//! work over rayon themselves (tiles, images, weight columns, query and key
+//! tiles) and need each product to stay on the calling thread.
+//! matrixmultiply's `threading` feature (on in this workspace, for the
+//! engine's large `matmul`s) forks products onto its own pool, and rayon
+//! workers forking into that pool queue behind each other: the attention
+//! tiles ran 30–40% slower through it than single-threaded. A second reason
+//! is reuse: the convolution packs its weights once ([`PackedA`]) and shares
+//! them with every task, instead of repacking inside each product.
 //!
 //! The structure is the usual Goto/BLIS one. `C[m×n] (+)= A[m×k]·B[k×n]`:
 //! A is packed into MR-tall row panels and B into NR-wide column panels,
@@ -70,11 +72,19 @@ impl<'a, T> Mat<'a, T> {
         }
     }
 
+    /// The sub-matrix from (i, j) on.
+    pub fn at(self, i: usize, j: usize) -> Self {
+        Mat {
+            data: &self.data[i * self.rs + j * self.cs..],
+            ..self
+        }
+    }
+
     fn assert_fits(&self, m: usize, n: usize, what: &str) {
         if m > 0 && n > 0 {
             assert!(
                 (m - 1) * self.rs + (n - 1) * self.cs < self.data.len(),
-                "conv gemm: {what} out of bounds"
+                "packed gemm: {what} out of bounds"
             );
         }
     }
@@ -678,6 +688,12 @@ impl<T: GemmFloat> PackedA<T> {
         &mut self.data
     }
 
+    /// Multiplies the packed operand by `alpha`, so products give α·A·B
+    /// (the zero padding stays zero).
+    pub fn scale(&mut self, alpha: T) {
+        self.data.iter_mut().for_each(|v| *v *= alpha);
+    }
+
     /// Rows per A panel of the micro-kernel in use.
     pub fn mr(&self) -> usize {
         self.kernel.mr
@@ -760,7 +776,7 @@ impl<T: GemmFloat> PackedA<T> {
         let (k, nr) = (self.k, self.kernel.nr);
         assert!(
             bp.len() >= n.div_ceil(nr) * k * nr,
-            "conv gemm: packed B too short"
+            "packed gemm: packed B too short"
         );
         if self.m == 0 || n == 0 {
             return;
@@ -902,7 +918,7 @@ pub fn gemm_with_kernel<T: GemmFloat>(
     c: &mut [T],
     accumulate: bool,
 ) {
-    assert_eq!(c.len(), m * n, "conv gemm: C must be m×n");
+    assert_eq!(c.len(), m * n, "packed gemm: C must be m×n");
     b.assert_fits(k, n, "B");
     let pa = PackedA::with_kernel(kernel, a, m, k);
     // SAFETY: c is an exclusively borrowed m×n row-major matrix.
