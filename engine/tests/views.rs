@@ -1,11 +1,15 @@
 //! Views share storage and read the right elements; copies do not share;
-//! constructors and seeded random fills produce what they promise.
+//! constructors and seeded random fills produce what they promise. The
+//! view and copy tests run on every device (`test_on_devices!`): the same
+//! body on the CPU and on CUDA (a GPU, or the CUDA emulator).
 
-use noisegrad_engine::{DType, Device, Philox, Tensor};
+use noisegrad_engine::{DType, Device, Philox, Tensor, test_on_devices};
 
-fn arange(shape: &[usize]) -> Tensor {
+/// 0, 1, 2, … in `shape`, f32 (exact for these small integers, and the
+/// dtype CUDA tensors have).
+fn arange_on(device: Device, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
-    Tensor::arange(n, DType::F64, Device::Cpu)
+    Tensor::arange(n, DType::F32, device)
         .unwrap()
         .reshape(shape)
         .unwrap()
@@ -15,8 +19,14 @@ fn values(t: &Tensor) -> Vec<f64> {
     t.to_vec_f64()
 }
 
-#[test]
-fn reshape_is_a_view_of_contiguous_data_and_a_copy_otherwise() {
+test_on_devices!(
+    reshape_is_a_view_of_contiguous_data_and_a_copy_otherwise,
+    reshape_is_a_view_of_contiguous_data_and_a_copy_otherwise_cpu,
+    reshape_is_a_view_of_contiguous_data_and_a_copy_otherwise_cuda
+);
+
+fn reshape_is_a_view_of_contiguous_data_and_a_copy_otherwise(device: Device) {
+    let arange = |shape: &[usize]| arange_on(device, shape);
     let x = arange(&[2, 3, 4]);
     let r = x.reshape(&[6, 4]).unwrap();
     assert!(r.shares_storage(&x) && r.is_contiguous());
@@ -42,8 +52,14 @@ fn reshape_is_a_view_of_contiguous_data_and_a_copy_otherwise() {
     assert_eq!(values(&r)[..4], [1.0, 2.0, 5.0, 6.0]);
 }
 
-#[test]
-fn permute_and_transpose_are_views_with_permuted_values() {
+test_on_devices!(
+    permute_and_transpose_are_views_with_permuted_values,
+    permute_and_transpose_are_views_with_permuted_values_cpu,
+    permute_and_transpose_are_views_with_permuted_values_cuda
+);
+
+fn permute_and_transpose_are_views_with_permuted_values(device: Device) {
+    let arange = |shape: &[usize]| arange_on(device, shape);
     let x = arange(&[2, 3]);
     let t = x.transpose(0, 1).unwrap();
     assert!(t.shares_storage(&x) && !t.is_contiguous());
@@ -68,8 +84,14 @@ fn permute_and_transpose_are_views_with_permuted_values() {
     assert_eq!(values(&back), values(&x));
 }
 
-#[test]
-fn narrow_split_and_chunk_are_views() {
+test_on_devices!(
+    narrow_split_and_chunk_are_views,
+    narrow_split_and_chunk_are_views_cpu,
+    narrow_split_and_chunk_are_views_cuda
+);
+
+fn narrow_split_and_chunk_are_views(device: Device) {
+    let arange = |shape: &[usize]| arange_on(device, shape);
     let x = arange(&[3, 4]);
     let n = x.narrow(1, 1, 2).unwrap();
     assert!(n.shares_storage(&x));
@@ -89,14 +111,20 @@ fn narrow_split_and_chunk_are_views() {
     }
 }
 
-#[test]
-fn broadcast_unsqueeze_and_squeeze_are_views() {
+test_on_devices!(
+    broadcast_unsqueeze_and_squeeze_are_views,
+    broadcast_unsqueeze_and_squeeze_are_views_cpu,
+    broadcast_unsqueeze_and_squeeze_are_views_cuda
+);
+
+fn broadcast_unsqueeze_and_squeeze_are_views(device: Device) {
+    let arange = |shape: &[usize]| arange_on(device, shape);
     let x = arange(&[3, 1]);
     let b = x.broadcast_to(&[2, 3, 2]).unwrap();
     assert!(b.shares_storage(&x));
     assert_eq!(b.layout().strides()[0], 0);
     assert_eq!(values(&b), [0., 0., 1., 1., 2., 2., 0., 0., 1., 1., 2., 2.]);
-    let s = Tensor::scalar(7.0, DType::F64, Device::Cpu).unwrap();
+    let s = Tensor::scalar(7.0, DType::F32, device).unwrap();
     assert_eq!(values(&s.broadcast_to(&[2, 2]).unwrap()), [7.0; 4]);
     let y = arange(&[2, 3]);
     for axis in 0..=2 {
@@ -115,8 +143,14 @@ fn broadcast_unsqueeze_and_squeeze_are_views() {
     assert_eq!(values(&u), [0., 3., 1., 4., 2., 5.]);
 }
 
-#[test]
-fn contiguous_copies_only_when_needed() {
+test_on_devices!(
+    contiguous_copies_only_when_needed,
+    contiguous_copies_only_when_needed_cpu,
+    contiguous_copies_only_when_needed_cuda
+);
+
+fn contiguous_copies_only_when_needed(device: Device) {
+    let arange = |shape: &[usize]| arange_on(device, shape);
     let x = arange(&[2, 3]);
     let c = x.contiguous().unwrap();
     assert!(c.shares_storage(&x), "already contiguous: no copy");
@@ -132,15 +166,16 @@ fn contiguous_copies_only_when_needed() {
         .contiguous()
         .unwrap();
     assert_eq!(values(&b), [0., 1., 2., 0., 1., 2.]);
-    // to_dtype copies.
-    let f = x.to_dtype(DType::F32).unwrap();
-    assert!(!f.shares_storage(&x));
-    assert_eq!(f.dtype(), DType::F32);
-    assert_eq!(values(&f), values(&x));
 }
 
-#[test]
-fn concat_writes_each_piece_in_place() {
+test_on_devices!(
+    concat_writes_each_piece_in_place,
+    concat_writes_each_piece_in_place_cpu,
+    concat_writes_each_piece_in_place_cuda
+);
+
+fn concat_writes_each_piece_in_place(device: Device) {
+    let arange = |shape: &[usize]| arange_on(device, shape);
     let a = arange(&[2, 2]);
     let b = arange(&[2, 3]).transpose(0, 1).unwrap(); // [3, 2], strided
     let c = Tensor::concat(&[&a, &b], 0).unwrap();
@@ -177,6 +212,11 @@ fn constructors() {
     assert_eq!(values(&x.ones_like().unwrap()), [1.0; 6]);
     assert_eq!(values(&x.full_like(9.0).unwrap()), [9.0; 6]);
     assert_eq!(x.full_like(9.0).unwrap().dtype(), DType::F32);
+    // to_dtype copies.
+    let x64 = Tensor::arange(6, DType::F64, cpu).unwrap();
+    let f = x64.to_dtype(DType::F32).unwrap();
+    assert!(!f.shares_storage(&x64));
+    assert_eq!((f.dtype(), values(&f)), (DType::F32, values(&x64)));
     // f32 storage rounds on construction.
     let r = Tensor::from_vec(&[0.1f64], &[1], DType::F32, cpu).unwrap();
     assert_eq!(r.to_vec_f32(), [0.1f32]);

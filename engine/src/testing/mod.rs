@@ -34,3 +34,26 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64)
         assert!(ok, "{what}: element {i}: got {g}, want {w}");
     }
 }
+
+/// One `#[test]` per device for a test body `fn(Device)`, like candle's
+/// `test_device!`: `test_on_devices!(body, body_cpu, body_cuda)` defines
+/// `body_cpu` (runs `body(Device::Cpu)`) and `body_cuda` (runs it on a GPU,
+/// else on the CUDA emulator, else prints that it skipped: see
+/// [`gpu_or_skip`]). The same assertions then hold on every device.
+/// CUDA tensors are f32, so a shared body uses f32.
+#[macro_export]
+macro_rules! test_on_devices {
+    ($body:ident, $cpu:ident, $cuda:ident) => {
+        #[test]
+        fn $cpu() {
+            $body($crate::Device::Cpu)
+        }
+
+        #[test]
+        fn $cuda() {
+            if let Some(device) = $crate::testing::gpu_or_skip(stringify!($cuda)) {
+                $body(device)
+            }
+        }
+    };
+}
