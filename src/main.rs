@@ -82,6 +82,8 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
-        std::process::exit(if cli::interrupted() { 130 } else { 1 });
+        // 130 (128 + SIGINT) for a run that was stopped, as a shell reports it.
+        let stopped = cli::interrupted() || matches!(e, noisegrad::engine::Error::Interrupted(_));
+        std::process::exit(if stopped { 130 } else { 1 });
     }
 }

@@ -146,3 +146,27 @@ fn resumed_run_repeats_the_uninterrupted_losses_exactly() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What went wrong is in the error's variant, not only in its text: a bad
+/// setting is `Config`, an unusable dataset `Data`, a model input of the
+/// wrong shape `Input`.
+#[test]
+fn refusals_say_what_failed_by_variant() {
+    use noisegrad::engine::{DType, Error};
+    let mut cfg = quick_config();
+    cfg.p_uncond = 1.5;
+    let e = Trainer::new(cfg, few_images(8)).err().unwrap();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    let mut gray = quick_config();
+    gray.model.in_channels = 1;
+    let e = Trainer::new(gray, few_images(8)).err().unwrap();
+    assert!(matches!(e, Error::Data(_)), "{e:?}");
+    let t = Trainer::new(quick_config(), few_images(8)).unwrap();
+    let wrong = Tensor::zeros(&[2, 3, 8, 8], DType::F32, Device::Cpu).unwrap();
+    let e = t
+        .model
+        .forward(&wrong, &[0, 0], false, &mut Philox::new(0))
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Input(_)), "{e:?}");
+}

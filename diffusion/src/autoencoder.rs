@@ -37,7 +37,7 @@ impl AutoencoderConfig {
     /// 1, 2, 2, 4, … (one level per halving), one ResBlock per level.
     pub fn for_images(size: usize, in_channels: usize, factor: usize) -> Result<Self> {
         if factor == 0 || !factor.is_power_of_two() {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "autoencoder: the downsampling factor must be a power of two, got {factor}"
             )));
         }
@@ -78,7 +78,7 @@ impl AutoencoderConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Msg(format!("autoencoder config: {m}")));
+        let bad = |m: String| Err(Error::Config(format!("autoencoder config: {m}")));
         if self.ch_mult.is_empty() || self.ch == 0 || self.in_channels == 0 || self.z_channels == 0
         {
             return bad(
@@ -147,10 +147,11 @@ impl AutoencoderConfig {
     /// The config stored in a checkpoint, validated before anything is
     /// sized from it.
     pub fn from_json(s: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(s)
-            .map_err(|e| Error::Msg(format!("invalid autoencoder config in checkpoint: {e}")))?;
+        let cfg: Self = serde_json::from_str(s).map_err(|e| {
+            Error::Checkpoint(format!("invalid autoencoder config in checkpoint: {e}"))
+        })?;
         cfg.validate()
-            .map_err(|e| Error::Msg(format!("invalid config in checkpoint: {e}")))?;
+            .map_err(|e| Error::Checkpoint(format!("invalid config in checkpoint: {e}")))?;
         Ok(cfg)
     }
 
@@ -339,7 +340,7 @@ impl Autoencoder {
     fn check_input(&self, x: &Tensor, what: &str, want: [usize; 3]) -> Result<()> {
         let s = x.shape();
         if s.len() != 4 || s[1..] != want {
-            return Err(Error::Msg(format!(
+            return Err(Error::Input(format!(
                 "autoencoder {what}: expected [B, {}, {}, {}], got {s:?}",
                 want[0], want[1], want[2]
             )));

@@ -81,7 +81,7 @@ impl AutoencoderTrainer {
     pub fn new(config: AutoencoderTrainConfig, data: Arc<ImageDataset>) -> Result<Self> {
         check_image_shape(&config.model, &data)?;
         if data.is_empty() {
-            return Err(Error::Msg(format!("dataset {} is empty", data.source)));
+            return Err(Error::Data(format!("dataset {} is empty", data.source)));
         }
         let store = ParamStore::new(DType::F32, config.device, config.seed);
         let model = Autoencoder::new(config.model.clone(), &store)?;
@@ -127,7 +127,7 @@ impl AutoencoderTrainer {
         loss.total.backward()?;
         let value = loss.total.item()?;
         if !value.is_finite() {
-            return Err(Error::Msg(format!(
+            return Err(Error::Diverged(format!(
                 "autoencoder training diverged at step {}: loss is {value} (lower the learning rate)",
                 self.step + 1
             )));

@@ -32,7 +32,7 @@ impl NoiseClassifier {
         config.validate()?;
         let k = config
             .num_classes
-            .ok_or_else(|| Error::Msg("a classifier needs num_classes".into()))?;
+            .ok_or_else(|| Error::Config("a classifier needs num_classes".into()))?;
         let root = store.root();
         let enc = Encoder::new(&config, &root)?;
         let nout = Norm::new(&root.sub("nout"), enc.c)?;
@@ -113,7 +113,7 @@ impl ClassifierTrainer {
     ) -> Result<ClassifierTrainer> {
         let m = &config.model;
         if (data.channels, data.height, data.width) != (m.in_channels, m.image_size, m.image_size) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Data(format!(
                 "dataset {} has {}×{}×{} images but the classifier expects {}×{}×{}",
                 data.source,
                 data.channels,
@@ -126,7 +126,7 @@ impl ClassifierTrainer {
         }
         let k = m.num_classes.unwrap_or(0);
         if data.is_empty() || data.labels.len() != data.len() {
-            return Err(Error::Msg(format!(
+            return Err(Error::Data(format!(
                 "a classifier needs labelled images, but {} has {} images and {} labels",
                 data.source,
                 data.len(),
@@ -134,7 +134,7 @@ impl ClassifierTrainer {
             )));
         }
         if let Some(&bad) = data.labels.iter().find(|&&y| y as usize >= k) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Data(format!(
                 "{} has label {bad} but {k} classes",
                 data.source
             )));
@@ -186,7 +186,7 @@ impl ClassifierTrainer {
         loss.backward()?;
         let v = loss.item()?;
         if !v.is_finite() {
-            return Err(Error::Msg(format!(
+            return Err(Error::Diverged(format!(
                 "classifier training diverged: loss {v}"
             )));
         }

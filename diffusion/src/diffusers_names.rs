@@ -201,7 +201,7 @@ fn entries(cfg: &UNetConfig) -> Vec<Entry> {
 /// Checks that diffusers' `UNet2DModel` can hold this model exactly.
 fn check_expressible(cfg: &UNetConfig) -> Result<()> {
     if cfg.ch_mult[0] != 1 {
-        return Err(Error::Msg(format!(
+        return Err(Error::Interop(format!(
             "diffusers layout: ch_mult starts with {}, but UNet2DModel's conv_in, time embedding and \
              output norm all use block_out_channels[0], so it must start with 1",
             cfg.ch_mult[0]
@@ -221,7 +221,7 @@ pub fn to_diffusers(cfg: &UNetConfig, ours: &[(String, Tensor)]) -> Result<Vec<(
     let mut out = Vec::new();
     for (name, t) in ours {
         let e = table.get(name).ok_or_else(|| {
-            Error::Msg(format!(
+            Error::Interop(format!(
                 "noisegrad tensor '{name}' has no diffusers UNet2DModel name in this layout"
             ))
         })?;
@@ -256,7 +256,7 @@ pub fn to_diffusers(cfg: &UNetConfig, ours: &[(String, Tensor)]) -> Result<Vec<(
 fn linear_shape(name: &str, t: &Tensor) -> Result<Vec<usize>> {
     match t.shape() {
         &[o, i, 1, 1] => Ok(vec![o, i]),
-        s => Err(Error::Msg(format!(
+        s => Err(Error::Interop(format!(
             "noisegrad tensor '{name}' should be a 1×1 conv weight, has shape {s:?}"
         ))),
     }
@@ -300,13 +300,13 @@ pub fn from_diffusers(
     let mut given: HashMap<(usize, usize), (&str, &Tensor)> = HashMap::new();
     for (name, t) in theirs {
         let key = *slot.get(&canonical(name)).ok_or_else(|| {
-            Error::Msg(format!(
+            Error::Interop(format!(
                 "diffusers tensor '{name}' has no place in this model ({})",
                 describe(cfg)
             ))
         })?;
         if let Some((first, _)) = given.insert(key, (name, t)) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Interop(format!(
                 "diffusers tensors '{first}' and '{name}' are the same parameter"
             )));
         }
@@ -319,7 +319,7 @@ pub fn from_diffusers(
     let mut out = Vec::with_capacity(expected.len());
     for (ours, want) in expected {
         let i = *by_ours.get(ours.as_str()).ok_or_else(|| {
-            Error::Msg(format!(
+            Error::Interop(format!(
                 "noisegrad parameter '{ours}' has no diffusers UNet2DModel name"
             ))
         })?;
@@ -327,7 +327,7 @@ pub fn from_diffusers(
         let parts: Vec<(&str, &Tensor)> = (0..e.theirs.len())
             .map(|part| {
                 given.get(&(i, part)).copied().ok_or_else(|| {
-                    Error::Msg(format!(
+                    Error::Interop(format!(
                         "the diffusers weights have no '{}' (noisegrad '{ours}')",
                         e.theirs[part]
                     ))
@@ -349,7 +349,7 @@ fn assemble(e: &Entry, parts: &[(&str, &Tensor)], want: &[usize]) -> Result<Tens
     }
     for (name, t) in parts {
         if t.shape() != part_shape.as_slice() {
-            return Err(Error::Msg(format!(
+            return Err(Error::Interop(format!(
                 "diffusers tensor '{name}' has shape {:?}, expected {part_shape:?} (noisegrad '{}' {want:?})",
                 t.shape(),
                 e.ours
@@ -437,7 +437,7 @@ pub fn diffusers_config(cfg: &UNetConfig) -> Result<Value> {
 /// error naming it. `num_class_embeds` = K + 1 reads as K classes plus
 /// noisegrad's null label (the last row).
 pub fn config_from_diffusers(json: &str, source: &str) -> Result<UNetConfig> {
-    let err = |m: String| Error::Msg(format!("{source}: {m}"));
+    let err = |m: String| Error::Interop(format!("{source}: {m}"));
     let v: Value = serde_json::from_str(json).map_err(|e| err(format!("not valid JSON: {e}")))?;
     let obj = v
         .as_object()

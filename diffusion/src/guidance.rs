@@ -54,7 +54,7 @@ pub fn input_gradient(log_p: impl FnOnce(&Tensor) -> Result<Tensor>, x: &Tensor)
         let leaf = x.detach().set_requires_grad(true);
         log_p(&leaf)?.sum_all()?.backward()?;
         leaf.grad().map(|g| g.detach()).ok_or_else(|| {
-            noisegrad_engine::Error::Msg("the classifier does not depend on x".into())
+            noisegrad_engine::Error::Input("the classifier does not depend on x".into())
         })
     })
 }

@@ -185,7 +185,7 @@ pub fn save_labelled_grid(
 fn grid_canvas(images: &Tensor, ncol: usize) -> Result<Canvas> {
     let s = images.shape();
     if s.len() != 4 || !(s[1] == 1 || s[1] == 3) {
-        return Err(Error::Msg(format!(
+        return Err(Error::Input(format!(
             "save_grid: expected [N, 1 or 3, H, W] images, got {s:?}"
         )));
     }

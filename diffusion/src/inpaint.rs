@@ -48,7 +48,7 @@ pub fn inpaint(
     mut on_step: impl FnMut(usize),
 ) -> Result<Tensor> {
     if x0.shape() != mask.shape() || resample == 0 {
-        return Err(Error::Msg(format!(
+        return Err(Error::Input(format!(
             "inpaint: image {:?} and mask {:?} must have one shape, and --resample ≥ 1 (got {resample})",
             x0.shape(),
             mask.shape()

@@ -175,7 +175,7 @@ pub fn interpolate_ddim(
 
 fn check_step(s: &Schedule, t: usize) -> Result<()> {
     if t >= s.steps() {
-        return Err(Error::Msg(format!(
+        return Err(Error::Config(format!(
             "--t {t} must be below the model's T = {}",
             s.steps()
         )));

@@ -19,7 +19,7 @@ impl LangevinCorrector {
     /// 0.16 on CIFAR-10), or None for `steps` = 0.
     pub fn new(steps: usize, snr: f64) -> Result<Option<LangevinCorrector>> {
         if !(snr.is_finite() && snr > 0.0) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "--snr must be a positive number for the Langevin corrector, got {snr}"
             )));
         }

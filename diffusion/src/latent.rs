@@ -142,7 +142,7 @@ pub fn encode_dataset(
     })?;
     let std = latent_std(&mean, &logvar, sample);
     if !(std.is_finite() && std > 0.0) {
-        return Err(Error::Msg(format!(
+        return Err(Error::Data(format!(
             "the latents of {} have standard deviation {std}: cannot scale them",
             data.source
         )));
@@ -173,7 +173,7 @@ pub fn encode_dataset(
 pub fn check_image_shape(cfg: &AutoencoderConfig, data: &ImageDataset) -> Result<()> {
     let have = [data.channels, data.height, data.width];
     if have != cfg.image_shape() {
-        return Err(Error::Msg(format!(
+        return Err(Error::Data(format!(
             "dataset {} has {}×{}×{} images but the autoencoder was trained on {}×{}×{}",
             data.source, have[0], have[1], have[2], cfg.in_channels, cfg.image_size, cfg.image_size
         )));

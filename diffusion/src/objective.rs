@@ -51,7 +51,7 @@ pub struct Objective {
 impl Objective {
     /// Rejects combinations that cannot train.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Msg(m.to_string()));
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
         match (self.loss, self.variance) {
             (LossKind::Vlb | LossKind::Hybrid, VarianceKind::Fixed) => {
                 return bad(
@@ -67,7 +67,7 @@ impl Objective {
         }
         if let Some(g) = self.min_snr {
             if !(g.is_finite() && g > 0.0) {
-                return Err(Error::Msg(format!(
+                return Err(Error::Config(format!(
                     "--min-snr must be a positive number, got {g}"
                 )));
             }
@@ -194,7 +194,7 @@ fn vb_bits(
     xt: &Tensor,
     t: &[usize],
 ) -> Result<Tensor> {
-    let v = v.ok_or_else(|| Error::Msg("L_vlb needs the learned-variance output".into()))?;
+    let v = v.ok_or_else(|| Error::Config("L_vlb needs the learned-variance output".into()))?;
     let eps = eps_from_prediction(s, o.predict, xt, t, pred)?;
     let (mean, _) = p_mean_log_variance(s, o.sigma(), xt, t, &eps, Some(v), false)?;
     vb_terms_bpd(s, x0, xt, t, &mean, &learned_log_variance(s, v, t)?)

@@ -30,7 +30,7 @@ impl Prediction {
             "eps" => Ok(Prediction::Eps),
             "x0" => Ok(Prediction::X0),
             "v" => Ok(Prediction::V),
-            other => Err(Error::Msg(format!(
+            other => Err(Error::Config(format!(
                 "unknown prediction target '{other}' (expected eps, x0 or v)"
             ))),
         }

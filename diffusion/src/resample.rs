@@ -95,7 +95,7 @@ impl LossSecondMomentSampler {
 
     /// Restores [`Self::to_json`]'s output for a run with `steps` timesteps.
     pub fn from_json(s: &str, steps: usize) -> Result<Self> {
-        let bad = |m: String| Error::Msg(format!("checkpoint's loss history: {m}"));
+        let bad = |m: String| Error::Checkpoint(format!("checkpoint's loss history: {m}"));
         let bits: Vec<Vec<u64>> = serde_json::from_str(s).map_err(|e| bad(e.to_string()))?;
         if bits.len() != steps || bits.iter().any(|h| h.len() > HISTORY) {
             return Err(bad(format!(

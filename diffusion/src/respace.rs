@@ -30,7 +30,7 @@ impl Spacing {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map(Spacing::Sections)
                 .map_err(|_| {
-                    Error::Msg(format!(
+                    Error::Config(format!(
                         "spacing must be uniform, quadratic or section counts like 10,15,20; got '{name}'"
                     ))
                 }),
@@ -42,7 +42,7 @@ impl Spacing {
 /// for more steps than there are.
 pub fn space_timesteps(total: usize, spacing: &Spacing) -> Result<Vec<usize>> {
     let too_many = |k: usize, size: usize| {
-        Err(Error::Msg(format!(
+        Err(Error::Config(format!(
             "cannot take {k} steps from {size} diffusion steps (--steps must be ≤ T = {total})"
         )))
     };
@@ -68,7 +68,7 @@ pub fn space_timesteps(total: usize, spacing: &Spacing) -> Result<Vec<usize>> {
         }
         Spacing::Sections(counts) => {
             if counts.is_empty() || counts.contains(&0) {
-                return Err(Error::Msg(format!(
+                return Err(Error::Config(format!(
                     "section counts must be positive, got {counts:?}"
                 )));
             }
@@ -129,7 +129,7 @@ impl Respaced {
             && timesteps.windows(2).all(|w| w[0] < w[1])
             && timesteps.last().is_some_and(|&t| t < base.steps());
         if !ok {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "respaced steps must be increasing and below T = {}",
                 base.steps()
             )));

@@ -32,7 +32,7 @@ impl BetaSchedule {
         match name {
             "linear" => Ok(BetaSchedule::DDPM),
             "cosine" => Ok(BetaSchedule::COSINE),
-            other => Err(noisegrad_engine::Error::Msg(format!(
+            other => Err(noisegrad_engine::Error::Config(format!(
                 "unknown schedule '{other}' (expected linear or cosine)"
             ))),
         }

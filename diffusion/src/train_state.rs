@@ -149,13 +149,13 @@ impl RunFlags {
         for name in overrides {
             let name = name.trim().trim_start_matches("--");
             if !self.values.contains_key(name) {
-                return Err(Error::Msg(format!(
+                return Err(Error::Config(format!(
                     "--override {name}: no such setting (changeable: {})",
                     self.changeable_list()
                 )));
             }
             if !self.changeable.contains(name) {
-                return Err(Error::Msg(format!(
+                return Err(Error::Config(format!(
                     "--override {name}: --{name} cannot change on resume, it defines the run itself (changeable: {})",
                     self.changeable_list()
                 )));

@@ -116,7 +116,7 @@ impl UNetConfig {
             "cifar10" => Ok(Self::cifar10()),
             "small" => Ok(Self::small()),
             "tiny" => Ok(Self::tiny()),
-            other => Err(Error::Msg(format!(
+            other => Err(Error::Config(format!(
                 "unknown model preset '{other}' (expected cifar10, small or tiny)"
             ))),
         }
@@ -132,9 +132,9 @@ impl UNetConfig {
     /// is allocated from it.
     pub fn from_json(s: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(s)
-            .map_err(|e| Error::Msg(format!("invalid U-Net config in checkpoint: {e}")))?;
+            .map_err(|e| Error::Checkpoint(format!("invalid U-Net config in checkpoint: {e}")))?;
         cfg.validate()
-            .map_err(|e| Error::Msg(format!("invalid config in checkpoint: {e}")))?;
+            .map_err(|e| Error::Checkpoint(format!("invalid config in checkpoint: {e}")))?;
         Ok(cfg)
     }
 
@@ -162,7 +162,7 @@ impl UNetConfig {
     /// beyond any model this crate trains (a mistyped flag, a corrupt
     /// checkpoint) before a buffer is sized from them.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Msg(format!("U-Net config: {m}")));
+        let bad = |m: String| Err(Error::Config(format!("U-Net config: {m}")));
         if self.ch_mult.is_empty() || self.ch == 0 || self.in_channels == 0 {
             return bad("ch, in_channels and ch_mult must be non-empty/positive".into());
         }
@@ -522,7 +522,7 @@ impl UNet {
             }
             (None, None) => temb,
             (None, Some(_)) => {
-                return Err(Error::Msg(
+                return Err(Error::Input(
                     "class labels given to an unconditional U-Net (trained without --class-cond)"
                         .into(),
                 ));
@@ -646,7 +646,7 @@ pub(crate) fn down_pass(
 pub(crate) fn check_input(cfg: &UNetConfig, x: &Tensor, t: &[usize]) -> Result<()> {
     let (b, c, h, w) = dims4(x)?;
     if c != cfg.in_channels || h != cfg.image_size || w != cfg.image_size || t.len() != b {
-        return Err(Error::Msg(format!(
+        return Err(Error::Input(format!(
             "U-Net: expected input [B, {}, {}, {}] with B steps, got {:?} with {} steps",
             cfg.in_channels,
             cfg.image_size,
@@ -661,13 +661,13 @@ pub(crate) fn check_input(cfg: &UNetConfig, x: &Tensor, t: &[usize]) -> Result<(
 /// Labels y ∈ 0..=k (k = ∅), one per image.
 fn check_labels(labels: &[usize], k: usize, batch: usize) -> Result<()> {
     if labels.len() != batch {
-        return Err(Error::Msg(format!(
+        return Err(Error::Input(format!(
             "U-Net: {} class labels for a batch of {batch}",
             labels.len()
         )));
     }
     if let Some(&bad) = labels.iter().find(|&&y| y > k) {
-        return Err(Error::Msg(format!(
+        return Err(Error::Input(format!(
             "U-Net: class {bad} is outside 0..{k} (and {k} = the null label)"
         )));
     }
@@ -684,7 +684,7 @@ fn apply_attn(attn: &Option<Attn>, h: Tensor, cfg: &UNetConfig) -> Result<Tensor
 fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
     match x.shape() {
         &[b, c, h, w] => Ok((b, c, h, w)),
-        s => Err(Error::Msg(format!(
+        s => Err(Error::Input(format!(
             "U-Net: expected a 4-D [B, C, H, W] tensor, got shape {s:?}"
         ))),
     }

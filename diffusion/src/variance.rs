@@ -44,7 +44,7 @@ pub fn log_variance(
     match (sigma, v) {
         (Sigma::Fixed(var), _) => extract(&var.tables(s).1, t, like),
         (Sigma::Learned, Some(v)) => learned_log_variance(s, v, t),
-        (Sigma::Learned, None) => Err(Error::Msg(
+        (Sigma::Learned, None) => Err(Error::Config(
             "learned variance needs a model with a variance output (2C channels)".into(),
         )),
     }
@@ -76,7 +76,7 @@ pub fn split_output(out: &Tensor, channels: usize) -> Result<(Tensor, Option<Ten
             out.narrow(1, 0, channels)?,
             Some(out.narrow(1, channels, channels)?),
         )),
-        _ => Err(Error::Msg(format!(
+        _ => Err(Error::Input(format!(
             "model output has {total} channels; expected {channels} or {}",
             2 * channels
         ))),

@@ -458,9 +458,10 @@ impl CpuStorage {
                 optim::adam(p, g, m, v, s, scale)
             }
             _ => {
-                return Err(Error::Msg(
-                    "adam: parameter, gradient and moments must share a dtype".into(),
-                ));
+                return Err(Error::BadArgument {
+                    op: "adam",
+                    msg: "parameter, gradient and moments must share a dtype".into(),
+                });
             }
         }
         Ok(())

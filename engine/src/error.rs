@@ -63,8 +63,52 @@ pub enum Error {
         device: Device,
     },
 
+    /// A setting that cannot be used: a command-line flag, or a model,
+    /// objective or run config, out of range or inconsistent with another.
+    /// The message names the setting and what it accepts.
     #[error("{0}")]
-    Msg(String),
+    Config(String),
+
+    /// A dataset that cannot be used as asked: empty, images of another
+    /// size than the model's, missing or out-of-range labels.
+    #[error("{0}")]
+    Data(String),
+
+    /// An input of the wrong shape or content for a model, a sampler or an
+    /// image writer (the message names which).
+    #[error("{0}")]
+    Input(String),
+
+    /// A checkpoint (or its metadata) that is readable but does not fit
+    /// what is asked of it: missing tensors, another config, corrupt values.
+    #[error("{0}")]
+    Checkpoint(String),
+
+    /// Weights whose names or shapes do not map between noisegrad's layout
+    /// and another library's (diffusers).
+    #[error("{0}")]
+    Interop(String),
+
+    /// Training diverged: the loss is no longer finite.
+    #[error("{0}")]
+    Diverged(String),
+
+    /// A result that came out NaN or infinite where a number was promised.
+    #[error("{0}")]
+    NonFinite(String),
+
+    /// Data-parallel training: a world of processes that cannot work
+    /// together (launcher variables, mismatched ranks, backends).
+    #[error("{0}")]
+    Distributed(String),
+
+    /// The run was stopped by Ctrl-C, SIGTERM or SIGHUP.
+    #[error("{0}")]
+    Interrupted(String),
+
+    /// A numerical check failed: a gradient check, or CUDA against the CPU.
+    #[error("{0}")]
+    CheckFailed(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -96,7 +96,7 @@ pub fn gradcheck(
             report.max_abs_err = report.max_abs_err.max(err);
             report.checked += 1;
             if err > opts.atol + opts.rtol * numeric.abs() {
-                return Err(Error::Msg(format!(
+                return Err(Error::CheckFailed(format!(
                     "gradcheck: input {i} (shape {:?}) element {j}: analytic {} vs numeric {numeric} (|diff| {err:e})",
                     leaf.shape(),
                     analytic[j]

@@ -198,7 +198,7 @@ impl Loaded {
                     .map(|(n, _)| n.as_str())
                     .take(8)
                     .collect();
-                Error::Msg(format!(
+                Error::Checkpoint(format!(
                     "no tensor '{name}' in checkpoint (it has {names:?}…)"
                 ))
             })
@@ -312,7 +312,7 @@ impl Checksums {
         if self.0.get(name).map(String::as_str) == Some(&crc32_hex(data)) {
             return Ok(());
         }
-        Err(Error::Msg(format!(
+        Err(Error::Checkpoint(format!(
             "checksum mismatch in tensor '{name}' of {}: the file is corrupt",
             path.display()
         )))

@@ -101,7 +101,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let nf = n as f64;
     if !(total / nf).is_finite() {
-        return Err(noisegrad::engine::Error::Msg(format!(
+        return Err(noisegrad::engine::Error::NonFinite(format!(
             "eval of {}: bits/dim is {} (L_T {}, Σ L_t {}, L_0 {}): the model's output is not finite, its weights have diverged",
             a.checkpoint.display(),
             total / nf,

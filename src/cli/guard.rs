@@ -37,7 +37,7 @@ pub fn check_batch_fits(flag: &str, n: usize, c: usize, size: usize, width: usiz
     let need = n as u128 * (c + width) as u128 * (size as u128).pow(2) * 4;
     let (limit, what) = memory_limit();
     if need > limit {
-        return Err(Error::Msg(format!(
+        return Err(Error::Config(format!(
             "{flag} {n} cannot fit: {n} images of {c}×{size}×{size} need at least {} (the batch \
              and its first feature map) but this machine has {} ({what})",
             human_bytes(need),
@@ -80,7 +80,7 @@ impl RunLock {
             }
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "--out {}: another noisegrad run (PID {}) is using this folder; wait for it to \
                  finish, stop it, or choose another --out",
                 out.display(),

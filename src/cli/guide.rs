@@ -21,7 +21,7 @@ pub fn parse_classes(
     let class = match spec.parse::<usize>() {
         Ok(y) if y < k => y,
         Ok(y) => {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "--class {y} is outside 0..{k} (the model has {k} classes)"
             )));
         }
@@ -29,7 +29,7 @@ pub fn parse_classes(
             .iter()
             .position(|n| n.eq_ignore_ascii_case(spec))
             .ok_or_else(|| {
-                Error::Msg(format!(
+                Error::Config(format!(
                     "--class '{spec}' is not a class name of this model (classes: {})",
                     names.join(", ")
                 ))
@@ -42,7 +42,7 @@ pub fn parse_classes(
 pub fn check_classifier_fits(c: &LoadedClassifier, model: &UNetConfig, steps: usize) -> Result<()> {
     let m = &c.model.config;
     let mismatch = |what: &str, a: String, b: String| {
-        Err(Error::Msg(format!(
+        Err(Error::Config(format!(
             "the classifier was trained for {what} {a} but the diffusion model has {b}"
         )))
     };

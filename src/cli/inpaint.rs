@@ -65,5 +65,5 @@ pub fn inpaint_row(x0: &Tensor, mask: &Tensor, completions: &Tensor) -> Result<T
     let orig = x0.narrow(0, 0, 1)?;
     let masked = orig.mul(&mask.narrow(0, 0, 1)?)?;
     Tensor::concat(&[&orig, &masked, completions], 0)
-        .map_err(|e| Error::Msg(format!("inpainting grid: {e}")))
+        .map_err(|e| Error::Input(format!("inpainting grid: {e}")))
 }

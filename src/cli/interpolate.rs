@@ -53,7 +53,7 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
     let device = open_device(a.dev)?;
     let trained = model_from_checkpoint(&a.checkpoint, !a.no_ema, device)?;
     if a.n == 0 || a.n > 64 {
-        return Err(Error::Msg(format!("--n must be in 1..=64, got {}", a.n)));
+        return Err(Error::Config(format!("--n must be in 1..=64, got {}", a.n)));
     }
     let cfg = &trained.model.config;
     let test = match &a.data {
@@ -117,7 +117,7 @@ fn endpoint(arg: &str, test: &ImageDataset, cfg: &UNetConfig) -> Result<Tensor> 
     let want = (cfg.in_channels, cfg.image_size, cfg.image_size);
     if let Ok(i) = arg.parse::<usize>() {
         if (test.channels, test.height, test.width) != want {
-            return Err(Error::Msg(format!(
+            return Err(Error::Data(format!(
                 "test data {} has {}×{}×{} images but the model expects {}×{}×{}",
                 test.source, test.channels, test.height, test.width, want.0, want.1, want.2
             )));

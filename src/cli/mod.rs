@@ -70,7 +70,7 @@ pub fn load_labelled_data(
             );
             let unzip = |b: &[u8]| {
                 d::gunzip_if_compressed(b.to_vec())
-                    .map_err(|e| noisegrad::engine::Error::Msg(format!("{name}: {e}")))
+                    .map_err(|e| noisegrad::engine::Error::Data(format!("{name}: {e}")))
             };
             let ds = d::parse_idx_images(&unzip(imgs)?, &name)?;
             d::attach_labels(ds, d::parse_idx_labels(&unzip(labels)?, &name)?, &name)?
@@ -133,14 +133,16 @@ pub fn catch_interrupts() -> Result<()> {
             std::process::exit(130);
         }
     })
-    .map_err(|e| noisegrad::engine::Error::Msg(format!("cannot install the Ctrl-C handler: {e}")))
+    .map_err(|e| {
+        noisegrad::engine::Error::Interrupted(format!("cannot install the Ctrl-C handler: {e}"))
+    })
 }
 
 /// An "interrupted" error once a stop was asked for: long loops call it
 /// every step (`main` then exits with status 130).
 pub fn stop_if_interrupted() -> Result<()> {
     match interrupted() {
-        true => Err(noisegrad::engine::Error::Msg(
+        true => Err(noisegrad::engine::Error::Interrupted(
             "interrupted (Ctrl-C, SIGTERM or SIGHUP)".into(),
         )),
         false => Ok(()),
@@ -150,7 +152,7 @@ pub fn stop_if_interrupted() -> Result<()> {
 /// What a trainer returns once it has saved its checkpoint on a stop (`main`
 /// then exits with status 130: the run did not finish).
 pub fn interrupted_at_checkpoint(step: u64, ckpt: &Path) -> noisegrad::engine::Error {
-    noisegrad::engine::Error::Msg(format!(
+    noisegrad::engine::Error::Interrupted(format!(
         "interrupted (Ctrl-C, SIGTERM or SIGHUP) at step {step}: checkpoint saved to {}; add --resume to the same command to continue",
         ckpt.display()
     ))

@@ -140,18 +140,18 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         check_classifier_fits(c, cfg, t_total)?;
     }
     if !(0.0..=1000.0).contains(&a.guidance) || !a.classifier_scale.is_finite() {
-        return Err(Error::Msg(format!(
+        return Err(Error::Config(format!(
             "--guidance {} must be in [0, 1000] and --classifier-scale finite",
             a.guidance
         )));
     }
     if a.guidance != 0.0 && a.uncond {
-        return Err(Error::Msg(
+        return Err(Error::Config(
             "--guidance needs the conditional prediction; drop --uncond".into(),
         ));
     }
     if a.guidance != 0.0 && cfg.num_classes.is_none() {
-        return Err(Error::Msg(
+        return Err(Error::Config(
             "--guidance needs a class-conditional checkpoint (train with --class-cond); this one is unconditional".into(),
         ));
     }
@@ -169,7 +169,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let labels = match (&a.class, k) {
         (None, _) => None,
         (Some(_), None) => {
-            return Err(Error::Msg(
+            return Err(Error::Config(
                 "--class needs a class-conditional checkpoint or a --classifier".into(),
             ));
         }
@@ -214,7 +214,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         (Sampler::Ddim, _) => GuidedSampler::Ddim,
         (Sampler::Ddpm, Sigma::Fixed(var)) if steps == t_total => GuidedSampler::Ddpm(var),
         (Sampler::Ddpm, _) if scale != 0.0 => {
-            return Err(Error::Msg(
+            return Err(Error::Config(
                 "classifier guidance with --sampler ddpm needs all T steps and a fixed variance (--variance large|small)".into(),
             ));
         }
@@ -223,7 +223,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let wanted = labels.clone().unwrap_or_default();
     let grad = |x: &Tensor, t: &[usize]| match &classifier {
         Some(c) => input_gradient(|xl| c.model.log_prob(xl, t, &wanted), x),
-        None => Err(Error::Msg(
+        None => Err(Error::Config(
             "classifier guidance without a classifier".into(),
         )),
     };
@@ -286,7 +286,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                 "uniform" => DdimSpacing::Uniform,
                 "quadratic" => DdimSpacing::Quadratic,
                 s => {
-                    return Err(noisegrad::engine::Error::Msg(format!(
+                    return Err(noisegrad::engine::Error::Config(format!(
                         "--spacing must be uniform or quadratic, got '{s}'"
                     )));
                 }
@@ -346,7 +346,7 @@ fn parse_variance(v: &str) -> Result<ReverseVariance> {
     match v {
         "large" => Ok(ReverseVariance::FixedLarge),
         "small" => Ok(ReverseVariance::FixedSmall),
-        v => Err(Error::Msg(format!(
+        v => Err(Error::Config(format!(
             "--variance must be large or small, got '{v}'"
         ))),
     }

@@ -40,7 +40,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     if (data.channels, data.height) != (cfg.in_channels, cfg.image_size)
         || data.labels.len() != data.len()
     {
-        return Err(Error::Msg(format!(
+        return Err(Error::Data(format!(
             "{}: {} labelled {}×{}×{} images, but the classifier expects {}×{}×{}",
             a.samples.display(),
             data.labels.len(),
@@ -62,7 +62,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         for (p, &y) in pred.iter().zip(&data.labels[start..start + n]) {
             let y = y as usize;
             if y >= k {
-                return Err(Error::Msg(format!(
+                return Err(Error::Data(format!(
                     "{}: label {y} but the classifier has {k} classes",
                     a.samples.display()
                 )));

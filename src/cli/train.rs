@@ -404,7 +404,7 @@ fn run_flags(a: &TrainArgs, cfg: &TrainConfig) -> Result<RunFlags> {
 /// The objective the flags name (errors name the flag and the choices).
 fn objective_from_flags(a: &TrainArgs) -> Result<Objective> {
     let bad = |flag: &str, v: &str, choices: &str| {
-        noisegrad::engine::Error::Msg(format!("unknown {flag} '{v}' (expected {choices})"))
+        noisegrad::engine::Error::Config(format!("unknown {flag} '{v}' (expected {choices})"))
     };
     let o = Objective {
         predict: Prediction::parse(&a.predict)?,

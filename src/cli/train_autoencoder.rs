@@ -78,7 +78,7 @@ pub struct TrainAutoencoderArgs {
 pub fn train_autoencoder(a: TrainAutoencoderArgs) -> Result<()> {
     let data = Arc::new(load_train_data(&a.data)?);
     if data.height != data.width {
-        return Err(noisegrad::engine::Error::Msg(format!(
+        return Err(noisegrad::engine::Error::Data(format!(
             "the autoencoder needs square images, {} has {}×{}",
             data.source, data.height, data.width
         )));

@@ -60,7 +60,7 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
         model.ch = ch;
     }
     if a.diffusion_steps == 0 || a.steps == 0 {
-        return Err(noisegrad::engine::Error::Msg(
+        return Err(noisegrad::engine::Error::Config(
             "--diffusion-steps and --steps must be positive".into(),
         ));
     }

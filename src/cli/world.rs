@@ -44,7 +44,7 @@ pub fn open(backend: DistBackend, device: Device) -> Result<(Arc<dyn Communicato
         Some(l) if l.by_mpi && nccl => open_nccl(open_mpi(l)?, device)?,
         Some(l) if l.by_mpi => Arc::from(open_mpi(l)?),
         Some(l) => {
-            return Err(Error::Msg(format!(
+            return Err(Error::Distributed(format!(
                 "RANK/WORLD_SIZE say this is rank {} of {} (torchrun-style), but noisegrad runs \
                  several processes only under mpirun, which also hands NCCL its id: \
                  `mpirun -np {} noisegrad train ...` (unset WORLD_SIZE for a one-process run)",
@@ -65,7 +65,7 @@ fn open_mpi(_: Launch) -> Result<Box<dyn Communicator>> {
 /// folder: refuse on every rank instead.
 #[cfg(not(feature = "mpi"))]
 fn open_mpi(l: Launch) -> Result<Box<dyn Communicator>> {
-    Err(Error::Msg(format!(
+    Err(Error::Distributed(format!(
         "started by mpirun as rank {} of {}, but this noisegrad was built without MPI: \
          rebuild it with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang-dev)",
         l.rank, l.world_size
@@ -84,7 +84,7 @@ fn open_nccl(bootstrap: Box<dyn Communicator>, device: Device) -> Result<Arc<dyn
 
 #[cfg(not(feature = "nccl"))]
 fn open_nccl(_: Box<dyn Communicator>, _: Device) -> Result<Arc<dyn Communicator>> {
-    Err(Error::Msg(
+    Err(Error::Distributed(
         "--dist-backend nccl: this noisegrad was built without NCCL: rebuild it with \
          `cargo build --release --features nccl` (add `mpi` for several processes)"
             .into(),

@@ -65,7 +65,7 @@ pub fn load_cifar10(files: &[PathBuf]) -> Result<ImageDataset> {
             }
         });
     }
-    all.ok_or_else(|| Error::Msg("no CIFAR-10 batch files given".into()))
+    all.ok_or_else(|| Error::Data("no CIFAR-10 batch files given".into()))
 }
 
 /// The training split (`data_batch_1..5.bin`, those present) or the test

@@ -72,7 +72,7 @@ pub fn batch_from(
     count: usize,
 ) -> Result<noisegrad_engine::Tensor> {
     if start + count > ds.len() {
-        return Err(Error::Msg(format!(
+        return Err(Error::Data(format!(
             "images {start}..{} requested from {} ({} images)",
             start + count,
             ds.source,

@@ -79,7 +79,7 @@ impl Shard {
     /// ranks; an uneven split is refused (DDP's global batch would change).
     pub fn of(batch: usize, rank: usize, world: usize) -> Result<Shard> {
         if world == 0 || !batch.is_multiple_of(world) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "--batch-size {batch} is the global batch and must split evenly over the \
                  {world} processes (use a multiple of {world})"
             )));

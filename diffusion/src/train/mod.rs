@@ -134,7 +134,7 @@ impl Trainer {
         let m = &config.model;
         let (c, h, w) = data.shape();
         if (c, h, w) != (m.in_channels, m.image_size, m.image_size) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Data(format!(
                 "dataset {} has {}×{}×{} examples but the model expects {}×{}×{}",
                 data.source(),
                 c,
@@ -146,11 +146,11 @@ impl Trainer {
             )));
         }
         if data.is_empty() {
-            return Err(Error::Msg(format!("dataset {} is empty", data.source())));
+            return Err(Error::Data(format!("dataset {} is empty", data.source())));
         }
         check_labels_fit(&data, m.num_classes)?;
         if !(0.0..=1.0).contains(&config.p_uncond) {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "--p-uncond {} must be in [0, 1]",
                 config.p_uncond
             )));
@@ -309,7 +309,7 @@ impl Trainer {
         let loss_value = self.mean_over_ranks(loss.item()?)?;
         drop(loss);
         if !loss_value.is_finite() {
-            return Err(Error::Msg(format!(
+            return Err(Error::Diverged(format!(
                 "training diverged at step {}: loss is {loss_value} (lower the learning rate or check the data)",
                 self.step + 1
             )));
@@ -454,7 +454,7 @@ impl Trainer {
         if (stored.schedule, stored.diffusion_steps, stored.objective)
             != (c.schedule, c.diffusion_steps, c.objective)
         {
-            return Err(Error::Msg(format!(
+            return Err(Error::Checkpoint(format!(
                 "checkpoint was trained with {:?}, T = {}, {:?}; this run has {:?}, T = {}, {:?}",
                 stored.schedule,
                 stored.diffusion_steps,
@@ -478,13 +478,13 @@ fn check_labels_fit(data: &TrainData, num_classes: Option<usize>) -> Result<()> 
     };
     let labels: Option<Vec<usize>> = (0..data.len()).map(|i| data.label(i)).collect();
     let Some(labels) = labels else {
-        return Err(Error::Msg(format!(
+        return Err(Error::Data(format!(
             "--class-cond needs class labels, but {} has none (use CIFAR-10 batches, an IDX file with its labels-idx1 file beside it, or a folder of class subfolders)",
             data.source()
         )));
     };
     if let Some(&bad) = labels.iter().find(|&&y| y >= k) {
-        return Err(Error::Msg(format!(
+        return Err(Error::Data(format!(
             "{} has label {bad} but the model has {k} classes",
             data.source()
         )));
@@ -511,7 +511,7 @@ impl DiffusionMetadata {
         ) -> Result<T> {
             meta.get(key).map_or(Ok(default), |v| {
                 serde_json::from_str(v)
-                    .map_err(|e| Error::Msg(format!("checkpoint metadata '{key}': {e}")))
+                    .map_err(|e| Error::Checkpoint(format!("checkpoint metadata '{key}': {e}")))
             })
         }
         Ok(DiffusionMetadata {

@@ -29,7 +29,7 @@ impl TrainedModel {
     pub fn new(mut config: TrainConfig) -> Result<TrainedModel> {
         config.objective.validate()?;
         if config.diffusion_steps < 2 || config.diffusion_steps > 100_000 {
-            return Err(Error::Msg(format!(
+            return Err(Error::Config(format!(
                 "--diffusion-steps must be in 2..=100000, got {}",
                 config.diffusion_steps
             )));

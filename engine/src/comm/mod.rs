@@ -345,7 +345,7 @@ pub fn check_same_everywhere(comm: &dyn Communicator, what: &str, hash: u64) -> 
     if agree {
         Ok(())
     } else {
-        Err(Error::Msg(format!(
+        Err(Error::Distributed(format!(
             "the {w} ranks of this {} run disagree on {what} (rank {} has hash {hash:016x}): \
              start every rank with the same flags and the same data",
             comm.backend(),
@@ -400,7 +400,7 @@ fn check_f32(t: &Tensor) -> Result<()> {
     if t.dtype() == DType::F32 {
         Ok(())
     } else {
-        Err(Error::Msg(format!(
+        Err(Error::Distributed(format!(
             "data-parallel collectives carry f32 tensors, got {:?}",
             t.dtype()
         )))
@@ -432,7 +432,7 @@ impl Launch {
             get(k)
                 .map(|v| {
                     v.trim().parse::<usize>().map_err(|_| {
-                        Error::Msg(format!(
+                        Error::Distributed(format!(
                             "environment variable {k}='{v}' is not a whole number"
                         ))
                     })
@@ -461,7 +461,7 @@ impl Launch {
             },
         };
         if size == 0 || rank >= size {
-            return Err(Error::Msg(format!(
+            return Err(Error::Distributed(format!(
                 "the launcher set rank {rank} of world size {size}: the rank must be below the world size"
             )));
         }

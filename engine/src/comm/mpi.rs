@@ -25,8 +25,9 @@ pub struct Mpi {
 impl Mpi {
     /// Initializes MPI (once per process) and joins MPI_COMM_WORLD.
     pub fn init() -> Result<Mpi> {
-        let universe = mpi::initialize()
-            .ok_or_else(|| Error::Msg("MPI was already initialized in this process".to_string()))?;
+        let universe = mpi::initialize().ok_or_else(|| {
+            Error::Distributed("MPI was already initialized in this process".to_string())
+        })?;
         Ok(Mpi {
             world: universe.world(),
             _universe: universe,

@@ -29,7 +29,7 @@ impl Nccl {
     /// world size) on `device`, which must be this rank's GPU.
     pub fn over(bootstrap: Box<dyn Communicator>, device: Device) -> Result<Nccl> {
         let Device::Cuda(ordinal) = device else {
-            return Err(Error::Msg(
+            return Err(Error::Distributed(
                 "the NCCL backend all-reduces CUDA tensors: train with --device cuda \
                  (CPU runs use MPI)"
                     .into(),
@@ -55,13 +55,13 @@ impl Nccl {
         for (t, s) in tensors.iter().zip(&guards) {
             check_f32(t)?;
             let Storage::Cuda(c) = &**s else {
-                return Err(Error::Msg(format!(
+                return Err(Error::Distributed(format!(
                     "the NCCL backend got a tensor on {}: every tensor it reduces lives on cuda:{ordinal}",
                     t.device()
                 )));
             };
             if c.dev.ordinal() != ordinal || !t.is_contiguous() {
-                return Err(Error::Msg(format!(
+                return Err(Error::Distributed(format!(
                     "the NCCL backend reduces dense tensors on cuda:{ordinal}, got a {} one on {}",
                     if t.is_contiguous() {
                         "dense"
@@ -106,7 +106,7 @@ fn share_id(bootstrap: &dyn Communicator) -> Result<[u8; ID_BYTES]> {
         return Err(e.into());
     }
     if v[ID_BYTES] != 1.0 {
-        return Err(Error::Msg(
+        return Err(Error::Distributed(
             "rank 0 could not create the NCCL id (see its error)".into(),
         ));
     }

@@ -66,7 +66,10 @@ impl Storage {
 
 /// The error for buffers an in-place update cannot pair up.
 fn lengths_differ(op: &'static str, lens: &[usize]) -> Error {
-    Error::Msg(format!("{op}: buffer lengths differ ({lens:?})"))
+    Error::BadArgument {
+        op,
+        msg: format!("buffer lengths differ ({lens:?})"),
+    }
 }
 
 impl CudaStorage {

@@ -102,7 +102,7 @@ pub fn compare_devices(
     let (cpu_in, gpu_in) = (leaves(Device::Cpu)?, leaves(gpu)?);
     let (cpu_out, gpu_out) = (f(&cpu_in)?, f(&gpu_in)?);
     if gpu_out.device() != gpu {
-        return Err(Error::Msg(format!(
+        return Err(Error::CheckFailed(format!(
             "{name}: output landed on {} instead of {gpu}",
             gpu_out.device()
         )));
@@ -127,7 +127,7 @@ pub fn compare_devices(
             (Some(gc), Some(gg)) => (gc, gg),
             (None, None) => continue,
             _ => {
-                return Err(Error::Msg(format!(
+                return Err(Error::CheckFailed(format!(
                     "{name}: input {i} has a gradient on one device only"
                 )));
             }
@@ -147,7 +147,7 @@ fn check(name: &str, what: &str, err: f64, tol: f64) -> Result<()> {
     if err <= tol {
         Ok(())
     } else {
-        Err(Error::Msg(format!(
+        Err(Error::CheckFailed(format!(
             "{name}: {what} differs between CUDA and CPU: scaled error {err:.3e} > {tol:.1e}"
         )))
     }
