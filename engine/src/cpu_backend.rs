@@ -402,12 +402,18 @@ impl CpuStorage {
     ) -> Self {
         let (outer, dim, inner) = split_at_axis(yl.shape(), axis);
         Self::new(match (&self.data, &g.data) {
-            (CpuData::F32(y), CpuData::F32(gv)) => {
-                CpuData::F32(softmax_bwd_typed(y, yl, gv, gl, outer, dim, inner, log))
-            }
-            (CpuData::F64(y), CpuData::F64(gv)) => {
-                CpuData::F64(softmax_bwd_typed(y, yl, gv, gl, outer, dim, inner, log))
-            }
+            (CpuData::F32(y), CpuData::F32(gv)) => CpuData::F32(softmax_bwd_typed(
+                (y, yl),
+                (gv, gl),
+                [outer, dim, inner],
+                log,
+            )),
+            (CpuData::F64(y), CpuData::F64(gv)) => CpuData::F64(softmax_bwd_typed(
+                (y, yl),
+                (gv, gl),
+                [outer, dim, inner],
+                log,
+            )),
             _ => unreachable!("softmax backward: the tape keeps dtypes equal"),
         })
     }
@@ -524,15 +530,12 @@ fn where_typed<T: noisegrad_kernels::Float>(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Softmax backward of y (with its layout) and g over the `[outer, dim,
+/// inner]` view of the softmax axis.
 fn softmax_bwd_typed<T: noisegrad_kernels::Float>(
-    y: &[T],
-    yl: &Layout,
-    g: &[T],
-    gl: &Layout,
-    outer: usize,
-    dim: usize,
-    inner: usize,
+    (y, yl): (&[T], &Layout),
+    (g, gl): (&[T], &Layout),
+    [outer, dim, inner]: [usize; 3],
     log: bool,
 ) -> Vec<T> {
     let (y, g) = (contiguous_slice(y, yl), contiguous_slice(g, gl));
@@ -569,22 +572,24 @@ fn matmul_typed<T: noisegrad_kernels::gemm::cpu::Gemm>(
     let (ls, rs) = (l.strides(), r.strides());
     let mut out = zeroed(ao.len() * d.m * d.n);
     batched_gemm(
-        d.m,
-        d.k,
-        d.n,
+        (d.m, d.k, d.n),
         T::ONE,
-        MatRef {
-            data: a,
-            rs: ls[nb],
-            cs: ls[nb + 1],
-        },
-        &ao,
-        MatRef {
-            data: b,
-            rs: rs[nb],
-            cs: rs[nb + 1],
-        },
-        &bo,
+        (
+            MatRef {
+                data: a,
+                rs: ls[nb],
+                cs: ls[nb + 1],
+            },
+            &ao,
+        ),
+        (
+            MatRef {
+                data: b,
+                rs: rs[nb],
+                cs: rs[nb + 1],
+            },
+            &bo,
+        ),
         T::ZERO,
         &mut out,
     );

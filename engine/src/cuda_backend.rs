@@ -348,7 +348,7 @@ impl CudaStorage {
             ld: d.n,
             batch_stride: d.m * d.n,
         };
-        gemm::gemm(&self.dev, (m, d.n, d.k), a, b, out, batch, 1.0, 0.0)?;
+        gemm::gemm(&self.dev, (m, d.n, d.k), a, b, out, batch, (1.0, 0.0))?;
         Ok(self.wrap(y))
     }
 

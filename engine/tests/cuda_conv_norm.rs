@@ -62,8 +62,9 @@ impl Conv {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv(n: usize, c: usize, h: usize, w: usize, o: usize, k: usize, s: usize, p: usize) -> Conv {
+/// A square-kernel case: input `[n, c, h, w]`, `o` output channels, a k×k
+/// kernel, (stride, padding).
+fn conv([n, c, h, w]: [usize; 4], o: usize, k: usize, (s, p): (usize, usize)) -> Conv {
     Conv {
         n,
         c,
@@ -85,23 +86,23 @@ fn conv2d_matches_cpu() {
     let cases = [
         // The U-Net's shapes: 3×3 stride 1 (Winograd on the CPU), the
         // stride-2 downsample, 1×1 skips.
-        conv(4, 16, 16, 16, 32, 3, 1, 1),
-        conv(3, 8, 16, 16, 8, 3, 2, 1),
-        conv(4, 32, 8, 8, 16, 1, 1, 0),
-        conv(2, 3, 28, 28, 16, 3, 1, 1),
+        conv([4, 16, 16, 16], 32, 3, (1, 1)),
+        conv([3, 8, 16, 16], 8, 3, (2, 1)),
+        conv([4, 32, 8, 8], 16, 1, (1, 0)),
+        conv([2, 3, 28, 28], 16, 3, (1, 1)),
         // Odd sizes, other kernels, strides and paddings.
-        conv(2, 5, 7, 9, 6, 3, 1, 1),
-        conv(3, 3, 7, 5, 4, 3, 2, 1),
-        conv(2, 4, 9, 7, 5, 4, 2, 1),
-        conv(2, 4, 10, 8, 3, 4, 2, 1),
-        conv(3, 2, 9, 8, 3, 2, 3, 1),
-        conv(2, 3, 6, 5, 2, 5, 1, 2),
-        conv(2, 6, 5, 7, 4, 1, 2, 0),
-        conv(2, 6, 5, 7, 4, 1, 1, 1),
-        conv(1, 9, 3, 3, 40, 3, 1, 1),
+        conv([2, 5, 7, 9], 6, 3, (1, 1)),
+        conv([3, 3, 7, 5], 4, 3, (2, 1)),
+        conv([2, 4, 9, 7], 5, 4, (2, 1)),
+        conv([2, 4, 10, 8], 3, 4, (2, 1)),
+        conv([3, 2, 9, 8], 3, 2, (3, 1)),
+        conv([2, 3, 6, 5], 2, 5, (1, 2)),
+        conv([2, 6, 5, 7], 4, 1, (2, 0)),
+        conv([2, 6, 5, 7], 4, 1, (1, 1)),
+        conv([1, 9, 3, 3], 40, 3, (1, 1)),
         Conv {
             k: (4, 3),
-            ..conv(2, 3, 9, 7, 4, 0, 2, 1)
+            ..conv([2, 3, 9, 7], 4, 0, (2, 1))
         },
     ];
     for case in cases {
@@ -128,10 +129,10 @@ fn conv2d_chunks_the_batch_under_a_small_workspace() {
     }
     let _restore = Restore;
     for case in [
-        conv(7, 6, 12, 10, 5, 3, 1, 1),
-        conv(7, 6, 12, 10, 5, 3, 2, 1),
-        conv(7, 6, 12, 10, 5, 4, 2, 1),
-        conv(7, 6, 12, 10, 5, 1, 1, 0),
+        conv([7, 6, 12, 10], 5, 3, (1, 1)),
+        conv([7, 6, 12, 10], 5, 3, (2, 1)),
+        conv([7, 6, 12, 10], 5, 4, (2, 1)),
+        conv([7, 6, 12, 10], 5, 1, (1, 0)),
     ] {
         let col_floats = case.c * case.k.0 * case.k.1 * {
             let ho = (case.h + 2 * case.padding - case.k.0) / case.stride + 1;
@@ -198,9 +199,9 @@ fn conv2d_with_tf32() {
     }
     let _restore = Restore(dev.clone());
     dev.set_tf32(true);
-    conv(4, 32, 16, 16, 32, 3, 1, 1).check_with(gpu, true, TF32_TOL, tf32_exact);
-    conv(4, 32, 16, 16, 64, 3, 2, 1).check_with(gpu, true, TF32_TOL, tf32_exact);
-    conv(4, 64, 8, 8, 32, 1, 1, 0).check_with(gpu, false, TF32_TOL, tf32_exact);
+    conv([4, 32, 16, 16], 32, 3, (1, 1)).check_with(gpu, true, TF32_TOL, tf32_exact);
+    conv([4, 32, 16, 16], 64, 3, (2, 1)).check_with(gpu, true, TF32_TOL, tf32_exact);
+    conv([4, 64, 8, 8], 32, 1, (1, 0)).check_with(gpu, false, TF32_TOL, tf32_exact);
 }
 
 fn check_group_norm(gpu: Device, shape: &[usize], groups: usize, silu: bool, transposed: bool) {

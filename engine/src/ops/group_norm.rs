@@ -234,9 +234,8 @@ fn group_norm_typed<T: CpuElem>(
     let beta = typed::<T>(op, beta.0, beta.1)?;
     let stats_len = args.dims.n * args.dims.groups;
     let (mut y, mut mean, mut rstd) = (zeroed(x.len()), zeroed(stats_len), zeroed(stats_len));
-    kernel::group_norm(
-        &x, args.dims, &gamma, &beta, args.eps, args.silu, &mut y, &mut mean, &mut rstd,
-    );
+    let outputs = (&mut y[..], &mut mean[..], &mut rstd[..]);
+    kernel::group_norm(&x, args.dims, (&gamma, &beta), args.eps, args.silu, outputs);
     Ok((cpu_storage(y), cpu_storage(mean), cpu_storage(rstd)))
 }
 
@@ -256,7 +255,12 @@ fn group_norm_backward_typed<T: CpuElem>(
     let c = args.dims.channels;
     let (mut dx, mut dg, mut db) = (zeroed(x.len()), zeroed(c), zeroed(c));
     kernel::group_norm_backward(
-        &x, &dy, args.dims, &gamma, &beta, &mean, &rstd, args.silu, &mut dx, &mut dg, &mut db,
+        (&x, &dy),
+        args.dims,
+        (&gamma, &beta),
+        (&mean, &rstd),
+        args.silu,
+        (&mut dx, &mut dg, &mut db),
     );
     Ok((cpu_storage(dx), cpu_storage(dg), cpu_storage(db)))
 }
@@ -296,10 +300,8 @@ impl CudaStorage {
         let (dx, dg, db) = cuda_kernel::backward(
             &self.dev,
             args.dims,
-            self.view(xl)?,
-            dy.view(dyl)?,
-            gamma.view(gl)?,
-            beta.view(bl)?,
+            (self.view(xl)?, dy.view(dyl)?),
+            (gamma.view(gl)?, beta.view(bl)?),
             (&mean.buf, &rstd.buf),
             args.silu,
         )?;

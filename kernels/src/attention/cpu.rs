@@ -592,14 +592,10 @@ fn all_scores<T: Gemm>(c: &AttnConfig, x: &Qkv<T>) -> Vec<T> {
     let (bs, m, n, d) = (c.batch, c.q_len, c.kv_len, c.qk_dim);
     let mut s = vec![T::ZERO; bs * m * n];
     batched_gemm(
-        m,
-        d,
-        n,
+        (m, d, n),
         T::from_f64(c.scale),
-        mat_rows(x.q, d),
-        &offsets(bs, m * d),
-        mat_transposed(x.k, d),
-        &offsets(bs, n * d),
+        (mat_rows(x.q, d), &offsets(bs, m * d)),
+        (mat_transposed(x.k, d), &offsets(bs, n * d)),
         T::ZERO,
         &mut s,
     );
@@ -622,14 +618,10 @@ fn plain_forward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, out: &mut [T], lse: &mut [
             })
         });
     batched_gemm(
-        m,
-        n,
-        e,
+        (m, n, e),
         T::ONE,
-        mat_rows(&p, n),
-        &offsets(bs, m * n),
-        mat_rows(x.v, e),
-        &offsets(bs, n * e),
+        (mat_rows(&p, n), &offsets(bs, m * n)),
+        (mat_rows(x.v, e), &offsets(bs, n * e)),
         T::ZERO,
         out,
     );
@@ -647,27 +639,19 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
         });
     let (mn, me) = (offsets(bs, m * n), offsets(bs, m * e));
     batched_gemm(
-        n,
-        m,
-        e,
+        (n, m, e),
         T::ONE,
-        mat_transposed(&p, n),
-        &mn,
-        mat_rows(saved.d_out, e),
-        &me,
+        (mat_transposed(&p, n), &mn),
+        (mat_rows(saved.d_out, e), &me),
         T::ZERO,
         g.dv,
     );
     let mut ds = vec![T::ZERO; bs * m * n];
     batched_gemm(
-        m,
-        e,
-        n,
+        (m, e, n),
         T::ONE,
-        mat_rows(saved.d_out, e),
-        &me,
-        mat_transposed(x.v, e),
-        &offsets(bs, n * e),
+        (mat_rows(saved.d_out, e), &me),
+        (mat_transposed(x.v, e), &offsets(bs, n * e)),
         T::ZERO,
         &mut ds,
     );
@@ -676,26 +660,18 @@ fn plain_backward<T: Gemm>(c: &AttnConfig, x: &Qkv<T>, saved: &Saved<T>, g: QkvG
         .zip(saved.delta.par_chunks(16))
         .for_each(|((ds, p), delta)| simd::with_avx2(|| softmax_grad_rows(p, ds, delta, n)));
     batched_gemm(
-        m,
-        n,
-        d,
+        (m, n, d),
         scale,
-        mat_rows(&ds, n),
-        &mn,
-        mat_rows(x.k, d),
-        &offsets(bs, n * d),
+        (mat_rows(&ds, n), &mn),
+        (mat_rows(x.k, d), &offsets(bs, n * d)),
         T::ZERO,
         g.dq,
     );
     batched_gemm(
-        n,
-        m,
-        d,
+        (n, m, d),
         scale,
-        mat_transposed(&ds, n),
-        &mn,
-        mat_rows(x.q, d),
-        &offsets(bs, m * d),
+        (mat_transposed(&ds, n), &mn),
+        (mat_rows(x.q, d), &offsets(bs, m * d)),
         T::ZERO,
         g.dk,
     );

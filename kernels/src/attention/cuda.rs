@@ -147,7 +147,6 @@ trait Exec {
     /// Uninitialised scratch of `len` f32 and its address.
     fn scratch(&self, len: usize) -> Result<(Self::Buf, u64)>;
     /// `C = alpha·A·B + beta·C` per batch item (see [`gemm::gemm`]).
-    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         mnk: (usize, usize, usize),
@@ -155,8 +154,7 @@ trait Exec {
         b: MatOperand,
         c: MatOut,
         batch: usize,
-        alpha: f32,
-        beta: f32,
+        alpha_beta: (f32, f32),
     ) -> Result<()>;
     /// Row softmax in place over `rows × n` scores, writing each row's lse.
     fn softmax_rows(&self, s: u64, lse: u64, rows: usize, n: usize) -> Result<()>;
@@ -179,16 +177,12 @@ trait Exec {
 
 /// The forward plan: `out` (`[B, M, E]`) and `lse` (`[B, M]`) are written,
 /// `chunk` batch items at a time.
-#[allow(clippy::too_many_arguments)]
 fn run_forward<X: Exec>(
     x: &X,
     c: &AttnConfig,
     chunk: usize,
-    q: MatOperand,
-    k: MatOperand,
-    v: MatOperand,
-    out: u64,
-    lse: u64,
+    [q, k, v]: [MatOperand; 3],
+    (out, lse): (u64, u64),
 ) -> Result<()> {
     let (bs, m, n, d, e) = (c.batch, c.q_len, c.kv_len, c.qk_dim, c.v_dim);
     if bs == 0 || m == 0 {
@@ -203,7 +197,7 @@ fn run_forward<X: Exec>(
         // S = s·Q Kᵀ: [M, C]·[C, N].
         let s_out = out_from(s, 0, m, n);
         let kt = transposed(from_item(k, b0));
-        x.gemm((m, n, d), from_item(q, b0), kt, s_out, nb, scale, 0.0)?;
+        x.gemm((m, n, d), from_item(q, b0), kt, s_out, nb, (scale, 0.0))?;
         x.softmax_rows(s, addr(lse, b0 * m), nb * m, n)?;
         // O = P V: [M, N]·[N, E].
         let o_out = out_from(out, b0, m, e);
@@ -213,8 +207,7 @@ fn run_forward<X: Exec>(
             from_item(v, b0),
             o_out,
             nb,
-            1.0,
-            0.0,
+            (1.0, 0.0),
         )?;
         b0 += nb;
     }
@@ -224,14 +217,12 @@ fn run_forward<X: Exec>(
 /// The backward plan: `dq`, `dk`, `dv` (contiguous, shaped like q, k, v)
 /// are written in full, `chunk` batch items at a time. `out` and `lse` are
 /// the forward's, contiguous; `d_out` any operand view.
-#[allow(clippy::too_many_arguments)]
 fn run_backward<X: Exec>(
     x: &X,
     c: &AttnConfig,
     chunk: usize,
     [q, k, v]: [MatOperand; 3],
-    out: u64,
-    lse: u64,
+    (out, lse): (u64, u64),
     d_out: MatOperand,
     [dq, dk, dv]: [u64; 3],
 ) -> Result<()> {
@@ -262,13 +253,19 @@ fn run_backward<X: Exec>(
             transposed(k_b),
             out_from(p, 0, m, n),
             nb,
-            scale,
-            0.0,
+            (scale, 0.0),
         )?;
         x.exp_minus_lse(p, addr(lse, b0 * m), nb * m, n)?;
         // dV = Pᵀ dO: [N, M]·[M, E].
         let dv_out = out_from(dv, b0, n, e);
-        x.gemm((n, e, m), scores(p, m, n, true), do_b, dv_out, nb, 1.0, 0.0)?;
+        x.gemm(
+            (n, e, m),
+            scores(p, m, n, true),
+            do_b,
+            dv_out,
+            nb,
+            (1.0, 0.0),
+        )?;
         // dP = dO Vᵀ: [M, E]·[E, N], then dS = P ⊙ (dP − D) in place.
         x.gemm(
             (m, n, e),
@@ -276,8 +273,7 @@ fn run_backward<X: Exec>(
             transposed(v_b),
             out_from(ds, 0, m, n),
             nb,
-            1.0,
-            0.0,
+            (1.0, 0.0),
         )?;
         x.softmax_grad(p, ds, addr(delta, b0 * m), nb * m, n)?;
         // dQ = s·dS K: [M, N]·[N, C].
@@ -288,8 +284,7 @@ fn run_backward<X: Exec>(
             k_b,
             dq_out,
             nb,
-            scale,
-            0.0,
+            (scale, 0.0),
         )?;
         // dK = s·dSᵀ Q: [N, M]·[M, C].
         let dk_out = out_from(dk, b0, n, d);
@@ -299,8 +294,7 @@ fn run_backward<X: Exec>(
             q_b,
             dk_out,
             nb,
-            scale,
-            0.0,
+            (scale, 0.0),
         )?;
         b0 += nb;
     }
@@ -387,10 +381,9 @@ impl Exec for Gpu<'_> {
         b: MatOperand,
         c: MatOut,
         batch: usize,
-        alpha: f32,
-        beta: f32,
+        (alpha, beta): (f32, f32),
     ) -> Result<()> {
-        gemm::gemm(self.0, mnk, a, b, c, batch, alpha, beta)
+        gemm::gemm(self.0, mnk, a, b, c, batch, (alpha, beta))
     }
 
     fn softmax_rows(&self, s: u64, lse: u64, rows: usize, n: usize) -> Result<()> {
@@ -439,7 +432,7 @@ pub fn forward(
     let out = dev.alloc(cfg.batch * cfg.q_len * cfg.v_dim)?;
     let lse = dev.alloc(cfg.batch * cfg.q_len)?;
     let chunk = chunk_items(cfg.batch, cfg.q_len, cfg.kv_len, 1);
-    run_forward(&Gpu(dev), cfg, chunk, q, k, v, out.ptr(), lse.ptr())?;
+    run_forward(&Gpu(dev), cfg, chunk, [q, k, v], (out.ptr(), lse.ptr()))?;
     Ok((out, lse))
 }
 
@@ -470,7 +463,7 @@ pub fn backward(
     ];
     let chunk = chunk_items(bs, m, n, 2);
     let ptrs = [grads[0].ptr(), grads[1].ptr(), grads[2].ptr()];
-    run_backward(&Gpu(dev), cfg, chunk, [q, k, v], out, lse, d_out, ptrs)?;
+    run_backward(&Gpu(dev), cfg, chunk, [q, k, v], (out, lse), d_out, ptrs)?;
     Ok(grads)
 }
 
@@ -642,8 +635,7 @@ mod tests {
             b: MatOperand,
             c: MatOut,
             batch: usize,
-            alpha: f32,
-            beta: f32,
+            (alpha, beta): (f32, f32),
         ) -> Result<()> {
             let src = self.mem.borrow().clone();
             let mut mem = self.mem.borrow_mut();
@@ -829,13 +821,13 @@ mod tests {
             let vo = put_padded(&h, &v, [b, n, e], 0);
             let out = h.put(&vec![f32::NAN; b * m * e]);
             let lse = h.put(&vec![f32::NAN; b * m]);
-            run_forward(&h, &cfg, chunk, qo, ko, vo, out, lse).unwrap();
+            run_forward(&h, &cfg, chunk, [qo, ko, vo], (out, lse)).unwrap();
             assert_close("out", &h.get(out, b * m * e), &want_out);
             assert_close("lse", &h.get(lse, b * m), &want_lse);
 
             let doo = put_transposed(&h, &d_out, [b, m, e]);
             let g = [q.len(), k.len(), v.len()].map(|len| h.put(&vec![f32::NAN; len]));
-            run_backward(&h, &cfg, chunk, [qo, ko, vo], out, lse, doo, g).unwrap();
+            run_backward(&h, &cfg, chunk, [qo, ko, vo], (out, lse), doo, g).unwrap();
             assert_close("dq", &h.get(g[0], q.len()), &dq);
             assert_close("dk", &h.get(g[1], k.len()), &dk);
             assert_close("dv", &h.get(g[2], v.len()), &dv);

@@ -377,7 +377,7 @@ fn gemm_forward<T: ConvFloat>(
                 split = channels;
             }
             let row0 = p0 - channels.0 * taps;
-            im2col::pack_patch_slice(g, &ph, &phases, row0, j0 + jb, cols, wa.nr(), out);
+            im2col::pack_patch_slice(g, &ph, &phases, (row0, j0 + jb, cols), wa.nr(), out);
         };
         // SAFETY: each task writes its own column block of one image.
         unsafe { wa.gemm_packing(cols, pack, c, add) };

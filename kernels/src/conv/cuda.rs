@@ -247,7 +247,7 @@ pub fn forward(
                 ld: p,
                 batch_stride: o * p,
             };
-            gemm(dev, (o, p, k), wa, cols, out, count, 1.0, 0.0)
+            gemm(dev, (o, p, k), wa, cols, out, count, (1.0, 0.0))
         };
         if s.is_pointwise() {
             run(x.ptr(), k * p, 0, batch)?;
@@ -320,7 +320,7 @@ pub fn backward_input(
             ld: p,
             batch_stride: k * p,
         };
-        gemm(dev, (k, p, o), wt, dy_n, c, count, 1.0, 0.0)
+        gemm(dev, (k, p, o), wt, dy_n, c, count, (1.0, 0.0))
     };
     if s.is_pointwise() {
         run(0, batch, dx.ptr())?;
@@ -384,7 +384,7 @@ pub fn backward_weight(
             batch_stride: 0,
         };
         let beta = if i == 0 { 0.0 } else { 1.0 };
-        gemm(dev, (o, k, wide), a, b, c, 1, 1.0, beta)?;
+        gemm(dev, (o, k, wide), a, b, c, 1, (1.0, beta))?;
     }
     Ok(dw)
 }

@@ -255,7 +255,7 @@ pub fn binary<T: Float>(
             let ao = a.offset + row_offset(&shape, &strides[0], row) + col * sa;
             let bo = b.offset + row_offset(&shape, &strides[1], row) + col * sb;
             let o = &mut out[idx - start..idx - start + run];
-            binary_run(op, a.data, ao, sa, b.data, bo, sb, o);
+            binary_run(op, Run::new(a.data, ao, sa), Run::new(b.data, bo, sb), o);
             idx += run;
         }
     };
@@ -268,26 +268,46 @@ pub fn binary<T: Float>(
     }
 }
 
-/// One innermost run: `out[i] = op(a[ao + i·sa], b[bo + i·sb])`.
-#[allow(clippy::too_many_arguments)]
-fn binary_run<T: Float>(
-    op: BinaryOp,
-    a: &[T],
-    ao: usize,
-    sa: usize,
-    b: &[T],
-    bo: usize,
-    sb: usize,
-    out: &mut [T],
-) {
+/// One innermost run of an operand: element i at `data[offset + i·stride]`.
+#[derive(Clone, Copy)]
+struct Run<'a, T> {
+    data: &'a [T],
+    offset: usize,
+    stride: usize,
+}
+
+impl<'a, T> Run<'a, T> {
+    fn new(data: &'a [T], offset: usize, stride: usize) -> Self {
+        Run {
+            data,
+            offset,
+            stride,
+        }
+    }
+}
+
+/// One innermost run: `out[i] = op(a[i], b[i])` (see [`Run`]).
+fn binary_run<T: Float>(op: BinaryOp, a: Run<T>, b: Run<T>, out: &mut [T]) {
     let n = out.len();
+    let (
+        Run {
+            data: ad,
+            offset: ao,
+            stride: sa,
+        },
+        Run {
+            data: bd,
+            offset: bo,
+            stride: sb,
+        },
+    ) = (a, b);
     #[cfg(target_arch = "x86_64")]
     if sa == 1
         && sb == 1
         && simd::isa() >= Isa::Avx2
         && let (Some(af), Some(bf), Some(of)) = (
-            as_f32(&a[ao..ao + n]),
-            as_f32(&b[bo..bo + n]),
+            as_f32(&ad[ao..ao + n]),
+            as_f32(&bd[bo..bo + n]),
             as_f32_mut(out),
         )
     {
@@ -296,25 +316,27 @@ fn binary_run<T: Float>(
             return;
         }
     }
-    for_each_binary!(op, f => simd::with_avx2(|| strided_loop(f, a, ao, sa, b, bo, sb, out)))
+    for_each_binary!(op, f => simd::with_avx2(|| strided_loop(f, a, b, out)))
 }
 
-/// `out[i] = f(a[ao + i·sa], b[bo + i·sb])`, with the stride patterns that
-/// occur (both contiguous, one broadcast) as separate loops so each is a
-/// plain vectorisable loop.
-#[allow(clippy::too_many_arguments)]
+/// `out[i] = f(a[i], b[i])` over two [`Run`]s, with the stride patterns
+/// that occur (both contiguous, one broadcast) as separate loops so each
+/// is a plain vectorisable loop.
 #[inline(always)]
-fn strided_loop<T: Float>(
-    f: impl Fn(T, T) -> T,
-    a: &[T],
-    ao: usize,
-    sa: usize,
-    b: &[T],
-    bo: usize,
-    sb: usize,
-    out: &mut [T],
-) {
+fn strided_loop<T: Float>(f: impl Fn(T, T) -> T, a: Run<T>, b: Run<T>, out: &mut [T]) {
     let n = out.len();
+    let (
+        Run {
+            data: a,
+            offset: ao,
+            stride: sa,
+        },
+        Run {
+            data: b,
+            offset: bo,
+            stride: sb,
+        },
+    ) = (a, b);
     match (sa, sb) {
         (1, 1) => {
             for ((o, &x), &y) in out.iter_mut().zip(&a[ao..ao + n]).zip(&b[bo..bo + n]) {

@@ -13,76 +13,65 @@ pub struct MatRef<'a, T> {
     pub cs: usize,
 }
 
+/// A raw strided operand of [`Gemm::gemm_raw`]: element (i, j) at
+/// `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct RawMat<P> {
+    pub ptr: P,
+    pub rs: isize,
+    pub cs: isize,
+}
+
 /// Element types with a GEMM (sgemm / dgemm).
 pub trait Gemm: Float {
-    /// C ← α·A·B + β·C for an m×k A, k×n B and m×n C given as raw strided pointers.
+    /// C ← α·A·B + β·C for an m×k A, k×n B and m×n C given as raw strided
+    /// pointers, `(m, k, n)` the sizes.
     ///
     /// # Safety
     /// Every index the strides reach must be inside its allocation, and C
     /// must not alias A or B.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+        dims: (usize, usize, usize),
         alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
+        a: RawMat<*const Self>,
+        b: RawMat<*const Self>,
         beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
+        c: RawMat<*mut Self>,
     );
 }
 
 impl Gemm for f32 {
     unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
         alpha: f32,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
+        a: RawMat<*const f32>,
+        b: RawMat<*const f32>,
         beta: f32,
-        c: *mut f32,
-        rsc: isize,
-        csc: isize,
+        c: RawMat<*mut f32>,
     ) {
         // SAFETY: forwarded contract.
         unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            matrixmultiply::sgemm(
+                m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs,
+            )
         }
     }
 }
 
 impl Gemm for f64 {
     unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
         alpha: f64,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
+        a: RawMat<*const f64>,
+        b: RawMat<*const f64>,
         beta: f64,
-        c: *mut f64,
-        rsc: isize,
-        csc: isize,
+        c: RawMat<*mut f64>,
     ) {
         // SAFETY: forwarded contract.
         unsafe {
-            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            matrixmultiply::dgemm(
+                m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs,
+            )
         }
     }
 }
@@ -102,16 +91,11 @@ fn max_index(m: usize, n: usize, rs: usize, cs: usize) -> usize {
 /// Large products use `matrixmultiply`'s own threads; a batch of small
 /// products (attention scores, per-head GEMMs) is spread over rayon instead,
 /// one single-threaded product per task.
-#[allow(clippy::too_many_arguments)]
 pub fn batched_gemm<T: Gemm>(
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     alpha: T,
-    a: MatRef<T>,
-    a_offsets: &[usize],
-    b: MatRef<T>,
-    b_offsets: &[usize],
+    (a, a_offsets): (MatRef<T>, &[usize]),
+    (b, b_offsets): (MatRef<T>, &[usize]),
     beta: T,
     c: &mut [T],
 ) {
@@ -135,24 +119,26 @@ pub fn batched_gemm<T: Gemm>(
             "gemm: B out of bounds"
         );
     }
+    let raw = |x: MatRef<T>, offset: usize| RawMat {
+        // SAFETY (of the add): the offset was asserted inside the data.
+        ptr: unsafe { x.data.as_ptr().add(offset) },
+        rs: x.rs as isize,
+        cs: x.cs as isize,
+    };
     let one = |i: usize, ci: &mut [T]| {
         // SAFETY: bounds asserted above; ci is this batch's own m×n block.
         unsafe {
             T::gemm_raw(
-                m,
-                k,
-                n,
+                (m, k, n),
                 alpha,
-                a.data.as_ptr().add(a_offsets[i]),
-                a.rs as isize,
-                a.cs as isize,
-                b.data.as_ptr().add(b_offsets[i]),
-                b.rs as isize,
-                b.cs as isize,
+                raw(a, a_offsets[i]),
+                raw(b, b_offsets[i]),
                 beta,
-                ci.as_mut_ptr(),
-                n as isize,
-                1,
+                RawMat {
+                    ptr: ci.as_mut_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
             )
         }
     };
@@ -179,22 +165,24 @@ mod tests {
         let id = [1f32, 0., 0., 1.];
         let mut c = [0f32; 4];
         batched_gemm(
-            2,
-            2,
-            2,
+            (2, 2, 2),
             1.0,
-            MatRef {
-                data: &at,
-                rs: 1,
-                cs: 2,
-            },
-            &[0],
-            MatRef {
-                data: &id,
-                rs: 2,
-                cs: 1,
-            },
-            &[0],
+            (
+                MatRef {
+                    data: &at,
+                    rs: 1,
+                    cs: 2,
+                },
+                &[0],
+            ),
+            (
+                MatRef {
+                    data: &id,
+                    rs: 2,
+                    cs: 1,
+                },
+                &[0],
+            ),
             0.0,
             &mut c,
         );

@@ -46,7 +46,6 @@ fn to_i32(what: &'static str, v: usize) -> Result<i32> {
 
 /// `C[b] = alpha · A[b]·B[b] + beta · C[b]` for `batch` row-major matrices:
 /// A is m×k, B is k×n, C is m×n (logical shapes, after `trans`).
-#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     dev: &CudaDevice,
     (m, n, k): (usize, usize, usize),
@@ -54,8 +53,7 @@ pub fn gemm(
     b: MatOperand,
     c: MatOut,
     batch: usize,
-    alpha: f32,
-    beta: f32,
+    (alpha, beta): (f32, f32),
 ) -> Result<()> {
     if m == 0 || n == 0 || batch == 0 {
         return Ok(());

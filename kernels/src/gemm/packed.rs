@@ -762,7 +762,7 @@ impl<T: GemmFloat> PackedA<T> {
                     pack(p0, kc, j0, cols, b_slice);
                     let add = accumulate || p0 > 0;
                     // SAFETY: forwarded contract.
-                    unsafe { self.slice_pass(p0, kc, b_slice, j0, cols, c, add, &mut tile) };
+                    unsafe { self.slice_pass((p0, kc), (b_slice, j0, cols), c, add, &mut tile) };
                 }
             }
         })
@@ -793,7 +793,7 @@ impl<T: GemmFloat> PackedA<T> {
                 let b_slice = &bp[jp * k * nr + p0 * nr..][..kc * nr];
                 let add = accumulate || p0 > 0;
                 // SAFETY: forwarded contract.
-                unsafe { self.slice_pass(p0, kc, b_slice, j0, cols, c, add, &mut tile) };
+                unsafe { self.slice_pass((p0, kc), (b_slice, j0, cols), c, add, &mut tile) };
             }
         }
     }
@@ -819,15 +819,11 @@ impl<T: GemmFloat> PackedA<T> {
     ///
     /// # Safety
     /// As [`PackedA::gemm`]; `b_slice` holds kc·nr packed elements.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn slice_pass(
         &self,
-        p0: usize,
-        kc: usize,
-        b_slice: &[T],
-        j0: usize,
-        cols: usize,
+        (p0, kc): (usize, usize),
+        (b_slice, j0, cols): (&[T], usize, usize),
         c: MatPtr<T>,
         add: bool,
         tile: &mut [T; MAX_TILE],
@@ -903,16 +899,13 @@ pub fn gemm<T: GemmFloat>(
     c: &mut [T],
     accumulate: bool,
 ) {
-    gemm_with_kernel(T::micro_kernel(), m, k, n, a, b, c, accumulate);
+    gemm_with_kernel(T::micro_kernel(), (m, k, n), a, b, c, accumulate);
 }
 
 /// [`gemm`] with an explicit micro-kernel (tests run every kernel).
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_with_kernel<T: GemmFloat>(
     kernel: MicroKernel<T>,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     a: Mat<T>,
     b: Mat<T>,
     c: &mut [T],
@@ -984,7 +977,7 @@ mod tests {
                 );
                 for kern in f32::available_kernels() {
                     let mut c: Vec<f32> = c0.iter().map(|&v| v as f32).collect();
-                    gemm_with_kernel(kern, m, k, n, a32m, b32m, &mut c, true);
+                    gemm_with_kernel(kern, (m, k, n), a32m, b32m, &mut c, true);
                     for i in 0..m * n {
                         let w = want[i] + c0[i];
                         assert!(

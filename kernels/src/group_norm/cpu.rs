@@ -35,17 +35,13 @@ use rayon::prelude::*;
 /// The variance is computed in a second pass over the (cached) group around
 /// the mean, so it does not cancel catastrophically when |μ| ≫ σ. Writes `y`
 /// (`[N, C, S]`) and the saved statistics `mean`, `rstd` (`[N, G]`).
-#[allow(clippy::too_many_arguments)]
 pub fn group_norm<T: Float>(
     x: &[T],
     dims: GroupNormDims,
-    gamma: &[T],
-    beta: &[T],
+    (gamma, beta): (&[T], &[T]),
     eps: f64,
     silu: bool,
-    y: &mut [T],
-    mean: &mut [T],
-    rstd: &mut [T],
+    (y, mean, rstd): (&mut [T], &mut [T], &mut [T]),
 ) {
     dims.check("group_norm");
     assert_eq!(x.len(), dims.numel(), "group_norm: x length");
@@ -144,19 +140,13 @@ impl<T: Float> GroupForward<'_, T> {
 /// Each (n, g) task makes one sweep computing dh and the sums (dh is parked
 /// in `dx`, which is overwritten next), then one sweep writing dx as
 /// dx = p_c·dh + q·x + k with per-channel/group constants.
-#[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward<T: Float>(
-    x: &[T],
-    dy: &[T],
+    (x, dy): (&[T], &[T]),
     dims: GroupNormDims,
-    gamma: &[T],
-    beta: &[T],
-    mean: &[T],
-    rstd: &[T],
+    (gamma, beta): (&[T], &[T]),
+    (mean, rstd): (&[T], &[T]),
     silu: bool,
-    dx: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    (dx, dgamma, dbeta): (&mut [T], &mut [T], &mut [T]),
 ) {
     dims.check("group_norm_backward");
     assert!(x.len() == dims.numel() && dy.len() == x.len() && dx.len() == x.len());
@@ -701,30 +691,16 @@ mod tests {
             for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
                 let (y, dx, dg, db) = simd::with_isa(isa, || {
                     let (mut y, mut mu, mut r) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
-                    group_norm(
-                        &f(&x),
-                        d,
-                        &f(&gamma),
-                        &f(&beta),
-                        1e-5,
-                        silu,
-                        &mut y,
-                        &mut mu,
-                        &mut r,
-                    );
+                    let affine = (&f(&gamma)[..], &f(&beta)[..]);
+                    group_norm(&f(&x), d, affine, 1e-5, silu, (&mut y, &mut mu, &mut r));
                     let (mut dx, mut dg, mut db) = (vec![0f32; len], vec![0f32; 6], vec![0f32; 6]);
                     group_norm_backward(
-                        &f(&x),
-                        &f(&dy),
+                        (&f(&x), &f(&dy)),
                         d,
-                        &f(&gamma),
-                        &f(&beta),
-                        &mu,
-                        &r,
+                        affine,
+                        (&mu, &r),
                         silu,
-                        &mut dx,
-                        &mut dg,
-                        &mut db,
+                        (&mut dx, &mut dg, &mut db),
                     );
                     (y, dx, dg, db)
                 });

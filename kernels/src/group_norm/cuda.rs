@@ -99,14 +99,11 @@ pub fn forward(
 /// Backward group norm from x, ∂L/∂y (any views, `[N, C, S]`), γ, β and
 /// the saved `mean`, `rstd` (`[N·G]`, contiguous): returns (dx `[N, C, S]`,
 /// dγ `[C]`, dβ `[C]`), all contiguous.
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
     dev: &CudaDevice,
     dims: GroupNormDims,
-    x: View,
-    dy: View,
-    gamma: View,
-    beta: View,
+    (x, dy): (View, View),
+    (gamma, beta): (View, View),
     (mean, rstd): (&DeviceBuffer, &DeviceBuffer),
     silu: bool,
 ) -> Result<(DeviceBuffer, DeviceBuffer, DeviceBuffer)> {

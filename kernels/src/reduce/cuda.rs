@@ -341,11 +341,9 @@ pub fn softmax_backward(
             let dx = dev.alloc(n)?;
             softmax_backward_rows(
                 dev,
-                y.ptr_at(yo),
-                g.ptr_at(go),
+                (y.ptr_at(yo), g.ptr_at(go)),
                 &dx,
-                outer * inner,
-                dim,
+                (outer * inner, dim),
                 threads,
                 log,
             )?;
@@ -375,11 +373,9 @@ pub fn softmax_backward(
             let dxt = dev.alloc(n)?;
             softmax_backward_rows(
                 dev,
-                yt.ptr(),
-                gt.ptr(),
+                (yt.ptr(), gt.ptr()),
                 &dxt,
-                outer * inner,
-                dim,
+                (outer * inner, dim),
                 threads,
                 log,
             )?;
@@ -388,14 +384,13 @@ pub fn softmax_backward(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// dx of softmax over `rows` contiguous rows of `dim` (`(rows, dim)`),
+/// from y and g (device addresses).
 fn softmax_backward_rows(
     dev: &CudaDevice,
-    y: u64,
-    g: u64,
+    (y, g): (u64, u64),
     dx: &DeviceBuffer,
-    rows: usize,
-    dim: usize,
+    (rows, dim): (usize, usize),
     threads: u32,
     log: Arg,
 ) -> Result<()> {

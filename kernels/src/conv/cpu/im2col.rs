@@ -171,14 +171,11 @@ pub fn col2im_channel<T: Float>(g: &Conv2dGeometry, ph: &Phases, rows: &[T], pha
 /// packed-B slice `out[row][nr]` (columns past `cols` zero) from the
 /// image's [`Phases`]: each output row's run of positions is a contiguous
 /// copy, and no im2col buffer exists.
-#[allow(clippy::too_many_arguments)]
 pub fn pack_patch_slice<T: Float>(
     g: &Conv2dGeometry,
     ph: &Phases,
     phases: &[T],
-    p0: usize,
-    j0: usize,
-    cols: usize,
+    (p0, j0, cols): (usize, usize, usize),
     nr: usize,
     out: &mut [T],
 ) {
@@ -193,7 +190,7 @@ pub fn pack_patch_slice<T: Float>(
         let len = (wo - ow).min(cols - q);
         if count == runs.len() {
             // Very narrow images: more runs than fit; take the slow path.
-            return pack_patch_slice_by_element(g, ph, phases, p0, j0, cols, nr, out);
+            return pack_patch_slice_by_element(g, ph, phases, (p0, j0, cols), nr, out);
         }
         runs[count] = (q, oh, ow, len);
         count += 1;
@@ -212,14 +209,11 @@ pub fn pack_patch_slice<T: Float>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn pack_patch_slice_by_element<T: Float>(
     g: &Conv2dGeometry,
     ph: &Phases,
     phases: &[T],
-    p0: usize,
-    j0: usize,
-    cols: usize,
+    (p0, j0, cols): (usize, usize, usize),
     nr: usize,
     out: &mut [T],
 ) {

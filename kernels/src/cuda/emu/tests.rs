@@ -540,8 +540,7 @@ fn emulated_row_major_gemm_matches_the_definition() {
                 batch_stride: m * n,
             },
             batch,
-            1.0,
-            0.0,
+            (1.0, 0.0),
         )
         .unwrap();
         let c = dev.download(&dc, 0, batch * m * n).unwrap();
