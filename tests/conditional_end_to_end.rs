@@ -8,7 +8,7 @@ use noisegrad::diffusion::classifier::{ClassifierTrainConfig, ClassifierTrainer}
 use noisegrad::diffusion::data::ImageDataset;
 use noisegrad::diffusion::guidance::cfg_eps;
 use noisegrad::diffusion::process::DdimSpacing;
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::sample::{DdimOptions, SampleOptions, ddim_sample};
 use noisegrad::diffusion::schedule::BetaSchedule;
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
@@ -87,11 +87,12 @@ fn conditional_model_draws_the_asked_for_class() {
             Ok(ddim_sample(
                 &schedule,
                 &mut eps,
-                &[32, 1, SIDE, SIDE],
-                Device::Cpu,
-                20,
-                DdimSpacing::Quadratic,
-                0.0,
+                (&[32, 1, SIDE, SIDE], Device::Cpu),
+                DdimOptions {
+                    steps: 20,
+                    spacing: DdimSpacing::Quadratic,
+                    eta: 0.0,
+                },
                 &mut Philox::new(9),
                 &SampleOptions::default(),
                 |_| {},

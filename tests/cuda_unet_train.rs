@@ -5,7 +5,7 @@
 
 use noisegrad::diffusion::data::{ImageDataset, parse_cifar10};
 use noisegrad::diffusion::process::DdimSpacing;
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::sample::{DdimOptions, SampleOptions, ddim_sample};
 use noisegrad::diffusion::schedule::{BetaSchedule, Schedule};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::{UNet, UNetConfig};
@@ -131,11 +131,12 @@ fn ddim_sampling_on_the_gpu_matches_cpu() {
         ddim_sample(
             &schedule,
             &mut eps,
-            &[2, 3, 32, 32],
-            device,
-            10,
-            DdimSpacing::Quadratic,
-            0.0,
+            (&[2, 3, 32, 32], device),
+            DdimOptions {
+                steps: 10,
+                spacing: DdimSpacing::Quadratic,
+                eta: 0.0,
+            },
             &mut Philox::new(9),
             &SampleOptions::default(),
             |_| {},

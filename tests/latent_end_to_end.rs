@@ -8,7 +8,7 @@ use noisegrad::diffusion::autoencoder_train::{AutoencoderTrainConfig, Autoencode
 use noisegrad::diffusion::data::{ImageDataset, TrainData, parse_cifar10};
 use noisegrad::diffusion::latent::{LatentDecoder, LatentInfo, check_image_shape, encode_dataset};
 use noisegrad::diffusion::process::DdimSpacing;
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::sample::{DdimOptions, SampleOptions, ddim_sample};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::engine::{Device, Philox, Tensor};
@@ -122,11 +122,12 @@ fn autoencoder_then_latent_ddpm_then_decoded_samples() {
             Ok(ddim_sample(
                 &schedule,
                 &mut eps,
-                &[2, 4, 8, 8],
-                Device::Cpu,
-                5,
-                DdimSpacing::Quadratic,
-                0.0,
+                (&[2, 4, 8, 8], Device::Cpu),
+                DdimOptions {
+                    steps: 5,
+                    spacing: DdimSpacing::Quadratic,
+                    eta: 0.0,
+                },
                 &mut Philox::new(1),
                 &SampleOptions {
                     clip: false,

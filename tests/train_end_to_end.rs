@@ -3,7 +3,7 @@
 
 use noisegrad::diffusion::data::{ImageDataset, batch_from, parse_cifar10};
 use noisegrad::diffusion::process::{DdimSpacing, ReverseVariance};
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::sample::{DdimOptions, SampleOptions, ddim_sample};
 use noisegrad::diffusion::train::{TrainConfig, Trainer};
 use noisegrad::diffusion::unet::UNetConfig;
 use noisegrad::diffusion::vlb::bits_per_dim;
@@ -51,11 +51,12 @@ fn training_lowers_the_loss_then_samples_and_evaluates() {
                 ddim_sample(
                     &schedule,
                     eps,
-                    &[2, 3, 32, 32],
-                    Device::Cpu,
-                    10,
-                    DdimSpacing::Quadratic,
-                    0.0,
+                    (&[2, 3, 32, 32], Device::Cpu),
+                    DdimOptions {
+                        steps: 10,
+                        spacing: DdimSpacing::Quadratic,
+                        eta: 0.0,
+                    },
                     &mut Philox::new(3),
                     &SampleOptions::default(),
                     |_| {},

@@ -36,13 +36,11 @@ fn known_at(s: &Schedule, x0: &Tensor, t: usize, rng: &mut Philox) -> Result<Ten
 /// Completes `x0` [N, C, H, W] outside `mask` (same shape, 1 = keep) by
 /// DDPM ancestral sampling with replacement and `resample` R ≥ 1 passes
 /// per step (R = 1: the plain replacement method).
-#[allow(clippy::too_many_arguments)]
 pub fn inpaint(
     s: &Schedule,
     var: ReverseVariance,
     model: &mut EpsModel,
-    x0: &Tensor,
-    mask: &Tensor,
+    (x0, mask): (&Tensor, &Tensor),
     resample: usize,
     rng: &mut Philox,
     mut on_step: impl FnMut(usize),
@@ -100,8 +98,7 @@ mod tests {
                 &s,
                 ReverseVariance::FixedLarge,
                 &mut zero,
-                &x0,
-                &mask,
+                (&x0, &mask),
                 resample,
                 &mut Philox::new(4),
                 |_| {},

@@ -70,16 +70,13 @@ fn mix(a: &Tensor, b: &Tensor, n: usize, how: Mix) -> Result<Tensor> {
 /// Ho et al. Fig. 8: x_t, x'_t ~ q(·|x_0), x'_0 (one q noise each, shared by
 /// every λ), mixed by `how` into `n` latents, each decoded by the reverse
 /// process from step t (ancestral DDPM, Σ from `sigma`). a, b: [1, C, H, W].
-#[allow(clippy::too_many_arguments)]
 pub fn interpolate_through_q(
     base: &Schedule,
     sigma: Sigma,
     model: &mut ReverseModel,
-    a: &Tensor,
-    b: &Tensor,
+    (a, b): (&Tensor, &Tensor),
     t: usize,
-    n: usize,
-    how: Mix,
+    (n, how): (usize, Mix),
     rng: &mut Philox,
 ) -> Result<Tensor> {
     check_step(base, t)?;
@@ -91,7 +88,7 @@ pub fn interpolate_through_q(
         let prefix = Respaced::new(base, (0..=t).collect())?;
         let x = mix(&xa, &xb, n, how)?;
         let opts = SampleOptions::default();
-        Ok(respaced_ddpm_from(&prefix, sigma, model, x, t + 1, rng, &opts, |_| {})?.images)
+        Ok(respaced_ddpm_from(&prefix, sigma, model, (x, t + 1), rng, &opts, |_| {})?.images)
     })
 }
 
@@ -151,7 +148,6 @@ pub fn ddim_decode(
 
 /// DDIM-inversion interpolation: encode a and b deterministically to step
 /// t on a `k`-step uniform grid, slerp the latents, decode each with DDIM.
-#[allow(clippy::too_many_arguments)]
 pub fn interpolate_ddim(
     s: &Schedule,
     model: &mut ReverseModel,

@@ -117,15 +117,12 @@ pub struct BatchLoss {
 /// The loss of objective `o` for a batch: `out` is the raw U-Net output at
 /// x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε, `weights` the importance weights 1/(T p_t)
 /// (None: uniform t).
-#[allow(clippy::too_many_arguments)]
 pub fn batch_loss(
     s: &Schedule,
     o: &Objective,
     out: &Tensor,
-    x0: &Tensor,
-    xt: &Tensor,
-    eps: &Tensor,
-    t: &[usize],
+    (x0, eps): (&Tensor, &Tensor),
+    (xt, t): (&Tensor, &[usize]),
     weights: Option<&[f64]>,
 ) -> Result<BatchLoss> {
     let (pred, v) = split_output(out, x0.dim(1)?)?;

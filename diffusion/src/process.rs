@@ -176,12 +176,10 @@ pub fn ddpm_step(
 /// `prev` (None = the end, ᾱ = 1):
 /// x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε_θ + σ z,
 /// σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).
-#[allow(clippy::too_many_arguments)]
 pub fn ddim_step(
     s: &Schedule,
     xt: &Tensor,
-    t: usize,
-    prev: Option<usize>,
+    (t, prev): (usize, Option<usize>),
     eps: &Tensor,
     z: &Tensor,
     eta: f64,
@@ -317,7 +315,7 @@ mod tests {
                 let fused = xt.denoise_step(&eps, Some(&z), &[c, c, c]).unwrap();
                 close(
                     &fused,
-                    &ddim_step(&s, &xt, step, prev, &eps, &z, 0.5, clip).unwrap(),
+                    &ddim_step(&s, &xt, (step, prev), &eps, &z, 0.5, clip).unwrap(),
                 );
             }
         }

@@ -41,15 +41,22 @@ pub struct Samples {
     pub progressive: Vec<(usize, Tensor)>,
 }
 
-/// DDPM ancestral sampling (Ho et al. Alg. 2): x_T ~ N(0, I), then
-/// x_{t−1} = μ_θ(x_t, t) + σ_t z for t = T−1 … 0.
-#[allow(clippy::too_many_arguments)]
+/// DDIM's own settings (Song et al. 2021): how many steps, how they are
+/// spaced over 0..T, and the noise scale η (0: deterministic).
+#[derive(Clone, Copy, Debug)]
+pub struct DdimOptions {
+    pub steps: usize,
+    pub spacing: DdimSpacing,
+    pub eta: f64,
+}
+
+/// DDPM ancestral sampling (Ho et al. Alg. 2): x_T ~ N(0, I) of `(shape,
+/// device)`, then x_{t−1} = μ_θ(x_t, t) + σ_t z for t = T−1 … 0.
 pub fn ddpm_sample(
     s: &Schedule,
     var: ReverseVariance,
     model: &mut EpsModel,
-    shape: &[usize],
-    device: Device,
+    (shape, device): (&[usize], Device),
     rng: &mut Philox,
     opts: &SampleOptions,
     on_step: impl FnMut(usize),
@@ -60,8 +67,7 @@ pub fn ddpm_sample(
         &all,
         Sigma::Fixed(var),
         &mut fixed,
-        shape,
-        device,
+        (shape, device),
         rng,
         opts,
         on_step,
@@ -72,33 +78,29 @@ pub fn ddpm_sample(
 /// §4): x_T ~ N(0, I), then x_{S_{i−1}} = μ_θ + σ z for i = K−1 … 0, with
 /// the respaced β', fixed or learned Σ_θ. With S = 0..T−1 this is
 /// [`ddpm_sample`].
-#[allow(clippy::too_many_arguments)]
 pub fn respaced_ddpm_sample(
     r: &Respaced,
     sigma: Sigma,
     model: &mut ReverseModel,
-    shape: &[usize],
-    device: Device,
+    (shape, device): (&[usize], Device),
     rng: &mut Philox,
     opts: &SampleOptions,
     on_step: impl FnMut(usize),
 ) -> Result<Samples> {
     no_grad(|| {
         let x = Tensor::randn(shape, DType::F32, device, rng)?;
-        respaced_ddpm_from(r, sigma, model, x, r.timesteps.len(), rng, opts, on_step)
+        respaced_ddpm_from(r, sigma, model, (x, r.timesteps.len()), rng, opts, on_step)
     })
 }
 
-/// The reverse chain of [`respaced_ddpm_sample`] from a given x at
-/// respaced level `from` (x is x_{S_{from−1}}; `from` = K starts at noise)
-/// down to x_0. `on_step` gets the original step of each model call.
-#[allow(clippy::too_many_arguments)]
+/// The reverse chain of [`respaced_ddpm_sample`] from a given `(x, from)`:
+/// x at respaced level `from` (x is x_{S_{from−1}}; `from` = K starts at
+/// noise) down to x_0. `on_step` gets the original step of each model call.
 pub fn respaced_ddpm_from(
     r: &Respaced,
     sigma: Sigma,
     model: &mut ReverseModel,
-    mut x: Tensor,
-    from: usize,
+    (mut x, from): (Tensor, usize),
     rng: &mut Philox,
     opts: &SampleOptions,
     mut on_step: impl FnMut(usize),
@@ -144,21 +146,23 @@ pub fn respaced_ddpm_from(
     })
 }
 
-/// DDIM sampling (Song et al. 2021) over `steps` timesteps with noise scale `eta`.
-#[allow(clippy::too_many_arguments)]
+/// DDIM sampling (Song et al. 2021) from x_T ~ N(0, I) of `(shape,
+/// device)` over `ddim.steps` timesteps with noise scale `ddim.eta`.
 pub fn ddim_sample(
     s: &Schedule,
     model: &mut EpsModel,
-    shape: &[usize],
-    device: Device,
-    steps: usize,
-    spacing: DdimSpacing,
-    eta: f64,
+    (shape, device): (&[usize], Device),
+    ddim: DdimOptions,
     rng: &mut Philox,
     opts: &SampleOptions,
     mut on_step: impl FnMut(usize),
 ) -> Result<Samples> {
     no_grad(|| {
+        let DdimOptions {
+            steps,
+            spacing,
+            eta,
+        } = ddim;
         let seq = ddim_timesteps(s.steps(), steps, spacing);
         let mut x = Tensor::randn(shape, DType::F32, device, rng)?;
         let mut progressive = Vec::new();
@@ -220,11 +224,12 @@ mod tests {
         let ddim = ddim_sample(
             &s,
             &mut oracle,
-            &shape,
-            Device::Cpu,
-            50,
-            DdimSpacing::Quadratic,
-            0.0,
+            (&shape, Device::Cpu),
+            DdimOptions {
+                steps: 50,
+                spacing: DdimSpacing::Quadratic,
+                eta: 0.0,
+            },
             &mut Philox::new(1),
             &opts,
             |_| {},
@@ -234,8 +239,7 @@ mod tests {
             &s,
             ReverseVariance::FixedLarge,
             &mut oracle,
-            &shape,
-            Device::Cpu,
+            (&shape, Device::Cpu),
             &mut Philox::new(2),
             &opts,
             |_| {},
@@ -287,11 +291,12 @@ mod tests {
                 ddim_sample(
                     &s,
                     eps,
-                    &shape,
-                    Device::Cpu,
-                    50,
-                    DdimSpacing::Quadratic,
-                    0.0,
+                    (&shape, Device::Cpu),
+                    DdimOptions {
+                        steps: 50,
+                        spacing: DdimSpacing::Quadratic,
+                        eta: 0.0,
+                    },
                     &mut Philox::new(1),
                     opts,
                     |_| {},
@@ -313,8 +318,7 @@ mod tests {
                 &s,
                 ReverseVariance::FixedLarge,
                 &mut eps_only,
-                &shape,
-                Device::Cpu,
+                (&shape, Device::Cpu),
                 &mut Philox::new(2),
                 &SampleOptions::default(),
                 |_| {},
@@ -337,8 +341,7 @@ mod tests {
                     &respaced,
                     sigma,
                     &mut oracle,
-                    &shape,
-                    Device::Cpu,
+                    (&shape, Device::Cpu),
                     &mut Philox::new(3),
                     &opts,
                     |_| {},

@@ -74,11 +74,9 @@ pub fn interpolate(a: InterpolateArgs) -> Result<()> {
             schedule,
             objective.sigma(),
             &mut net,
-            &xa,
-            &xb,
+            (&xa, &xb),
             a.t,
-            a.n,
-            how,
+            (a.n, how),
             &mut rng,
         )?;
         rows.push(mixed);

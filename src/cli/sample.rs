@@ -15,7 +15,7 @@ use noisegrad::diffusion::inpaint::inpaint;
 use noisegrad::diffusion::langevin::LangevinCorrector;
 use noisegrad::diffusion::process::{DdimSpacing, ReverseVariance};
 use noisegrad::diffusion::respace::{Respaced, Spacing};
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample, respaced_ddpm_sample};
+use noisegrad::diffusion::sample::{DdimOptions, SampleOptions, ddim_sample, respaced_ddpm_sample};
 use noisegrad::diffusion::variance::Sigma;
 use noisegrad::diffusion::vlb::EpsModel;
 use noisegrad::engine::Error;
@@ -243,8 +243,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             &trained.schedule,
             var,
             &mut eps,
-            &x0,
-            &m,
+            (&x0, &m),
             a.resample,
             &mut rng,
             |_| bar.inc(1),
@@ -274,8 +273,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                 &respaced,
                 ddpm_sigma,
                 &mut guided_net,
-                &shape,
-                device,
+                (&shape, device),
                 &mut rng,
                 &opts,
                 |_| bar.inc(per_step),
@@ -294,11 +292,12 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             ddim_sample(
                 &trained.schedule,
                 &mut eps,
-                &shape,
-                device,
-                steps,
-                spacing,
-                a.eta,
+                (&shape, device),
+                DdimOptions {
+                    steps,
+                    spacing,
+                    eta: a.eta,
+                },
                 &mut rng,
                 &opts,
                 |_| bar.inc(1 + a.corrector_steps as u64),

@@ -12,7 +12,7 @@ use noisegrad::diffusion::latent::LatentDecoder;
 use noisegrad::diffusion::objective::{LossKind, Objective, VarianceKind};
 use noisegrad::diffusion::parameterization::Prediction;
 use noisegrad::diffusion::process::DdimSpacing;
-use noisegrad::diffusion::sample::{SampleOptions, ddim_sample};
+use noisegrad::diffusion::sample::{DdimOptions, SampleOptions, ddim_sample};
 use noisegrad::diffusion::schedule::BetaSchedule;
 use noisegrad::diffusion::train::ddp::DdpOptions;
 use noisegrad::diffusion::train::{StepStats, TrainConfig, Trainer};
@@ -470,11 +470,12 @@ pub fn write_samples(
         Ok(ddim_sample(
             &schedule,
             &mut eps,
-            &shape,
-            device,
-            steps,
-            DdimSpacing::Quadratic,
-            0.0,
+            (&shape, device),
+            DdimOptions {
+                steps,
+                spacing: DdimSpacing::Quadratic,
+                eta: 0.0,
+            },
             &mut rng,
             &opts,
             |_| {},

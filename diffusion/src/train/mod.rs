@@ -253,10 +253,8 @@ impl Trainer {
             &self.schedule,
             &objective,
             &pred,
-            x0,
-            &xt,
-            &eps,
-            &t,
+            (x0, &eps),
+            (&xt, &t),
             weights.as_deref(),
         )?;
         if self.resampler.is_some() {
