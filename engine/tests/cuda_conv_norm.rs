@@ -317,3 +317,27 @@ fn tf_same_downsample_matches_cpu() {
     ];
     compare_devices("tf-same downsample", f, &inputs, &[true; 3], gpu, TOL).unwrap();
 }
+
+#[test]
+fn mixed_devices_are_refused_naming_the_op() {
+    let Some(gpu) = gpu_or_skip("mixed_devices_are_refused_naming_the_op") else {
+        return;
+    };
+    let _lock = serial();
+    let x = randn(&[1, 4, 5, 5], 1).to_device(gpu).unwrap();
+    let w_cpu = randn(&[2, 4, 3, 3], 2);
+    let e = x.conv2d(&w_cpu, None, 1, 1).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            noisegrad_engine::Error::DeviceMismatch { op: "conv2d", .. }
+        ),
+        "{e:?}"
+    );
+    let (gamma, beta) = (randn(&[4], 3), randn(&[4], 4).to_device(gpu).unwrap());
+    let e = x.group_norm(2, &gamma, &beta, 1e-5, false).unwrap_err();
+    assert!(
+        matches!(e, noisegrad_engine::Error::DeviceMismatch { .. }),
+        "{e:?}"
+    );
+}

@@ -6,13 +6,14 @@
 //! backward. It reads top-down: the `Tensor` method, then the `Storage`
 //! dispatch it calls, then each device's side.
 
+use super::typed::{Placed, placed};
 use super::{check_same, with_storages};
 use crate::Tensor;
 use crate::autograd::record;
 use crate::cpu_backend::{CpuData, CpuStorage, contiguous_slice, zeroed};
 use crate::cuda_backend::CudaStorage;
 use crate::error::{Error, Result, bad_arg, shape_err};
-use crate::storage::{Storage, device_mismatch};
+use crate::storage::Storage;
 use crate::{DType, Layout};
 use noisegrad_kernels::conv::cpu::{
     Conv2dGeometry, ConvFloat, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
@@ -180,24 +181,20 @@ impl Storage {
         g: &Conv2dGeometry,
     ) -> Result<Storage> {
         let op = "conv2d";
-        match (self, w) {
-            (Storage::Cpu(xs), Storage::Cpu(ws)) => {
-                let bias = match bias {
-                    Some((Storage::Cpu(b), bl)) => Some((b, bl)),
-                    Some((b, _)) => return Err(device_mismatch(op, self, b)),
-                    None => None,
-                };
-                Ok(Storage::Cpu(xs.conv2d(xl, ws, wl, bias, g)?))
-            }
-            (Storage::Cuda(xs), Storage::Cuda(ws)) if xs.device() == ws.device() => {
-                let bias = match bias {
-                    Some((Storage::Cuda(b), bl)) => Some((b, bl)),
-                    Some((b, _)) => return Err(device_mismatch(op, self, b)),
-                    None => None,
-                };
-                Ok(Storage::Cuda(xs.conv2d(xl, ws, wl, bias, g)?))
-            }
-            (a, b) => Err(device_mismatch(op, a, b)),
+        let (x, w) = ((self, xl), (w, wl));
+        match bias {
+            None => match placed(op, [x, w])? {
+                Placed::Cpu([x, w]) => Ok(Storage::Cpu(x.0.conv2d(x.1, w.0, w.1, None, g)?)),
+                Placed::Cuda([x, w]) => Ok(Storage::Cuda(x.0.conv2d(x.1, w.0, w.1, None, g)?)),
+            },
+            Some(b) => match placed(op, [x, w, b])? {
+                Placed::Cpu([x, w, b]) => {
+                    Ok(Storage::Cpu(x.0.conv2d(x.1, w.0, w.1, Some(b), g)?))
+                }
+                Placed::Cuda([x, w, b]) => {
+                    Ok(Storage::Cuda(x.0.conv2d(x.1, w.0, w.1, Some(b), g)?))
+                }
+            },
         }
     }
 
@@ -209,15 +206,10 @@ impl Storage {
         wl: &Layout,
         g: &Conv2dGeometry,
     ) -> Result<Storage> {
-        match (self, w) {
-            (Storage::Cpu(dys), Storage::Cpu(ws)) => {
-                Ok(Storage::Cpu(dys.conv2d_backward_input(dyl, ws, wl, g)?))
-            }
-            (Storage::Cuda(dys), Storage::Cuda(ws)) if dys.device() == ws.device() => {
-                Ok(Storage::Cuda(dys.conv2d_backward_input(dyl, ws, wl, g)?))
-            }
-            (a, b) => Err(device_mismatch("conv2d_backward", a, b)),
-        }
+        Ok(match placed("conv2d_backward", [(self, dyl), (w, wl)])? {
+            Placed::Cpu([dy, w]) => Storage::Cpu(dy.0.conv2d_backward_input(dy.1, w.0, w.1, g)?),
+            Placed::Cuda([dy, w]) => Storage::Cuda(dy.0.conv2d_backward_input(dy.1, w.0, w.1, g)?),
+        })
     }
 
     /// ∂L/∂w from x = self and dy.
@@ -228,15 +220,10 @@ impl Storage {
         dyl: &Layout,
         g: &Conv2dGeometry,
     ) -> Result<Storage> {
-        match (self, dy) {
-            (Storage::Cpu(xs), Storage::Cpu(dys)) => {
-                Ok(Storage::Cpu(xs.conv2d_backward_weight(xl, dys, dyl, g)?))
-            }
-            (Storage::Cuda(xs), Storage::Cuda(dys)) if xs.device() == dys.device() => {
-                Ok(Storage::Cuda(xs.conv2d_backward_weight(xl, dys, dyl, g)?))
-            }
-            (a, b) => Err(device_mismatch("conv2d_backward", a, b)),
-        }
+        Ok(match placed("conv2d_backward", [(self, xl), (dy, dyl)])? {
+            Placed::Cpu([x, dy]) => Storage::Cpu(x.0.conv2d_backward_weight(x.1, dy.0, dy.1, g)?),
+            Placed::Cuda([x, dy]) => Storage::Cuda(x.0.conv2d_backward_weight(x.1, dy.0, dy.1, g)?),
+        })
     }
 
     /// ∂L/∂bias from dy = self: the sum over batch and pixels.

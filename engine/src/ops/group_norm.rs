@@ -2,12 +2,14 @@
 //! CPU (`noisegrad_kernels::group_norm::cpu`) and on CUDA
 //! (`noisegrad_kernels::group_norm::cuda`).
 
-use super::typed::{CpuElem, CpuView, StorageView, by_dtype, cpu_storage, cpu_view, on_cpu, typed};
+use super::typed::{
+    CpuElem, CpuView, CudaView, Placed, StorageView, by_dtype, cpu_storage, placed, typed,
+};
 use super::{check_same, with_storage_list};
 use crate::autograd::record;
 use crate::cpu_backend::{CpuStorage, zeroed};
 use crate::cuda_backend::CudaStorage;
-use crate::error::{Error, Result, bad_arg, shape_err};
+use crate::error::{Result, bad_arg, shape_err};
 use crate::storage::Storage;
 use crate::{Layout, Tensor};
 use noisegrad_kernels::group_norm::cpu::{self as kernel, GroupNormDims};
@@ -143,20 +145,16 @@ impl Storage {
         beta: StorageView,
         args: GroupNormArgs,
     ) -> Result<(Storage, Storage, Storage)> {
-        match self {
-            Storage::Cpu(x) => {
-                let g = cpu_view("group_norm", gamma)?;
-                let b = cpu_view("group_norm", beta)?;
-                let (y, m, r) = x.group_norm(xl, g, b, args)?;
-                Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
+        Ok(match placed("group_norm", [(self, xl), gamma, beta])? {
+            Placed::Cpu([x, g, b]) => {
+                let (y, m, r) = x.0.group_norm(x.1, g, b, args)?;
+                (Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r))
             }
-            Storage::Cuda(x) => {
-                let op = "group_norm";
-                let (g, b) = (on_cuda(op, x, gamma)?, on_cuda(op, x, beta)?);
-                let (y, m, r) = x.group_norm(xl, g, b, args)?;
-                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
+            Placed::Cuda([x, g, b]) => {
+                let (y, m, r) = x.0.group_norm(x.1, g, b, args)?;
+                (Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r))
             }
-        }
+        })
     }
 
     /// Backward group norm from x (self), ∂L/∂y, γ, β and the saved
@@ -167,33 +165,30 @@ impl Storage {
         dy: StorageView,
         gamma: StorageView,
         beta: StorageView,
-        stats: (&Storage, &Storage),
+        (mean, rstd): (&Storage, &Storage),
         args: GroupNormArgs,
     ) -> Result<(Storage, Storage, Storage)> {
-        match self {
-            Storage::Cpu(x) => {
-                let op = "group_norm_backward";
-                let cpu = |v| cpu_view(op, v);
-                let stats = (on_cpu(op, stats.0)?, on_cpu(op, stats.1)?);
-                let (dx, dg, db) =
-                    x.group_norm_backward(xl, cpu(dy)?, cpu(gamma)?, cpu(beta)?, stats, args)?;
-                Ok((Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db)))
+        let op = "group_norm_backward";
+        // The statistics are whole buffers; their layout is not read.
+        let stats_layout = Layout::contiguous(&[mean.len()]);
+        let operands = [
+            (self, xl),
+            dy,
+            gamma,
+            beta,
+            (mean, &stats_layout),
+            (rstd, &stats_layout),
+        ];
+        Ok(match placed(op, operands)? {
+            Placed::Cpu([x, dy, g, b, m, r]) => {
+                let (dx, dg, db) = x.0.group_norm_backward(x.1, dy, g, b, (m.0, r.0), args)?;
+                (Storage::Cpu(dx), Storage::Cpu(dg), Storage::Cpu(db))
             }
-            Storage::Cuda(x) => {
-                let op = "group_norm_backward";
-                let cuda = |v| on_cuda(op, x, v);
-                let (mean, rstd) = (same_gpu(op, x, stats.0)?, same_gpu(op, x, stats.1)?);
-                let (dx, dg, db) = x.group_norm_backward(
-                    xl,
-                    cuda(dy)?,
-                    cuda(gamma)?,
-                    cuda(beta)?,
-                    (mean, rstd),
-                    args,
-                )?;
-                Ok((Storage::Cuda(dx), Storage::Cuda(dg), Storage::Cuda(db)))
+            Placed::Cuda([x, dy, g, b, m, r]) => {
+                let (dx, dg, db) = x.0.group_norm_backward(x.1, dy, g, b, (m.0, r.0), args)?;
+                (Storage::Cuda(dx), Storage::Cuda(dg), Storage::Cuda(db))
             }
-        }
+        })
     }
 }
 
@@ -308,24 +303,3 @@ impl CudaStorage {
         Ok((self.wrap(dx), self.wrap(dg), self.wrap(db)))
     }
 }
-
-/// The CUDA storage behind `s` when it is on the same GPU as `x`, or a
-/// device error naming `op`.
-fn same_gpu<'a>(op: &'static str, x: &CudaStorage, s: &'a Storage) -> Result<&'a CudaStorage> {
-    match s {
-        Storage::Cuda(c) if c.device() == x.device() => Ok(c),
-        other => Err(Error::DeviceMismatch {
-            op,
-            lhs: x.device(),
-            rhs: other.device(),
-        }),
-    }
-}
-
-/// [`same_gpu`] for a storage view.
-fn on_cuda<'a>(op: &'static str, x: &CudaStorage, (s, l): StorageView<'a>) -> Result<CudaView<'a>> {
-    Ok((same_gpu(op, x, s)?, l))
-}
-
-/// A CUDA storage viewed through a layout.
-type CudaView<'a> = (&'a CudaStorage, &'a Layout);

@@ -86,25 +86,8 @@ pub(crate) fn cpu_storage<T: CpuElem>(v: Vec<T>) -> CpuStorage {
     CpuStorage::new(T::wrap(v))
 }
 
-/// The CPU storage behind `s`, or a device error naming `op`.
-pub(crate) fn on_cpu<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
-    match s {
-        Storage::Cpu(c) => Ok(c),
-        other => Err(Error::DeviceMismatch {
-            op,
-            lhs: crate::Device::Cpu,
-            rhs: other.device(),
-        }),
-    }
-}
-
 /// A CPU storage viewed through a layout.
 pub(crate) type CpuView<'a> = (&'a CpuStorage, &'a Layout);
-
-/// [`on_cpu`] for a storage view.
-pub(crate) fn cpu_view<'a>(op: &'static str, (s, l): StorageView<'a>) -> Result<CpuView<'a>> {
-    Ok((on_cpu(op, s)?, l))
-}
 
 /// A CUDA storage viewed through a layout.
 pub(crate) type CudaView<'a> = (&'a CudaStorage, &'a Layout);
