@@ -67,13 +67,7 @@ fn min_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+    noisegrad_kernels::test_data::uniform_f32(n, seed as u64)
 }
 
 fn main() {

@@ -20,6 +20,8 @@ pub mod cpu;
 pub mod cuda;
 pub mod float;
 pub mod rng;
+#[cfg(any(test, feature = "emulator"))]
+pub mod test_data;
 
 pub mod attention;
 pub mod conv;

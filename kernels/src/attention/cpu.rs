@@ -740,11 +740,8 @@ fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// Deterministic values in [−1, 1) without an RNG dependency.
     fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
-            .collect()
+        crate::test_data::uniform_f32(n, seed as u64)
     }
 
     fn check_tile_gemm() {
@@ -831,11 +828,11 @@ mod reference_tests {
     use super::*;
     use crate::attention::reference;
 
-    /// n values in (−2, 2) from the counter-based stream `seed`.
+    /// n values in (−2, 2).
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        use crate::rng::{Philox, u32_to_open01};
-        (0..n)
-            .map(|i| u32_to_open01(Philox::block(seed, i as u64 / 4)[i % 4]) * 4.0 - 2.0)
+        crate::test_data::uniform(n, seed)
+            .iter()
+            .map(|v| 2.0 * v)
             .collect()
     }
 

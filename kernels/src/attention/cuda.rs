@@ -717,9 +717,7 @@ mod tests {
     }
 
     fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 37 + seed * 11) % 29) as f32 - 14.0) / 9.0)
-            .collect()
+        crate::test_data::uniform_f32(len, seed as u64)
     }
 
     /// `[b, r, c]` data stored transposed (`[b, c, r]` contiguous) and its

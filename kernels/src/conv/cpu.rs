@@ -482,17 +482,7 @@ mod tests {
     use crate::conv::reference;
 
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
-            })
-            .collect()
+        crate::test_data::uniform(n, seed)
     }
 
     fn geometries() -> Vec<Conv2dGeometry> {

@@ -935,9 +935,7 @@ mod tests {
     }
 
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        (0..n)
-            .map(|i| (((i as u64 * 2654435761 + seed) % 1000) as f64) / 500.0 - 1.0)
-            .collect()
+        crate::test_data::uniform(n, seed)
     }
 
     /// Every kernel, odd sizes (edge panels), k > KC (several slices),

@@ -246,11 +246,11 @@ mod tests {
     use super::*;
     use crate::noise::reference;
 
-    /// n values in (−2, 2) from the counter-based stream `seed`.
+    /// n values in (−2, 2).
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        use crate::rng::{Philox, u32_to_open01};
-        (0..n)
-            .map(|i| u32_to_open01(Philox::block(seed, i as u64 / 4)[i % 4]) * 4.0 - 2.0)
+        crate::test_data::uniform(n, seed)
+            .iter()
+            .map(|v| 2.0 * v)
             .collect()
     }
 
