@@ -471,7 +471,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::attention::cpu::{self as cpu, AttnPath, Qkv, QkvGrads};
-    use crate::cuda::signature::assert_launcher_matches;
+    use crate::cuda::emu::source::assert_launcher_matches;
     use std::cell::RefCell;
 
     const SRC: &str = include_str!("attention.cu");

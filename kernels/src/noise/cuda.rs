@@ -195,7 +195,7 @@ pub fn denoise_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::signature::assert_launcher_matches as check;
+    use crate::cuda::emu::source::assert_launcher_matches as check;
 
     const SRC: &str = include_str!("noise.cu");
 

@@ -226,7 +226,7 @@ pub fn sum_squares(dev: &CudaDevice, x: u64, n: usize) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::signature::assert_launcher_matches as check;
+    use crate::cuda::emu::source::assert_launcher_matches as check;
 
     const SRC: &str = include_str!("optim.cu");
 

@@ -372,6 +372,33 @@ pub fn trampoline(k: &Kernel) -> String {
     )
 }
 
+/// Test support for every CUDA launcher file: panics unless the named
+/// arguments a launcher builds match the `.cu` signature of `kernel` in
+/// `src` (names, order, kinds). The source is read by the emulator's C
+/// parser (this module), the one reader of `.cu` signatures; at run time
+/// [`mismatch`](crate::cuda::signature::mismatch) checks the kinds again
+/// against the PTX.
+#[cfg(test)]
+pub(crate) fn assert_launcher_matches(src: &str, kernel: &str, params: &[crate::cuda::abi::Param]) {
+    let kernels = parse_kernels(src).unwrap_or_else(|e| panic!("{e}"));
+    let k = kernels
+        .iter()
+        .find(|k| k.name == kernel)
+        .unwrap_or_else(|| panic!("kernel `{kernel}` not found"));
+    let kinds = k.param_kinds().unwrap_or_else(|e| panic!("{e}"));
+    let want: Vec<(&str, ParamKind)> = k
+        .params
+        .iter()
+        .map(|p| p.name.as_str())
+        .zip(kinds)
+        .collect();
+    let got: Vec<(&str, ParamKind)> = params.iter().map(|p| (p.0, ParamKind::of(&p.1))).collect();
+    assert_eq!(
+        got, want,
+        "launcher arguments of `{kernel}` differ from its .cu signature"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
