@@ -830,10 +830,7 @@ mod reference_tests {
 
     /// n values in (−2, 2).
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        crate::test_data::uniform(n, seed)
-            .iter()
-            .map(|v| 2.0 * v)
-            .collect()
+        crate::test_data::uniform_within(n, seed, 2.0)
     }
 
     /// Both paths (and flash tiles that leave ragged edges) against the

@@ -261,33 +261,41 @@ impl<T: GemmFloat> Drop for Buffer<T> {
     }
 }
 
+/// The f32 micro-kernel for instruction set `isa`.
+fn f32_kernel(isa: Isa) -> MicroKernel<f32> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => MicroKernel {
+            mr: 8,
+            nr: 32,
+            name: "avx512",
+            run: x86::kernel_avx512_8x32,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => MicroKernel {
+            mr: 6,
+            nr: 16,
+            name: "avx2",
+            run: x86::kernel_avx2_6x16,
+        },
+        _ => generic_kernel::<f32>(),
+    }
+}
+
 impl GemmFloat for f32 {
+    /// The best kernel for [`simd::isa`], without building the list: it is
+    /// asked for on every product (each attention tile packs its own A).
     fn micro_kernel() -> MicroKernel<f32> {
-        *Self::available_kernels()
-            .first()
-            .expect("the generic kernel always exists")
+        f32_kernel(simd::isa())
     }
 
     fn available_kernels() -> Vec<MicroKernel<f32>> {
         let mut ks = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        if simd::isa() >= Isa::Avx2 {
-            if simd::isa() >= Isa::Avx512 {
-                ks.push(MicroKernel {
-                    mr: 8,
-                    nr: 32,
-                    name: "avx512",
-                    run: x86::kernel_avx512_8x32,
-                });
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+            if isa <= simd::isa() {
+                ks.push(f32_kernel(isa));
             }
-            ks.push(MicroKernel {
-                mr: 6,
-                nr: 16,
-                name: "avx2",
-                run: x86::kernel_avx2_6x16,
-            });
         }
-        ks.push(generic_kernel::<f32>());
         ks
     }
 

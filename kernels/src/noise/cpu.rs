@@ -248,10 +248,7 @@ mod tests {
 
     /// n values in (−2, 2).
     fn values(n: usize, seed: u64) -> Vec<f64> {
-        crate::test_data::uniform(n, seed)
-            .iter()
-            .map(|v| 2.0 * v)
-            .collect()
+        crate::test_data::uniform_within(n, seed, 2.0)
     }
 
     /// Every kernel against its equation's loop, on 3 samples long enough
